@@ -1,0 +1,57 @@
+# edgefleet: two commands do all the set-up on a fresh machine.
+#   make demo   runs the main job end to end on the embedded defaults
+#   make test   lint, type-check and the whole test suite
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEB_PACKAGES := packer genisoimage xorriso cloud-image-utils
+
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export CHECKPOINT_DISABLE := 1
+export EDGEFLEET_CLOUDINIT_ROOT := $(CURDIR)/.cache/cloud-init
+export EDGEFLEET_SUSHY_VENV := $(CURDIR)/.cache/sushy-venv
+
+.PHONY: setup debs test lint typecheck pytest demo bench soak clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+	$(PY) -m pip install -q -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+	@$(PY) -c "import edgefleet, prefect, pycdlib, hcl2, ansible_runner" 
+	@touch $@
+
+debs:
+	@scripts/ensure-debs $(DEB_PACKAGES)
+
+.cache/cloud-init/.done:
+	scripts/ensure-cloud-init .cache/cloud-init
+
+.cache/sushy-venv/bin/sushy-emulator:
+	scripts/ensure-sushy .cache/sushy-venv
+
+setup: $(VENV)/.installed debs .cache/cloud-init/.done .cache/sushy-venv/bin/sushy-emulator
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check edgefleet flows tests bench
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy edgefleet
+
+pytest: setup
+	$(VENV)/bin/pytest -q tests
+
+test: setup lint typecheck pytest
+
+demo: setup
+	$(PY) -m edgefleet.demo
+
+bench: setup
+	$(PY) -m bench
+
+soak: setup
+	$(VENV)/bin/pytest -q -m soak tests
+
+clean:
+	rm -rf out .prefect .edgefleet .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,44 @@
+"""The ``edgefleet`` command line. Each area is a sub-app in its own module; this module only
+wires them together and turns ``EdgefleetError`` into a message and an exit code (0 ok,
+1 operation failed, 2 bad input). Commands that do not run a flow never import prefect."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from edgefleet.cli import inventory as _inventory
+from edgefleet.cli._common import err_console
+from edgefleet.errors import EdgefleetError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="edgefleet: run fleets of edge Talos Kubernetes clusters.")
+app.add_typer(_inventory.app, name="inventory")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except EdgefleetError as e:
+        err_console.print(f"[red]error:[/red] {e}", markup=True, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

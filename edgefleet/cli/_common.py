@@ -1,0 +1,48 @@
+"""Shared CLI plumbing: consoles, the common options, and where edgefleet keeps its files.
+
+Environment variables (each overridable by an option):
+
+* ``EDGEFLEET_INVENTORY``: the inventory directory (default ``./inventory``)
+* ``EDGEFLEET_HOME``: edgefleet's working directory for secrets, seeds and the ledger
+  (default ``./.edgefleet``)
+* ``EDGEFLEET_STATE_URL``: the state store's SQLAlchemy URL (default: SQLite in EDGEFLEET_HOME)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def default_inventory() -> Path:
+    return Path(os.environ.get("EDGEFLEET_INVENTORY", "inventory"))
+
+
+def edgefleet_home() -> Path:
+    return Path(os.environ.get("EDGEFLEET_HOME", ".edgefleet"))
+
+
+def default_state_url() -> str:
+    url = os.environ.get("EDGEFLEET_STATE_URL")
+    if url:
+        return url
+    return f"sqlite:///{edgefleet_home() / 'edgefleet.db'}"
+
+
+InventoryOpt = Annotated[
+    Path, typer.Option("--inventory", "-i", envvar="EDGEFLEET_INVENTORY", help="Inventory directory")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")

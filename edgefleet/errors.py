@@ -1,0 +1,146 @@
+"""The one exception tree of edgefleet.
+
+Every error a user can see is an ``EdgefleetError``. The class says two things a caller needs
+without parsing messages:
+
+* ``exit_code``: 2 for bad input (the user must fix a file or an argument), 1 for an operation
+  that failed (retrying later, or fixing the world, may help);
+* ``transient``: whether retrying the same call may succeed (a BMC timeout) or never will
+  (a 401, a schema violation).
+
+::
+
+    EdgefleetError
+    ├── InputError                 exit 2: bad input, nothing was written
+    │   ├── InventoryError         the inventory has one or more problems (all collected)
+    │   ├── ConfigRenderError      a Talos config or patch is invalid
+    │   ├── ReleaseInputError      bad Packer variables, unknown or revoked release
+    │   └── SecretsError           missing / undecryptable cluster secrets
+    └── OperationFailed            exit 1: the world did not do what we asked
+        ├── ToolMissing            an outside program (packer, xorriso, ...) is not installed
+        ├── PackerError            packer validate/build failed
+        ├── ArtifactError          an artifact is missing or its sha256 does not match
+        ├── BmcError               a Redfish call failed (``transient`` set per case)
+        ├── TalosApiError          a Talos gRPC call failed
+        ├── ProbeError             a health probe could not be evaluated
+        ├── GateFailed             a health gate said no
+        ├── LockHeld               another operation holds the store
+        └── StateError             the ledger / state store refused an operation
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class EdgefleetError(Exception):
+    """Base of every error edgefleet raises on purpose."""
+
+    exit_code: int = 1
+    transient: bool = False
+
+
+class InputError(EdgefleetError):
+    """The user's input is wrong; nothing was written. Exit code 2."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One problem found in an input file, located as precisely as the parser allows."""
+
+    message: str
+    file: str | None = None
+    line: int | None = None  # 1-based
+    store: str | None = None
+    node: str | None = None
+    field: str | None = None
+    hint: str | None = None
+
+    def render(self) -> str:
+        where = self.file or "<input>"
+        if self.line is not None:
+            where = f"{where}:{self.line}"
+        who = ""
+        if self.store:
+            who = f" store {self.store}"
+        if self.node:
+            who += f" node {self.node}"
+        fld = f" [{self.field}]" if self.field else ""
+        text = f"{where}:{who}{fld} {self.message}"
+        if self.hint:
+            text += f" (hint: {self.hint})"
+        return text
+
+
+class InventoryError(InputError):
+    """The inventory has problems. ``problems`` holds all of them, found in one pass."""
+
+    def __init__(self, problems: Sequence[Problem]):
+        self.problems = list(problems)
+        n = len(self.problems)
+        head = f"inventory has {n} problem{'s' if n != 1 else ''}"
+        super().__init__(head + ":\n" + "\n".join("  " + p.render() for p in self.problems))
+
+
+class ConfigRenderError(InputError):
+    """A Talos machine config (or a patch merged into it) is invalid."""
+
+
+class ReleaseInputError(InputError):
+    """Bad release input: Packer variables, an unknown or revoked release."""
+
+
+class SecretsError(InputError):
+    """Cluster secrets are missing, unreadable or would have to be regenerated unsafely."""
+
+
+class OperationFailed(EdgefleetError):
+    """An operation against the outside world failed. Exit code 1."""
+
+
+class ToolMissing(OperationFailed):
+    """An outside program is not installed; the message names the package that provides it."""
+
+
+class PackerError(OperationFailed):
+    """``packer validate`` or ``packer build`` failed."""
+
+
+class ArtifactError(OperationFailed):
+    """An artifact is missing, or its content does not match its recorded sha256."""
+
+
+class BmcError(OperationFailed):
+    """A Redfish call failed. ``transient`` says whether retrying may help."""
+
+    def __init__(self, message: str, *, bmc: str = "", operation: str = "", transient: bool = False,
+                 status: int | None = None):
+        self.bmc = bmc
+        self.operation = operation
+        self.transient = transient
+        self.status = status
+        prefix = f"BMC {bmc}: {operation}: " if bmc or operation else ""
+        super().__init__(prefix + message)
+
+
+class TalosApiError(OperationFailed):
+    """A Talos API (gRPC) call failed."""
+
+
+class ProbeError(OperationFailed):
+    """A health probe could not be evaluated (as opposed to evaluated and failing)."""
+
+
+class GateFailed(OperationFailed):
+    """A health gate said no."""
+
+
+class LockHeld(OperationFailed):
+    """Another operation holds the store's lock; the message names the holder."""
+
+
+class StateError(OperationFailed):
+    """The state store refused an operation (unknown rollout, invalid transition, ...)."""

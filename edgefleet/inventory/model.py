@@ -1,0 +1,370 @@
+"""The typed fleet model: what a store, a node, a window and a freeze are.
+
+Pure: no file or network access here. ``edgefleet.inventory.load`` turns files into these objects;
+everything else in edgefleet takes them as input. Models are frozen so a resolved fleet can be
+shared between threads and tasks without copies.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, time, timedelta
+from enum import StrEnum
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+HOSTNAME_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+FINGERPRINT_RE = re.compile(r"^(sha256:)?[0-9a-f]{2}(:?[0-9a-f]{2}){31}$")
+STORE_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Weekday(StrEnum):
+    mon = "mon"
+    tue = "tue"
+    wed = "wed"
+    thu = "thu"
+    fri = "fri"
+    sat = "sat"
+    sun = "sun"
+
+    @property
+    def index(self) -> int:
+        """Monday is 0, like ``datetime.weekday()``."""
+        return list(Weekday).index(self)
+
+
+class Role(StrEnum):
+    controlplane = "controlplane"
+    worker = "worker"
+
+
+class WipeMethod(StrEnum):
+    """How a node is wiped for reimaging."""
+
+    bmc = "bmc"  # out of band: Redfish virtual media + one-time boot
+    talos_api = "talos-api"  # in band: Talos Reset(wipe) and NoCloud network seed
+
+
+def _parse_hhmm(v: Any) -> Any:
+    if isinstance(v, int) and not isinstance(v, bool):
+        # YAML 1.1 reads an unquoted 22:00 as the sexagesimal integer 1320.
+        return time(v // 60 % 24, v % 60) if 0 <= v < 24 * 60 else v
+    if isinstance(v, str) and v == "24:00":
+        return time(0, 0)
+    return v
+
+
+class MaintenanceWindow(_Model):
+    """A weekly window in the store's local time. ``end <= start`` means it crosses midnight:
+    ``{days: [fri], start: "22:00", end: "04:00"}`` runs Friday 22:00 to Saturday 04:00."""
+
+    days: list[Weekday] = Field(min_length=1)
+    start: time
+    end: time
+
+    _norm_start = field_validator("start", "end", mode="before")(_parse_hhmm)
+
+    @field_validator("days", mode="before")
+    @classmethod
+    def _days(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        if isinstance(v, list):
+            out: list[Any] = []
+            for d in v:
+                if isinstance(d, str) and d.lower() in ("daily", "all", "everyday"):
+                    out.extend(Weekday)
+                elif isinstance(d, str):
+                    out.append(d.lower()[:3])
+                else:
+                    out.append(d)
+            return out
+        return v
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> MaintenanceWindow:
+        if self.start == self.end and self.start != time(0, 0):
+            raise ValueError("start and end are equal: a window must have a length (use 00:00-00:00 for all day)")
+        return self
+
+    @property
+    def duration(self) -> timedelta:
+        s = self.start.hour * 60 + self.start.minute
+        e = self.end.hour * 60 + self.end.minute
+        minutes = (e - s) % (24 * 60) or 24 * 60
+        return timedelta(minutes=minutes)
+
+    @property
+    def crosses_midnight(self) -> bool:
+        return self.end <= self.start
+
+
+class Freeze(_Model):
+    """A fleet change freeze. Dates (or naive datetimes) are read in each store's local time; an
+    aware datetime is an absolute instant. ``end`` as a date is inclusive (the whole day)."""
+
+    name: str
+    start: datetime | date
+    end: datetime | date
+    reason: str = ""
+    countries: list[str] = Field(default_factory=list)  # empty: the whole fleet
+    groups: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _order(self) -> Freeze:
+        s, e = self.start, self.end
+        if type(s) is not type(e):
+            raise ValueError("start and end must both be dates or both be datetimes")
+        if isinstance(s, datetime) and isinstance(e, datetime) and (s.tzinfo is None) != (e.tzinfo is None):
+            raise ValueError("start and end must both carry a UTC offset or both be local")
+        if e < s:  # type: ignore[operator]
+            raise ValueError(f"end {e} is before start {s}")
+        return self
+
+
+class CredentialsRef(_Model):
+    """Where the BMC password lives. Never the secret itself."""
+
+    username: str = Field(min_length=1)
+    password_env: str | None = None
+    password_file: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "password" in v:
+            raise ValueError(
+                "an inline 'password' is not allowed: reference it with password_env (an environment "
+                "variable name) or password_file (a file path)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CredentialsRef:
+        if (self.password_env is None) == (self.password_file is None):
+            raise ValueError("give exactly one of password_env or password_file")
+        if self.password_env is not None and not ENV_NAME_RE.match(self.password_env):
+            raise ValueError(f"password_env {self.password_env!r} is not a valid environment variable name")
+        return self
+
+
+class BmcTls(_Model):
+    """How to trust a BMC's certificate: a CA bundle, a pinned sha256 fingerprint, or (explicitly,
+    logged at use) not at all."""
+
+    ca_file: str | None = None
+    fingerprint: str | None = None
+    insecure: bool = False
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _fp(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip().lower()
+        if not FINGERPRINT_RE.match(v):
+            raise ValueError("fingerprint must be a sha256 digest: 64 hex digits, colons allowed, 'sha256:' prefix optional")
+        return v.removeprefix("sha256:").replace(":", "")
+
+
+class Bmc(_Model):
+    url: str
+    credentials: CredentialsRef
+    tls: BmcTls = Field(default_factory=BmcTls)
+    vendor: str | None = None  # selects entries in the Redfish quirks table
+    allow_http: bool = False
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v.rstrip("/")
+
+
+class Bond(_Model):
+    """Bond the node's NICs (given by MAC). The node's ``mac`` must be one of them."""
+
+    macs: list[str] = Field(min_length=2)
+    mode: Literal["active-backup", "802.3ad", "balance-rr", "balance-xor", "balance-alb", "balance-tlb"] = (
+        "active-backup"
+    )
+
+    @field_validator("macs", mode="before")
+    @classmethod
+    def _lower(cls, v: Any) -> Any:
+        return [m.lower() if isinstance(m, str) else m for m in v] if isinstance(v, list) else v
+
+
+class Node(_Model):
+    name: str
+    role: Role
+    mac: str
+    ip: IPv4Address
+    ipv6: IPv6Address | None = None
+    install_disk: str = "/dev/sda"
+    bmc: Bmc | None = None
+    bond: Bond | None = None
+    talos_patches: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("mac", mode="before")
+    @classmethod
+    def _mac(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = v.strip().lower().replace("-", ":")
+            if not MAC_RE.match(v):
+                raise ValueError(f"{v!r} is not a MAC address like 02:00:5e:10:00:01")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _hostname(cls, v: str) -> str:
+        if len(v) > 63 or not HOSTNAME_LABEL.match(v):
+            raise ValueError(
+                f"{v!r} is not an RFC 1123 host name label (lower-case letters, digits and '-', "
+                "at most 63, not starting or ending with '-')"
+            )
+        return v
+
+    @field_validator("install_disk")
+    @classmethod
+    def _disk(cls, v: str) -> str:
+        if not v.startswith("/dev/"):
+            raise ValueError(f"{v!r} is not a device path under /dev/")
+        return v
+
+
+class Ipv6Config(_Model):
+    subnet: IPv6Network
+    gateway: IPv6Address
+
+
+class Network(_Model):
+    subnet: IPv4Network
+    gateway: IPv4Address
+    dns: list[IPv4Address | IPv6Address] = Field(min_length=1)
+    ntp: list[str] = Field(default_factory=list)
+    vlan: int | None = Field(default=None, ge=1, le=4094)
+    mtu: int | None = Field(default=None, ge=1280, le=9216)
+    ipv6: Ipv6Config | None = None
+
+    @field_validator("subnet", mode="before")
+    @classmethod
+    def _strict_subnet(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                IPv4Network(v, strict=True)
+            except ValueError as e:
+                raise ValueError(f"{v!r} is not an IPv4 network with host bits clear ({e})") from None
+        return v
+
+
+class Cluster(_Model):
+    name: str
+    vip: IPv4Address | None = None
+    endpoint: str | None = None  # default: https://<vip or first control plane>:6443
+    kubernetes_version: str = "1.35.0"
+    pod_subnets: list[str] = Field(default_factory=lambda: ["10.244.0.0/16"])
+    service_subnets: list[str] = Field(default_factory=lambda: ["10.96.0.0/12"])
+    allow_scheduling_on_control_planes: bool | None = None  # default: true when there are no workers
+
+
+class Probe(_Model):
+    name: str
+    url: str
+    expect_status: int = Field(default=200, ge=100, le=599)
+    timeout_s: float = Field(default=5.0, gt=0, le=120)
+
+
+class Store(_Model):
+    """A store after layering: fleet defaults, then its groups' vars, then its own file."""
+
+    id: str
+    name: str
+    country: str
+    region: str
+    timezone: str
+    ring: str = "ring1"
+    canary: bool = False
+    groups: list[str] = Field(default_factory=list)  # extra named groups, besides country/region/ring
+    maintenance_windows: list[MaintenanceWindow] = Field(min_length=1)
+    network: Network
+    cluster: Cluster
+    nodes: list[Node] = Field(min_length=1)
+    probes: list[Probe] = Field(default_factory=list)
+    talos_patches: list[dict[str, Any]] = Field(default_factory=list)  # fleet -> group -> store, in order
+    wipe_method: WipeMethod = WipeMethod.bmc
+    seed_url: str | None = None  # for wipe_method talos-api: where nodes fetch their NoCloud seed
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not STORE_ID_RE.match(v):
+            raise ValueError(f"{v!r}: store ids are lower-case letters, digits and '-' (at most 42)")
+        return v
+
+    @field_validator("country")
+    @classmethod
+    def _country(cls, v: str) -> str:
+        if not re.match(r"^[A-Z]{2}$", v):
+            raise ValueError(f"{v!r} is not an ISO 3166-1 alpha-2 country code like DK")
+        return v
+
+    @property
+    def control_planes(self) -> list[Node]:
+        return [n for n in self.nodes if n.role is Role.controlplane]
+
+    @property
+    def workers(self) -> list[Node]:
+        return [n for n in self.nodes if n.role is Role.worker]
+
+    @property
+    def endpoint(self) -> str:
+        if self.cluster.endpoint:
+            return self.cluster.endpoint
+        host = self.cluster.vip or self.control_planes[0].ip
+        return f"https://{host}:6443"
+
+    @property
+    def all_groups(self) -> list[str]:
+        """Every group the store is in, in layering order (lowest precedence first)."""
+        out = [f"country_{self.country.lower()}", f"region_{self.region}", f"ring_{self.ring}"]
+        if self.canary:
+            out.append("canary")
+        out.extend(g for g in self.groups if g not in out)
+        return out
+
+
+class Fleet(_Model):
+    name: str
+    stores: dict[str, Store]
+    freezes: list[Freeze] = Field(default_factory=list)
+    source: str = ""  # the inventory directory it was loaded from
+
+    def store(self, store_id: str) -> Store:
+        try:
+            return self.stores[store_id]
+        except KeyError:
+            from edgefleet.errors import InputError
+
+            raise InputError(f"no store {store_id!r} in inventory {self.source or '<memory>'}") from None
+
+    @property
+    def node_count(self) -> int:
+        return sum(len(s.nodes) for s in self.stores.values())
+
+    def groups(self) -> dict[str, list[str]]:
+        """Group name -> store ids, for every group any store is in."""
+        out: dict[str, list[str]] = {}
+        for s in self.stores.values():
+            for g in s.all_groups:
+                out.setdefault(g, []).append(s.id)
+        return out

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import available_timezones
 
 import yaml
@@ -44,8 +44,9 @@ ACCUMULATING = "talos_patches"
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _DuplicateKey(Exception):
+class _DuplicateKey(yaml.YAMLError):
     def __init__(self, key: object, line: int):
+        super().__init__(f"key {key!r} is given twice in one mapping (line {line})")
         self.key, self.line = key, line
 
 
@@ -57,7 +58,7 @@ class _FastLoader(_Loader):  # type: ignore[valid-type,misc]
     thousands of times, and resolving each plain scalar against YAML 1.1's regexes is the
     dominant cost of loading a fleet."""
 
-    _tags: dict[tuple[str, tuple[bool, bool]], str] = {}
+    _tags: ClassVar[dict[tuple[str, tuple[bool, bool]], str]] = {}
 
     def resolve(self, kind: type[yaml.Node], value: Any, implicit: Any) -> Any:
         if kind is yaml.ScalarNode:
@@ -200,7 +201,7 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
 
 def _has_path(data: Any, path: tuple[str | int, ...]) -> bool:
     for part in path:
-        if isinstance(data, Mapping) and part in data:
+        if isinstance(data, Mapping) and part in data:  # noqa: SIM114 - the narrowed types differ
             data = data[part]
         elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
             data = data[part]
@@ -216,9 +217,15 @@ def _zones() -> frozenset[str]:
 
 def _pydantic_problems(ctx: _Ctx, err: ValidationError, store_id: str, raw_store: Mapping[str, Any],
                        src: _Source, layers: list[tuple[_Source, Mapping[str, Any]]]) -> None:
-    nodes = raw_store.get("nodes") if isinstance(raw_store.get("nodes"), list) else []
+    raw_nodes = raw_store.get("nodes")
+    nodes: list[Any] = raw_nodes if isinstance(raw_nodes, list) else []
+    seen: set[tuple[tuple[str | int, ...], str]] = set()
     for e in err.errors(include_url=False):
-        loc = tuple(e["loc"])
+        # Drop pydantic's union-member tags ("function-after[...]") from the location.
+        loc = tuple(p for p in e["loc"] if isinstance(p, int) or ("[" not in p and "(" not in p))
+        if (loc, e["type"]) in seen:
+            continue
+        seen.add((loc, e["type"]))
         node_name = None
         if len(loc) >= 2 and loc[0] == "nodes" and isinstance(loc[1], int) and loc[1] < len(nodes):
             n = nodes[loc[1]]
@@ -309,7 +316,9 @@ def _check_store(ctx: _Ctx, s: Store, file: str, path: tuple[str | int, ...]) ->
 def _fleet_file(ctx: _Ctx, root: Path) -> tuple[str, dict[str, Any], list[Freeze], _Source]:
     path = root / "fleet.yml"
     src = _Source(str(path))
-    name, defaults, freezes = root.name, {}, []
+    name = root.name
+    defaults: dict[str, Any] = {}
+    freezes: list[Freeze] = []
     if not path.is_file():
         ctx.add("missing: every inventory has a fleet.yml (fleet name, defaults, freezes)", file=ctx.rel(path))
         return name, defaults, freezes, src
@@ -457,7 +466,7 @@ def _load_fleet(path: Path) -> Fleet:
             if not isinstance(raw, dict):
                 ctx.add("each store is a mapping", file=rel, line=_line_of(str(f), spath))
                 continue
-            sid = raw.get("id") if isinstance(raw.get("id"), str) else f"#{i}"
+            sid: str = raw["id"] if isinstance(raw.get("id"), str) else f"#{i}"
             if sid in origin:
                 ofile, opath = origin[sid]
                 ctx.add(f"duplicate store id (first defined at {ctx.rel(Path(ofile))}:{_line_of(ofile, opath)})",

@@ -13,7 +13,7 @@ from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator, model_validator
 
 HOSTNAME_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -36,7 +36,7 @@ class Weekday(StrEnum):
     sun = "sun"
 
     @property
-    def index(self) -> int:
+    def number(self) -> int:
         """Monday is 0, like ``datetime.weekday()``."""
         return list(Weekday).index(self)
 
@@ -125,7 +125,7 @@ class Freeze(_Model):
             raise ValueError("start and end must both be dates or both be datetimes")
         if isinstance(s, datetime) and isinstance(e, datetime) and (s.tzinfo is None) != (e.tzinfo is None):
             raise ValueError("start and end must both carry a UTC offset or both be local")
-        if e < s:  # type: ignore[operator]
+        if e < s:
             raise ValueError(f"end {e} is before start {s}")
         return self
 
@@ -171,7 +171,9 @@ class BmcTls(_Model):
             return v
         v = v.strip().lower()
         if not FINGERPRINT_RE.match(v):
-            raise ValueError("fingerprint must be a sha256 digest: 64 hex digits, colons allowed, 'sha256:' prefix optional")
+            raise ValueError(
+                "fingerprint must be a sha256 digest: 64 hex digits, colons allowed, 'sha256:' prefix optional"
+            )
         return v.removeprefix("sha256:").replace(":", "")
 
 
@@ -250,7 +252,7 @@ class Ipv6Config(_Model):
 class Network(_Model):
     subnet: IPv4Network
     gateway: IPv4Address
-    dns: list[IPv4Address | IPv6Address] = Field(min_length=1)
+    dns: list[IPvAnyAddress] = Field(min_length=1)
     ntp: list[str] = Field(default_factory=list)
     vlan: int | None = Field(default=None, ge=1, le=4094)
     mtu: int | None = Field(default=None, ge=1280, le=9216)

@@ -1,0 +1,145 @@
+"""Inventory loading: the sample fleet, layering, and every validation rule (data-driven cases)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from edgefleet.errors import InventoryError
+from edgefleet.inventory.load import deep_merge, load_fleet, parse_yaml
+from edgefleet.inventory.model import Role
+from tests.helpers import SAMPLE_INVENTORY
+
+CASES = yaml.safe_load((Path(__file__).parent.parent / "cases" / "inventory" / "errors.yml").read_text())
+
+
+def test_sample_fleet_loads_and_has_the_promised_shape() -> None:
+    fleet = load_fleet(SAMPLE_INVENTORY)
+    assert 20 <= len(fleet.stores) <= 30
+    assert len({s.country for s in fleet.stores.values()}) >= 6
+    assert len({s.timezone for s in fleet.stores.values()}) >= 6
+    sizes = {len(s.nodes) for s in fleet.stores.values()}
+    assert {1, 3} <= sizes
+    assert {f.name for f in fleet.freezes} >= {"black-friday", "christmas"}
+
+
+def test_layering_fleet_group_store_node() -> None:
+    fleet = load_fleet(SAMPLE_INVENTORY)
+    us = fleet.store("us-002")
+    # country_us group vars override the fleet default window; the canary ring overrides the country.
+    assert us.ring == "canary"
+    assert [(w.start.hour, w.end.hour) for w in us.maintenance_windows] == [(21, 6)]
+    us1 = fleet.store("us-001")
+    assert us1.timezone == "America/New_York"
+    assert [(w.start.hour, w.end.hour, w.end.minute) for w in us1.maintenance_windows] == [(1, 5, 30)]
+    # region vars merge into the network key by key: DNS from the region, subnet from the store.
+    assert [str(d) for d in us1.network.dns] == ["10.0.2.53", "10.0.3.53"]
+    assert str(us1.network.subnet) == "10.24.1.0/24"
+    # node_defaults: fleet default disk, store override for ae-002.
+    assert fleet.store("ae-001").nodes[0].install_disk == "/dev/sda"
+    assert fleet.store("ae-002").nodes[0].install_disk == "/dev/nvme0n1"
+    bmc = fleet.store("ae-001").nodes[0].bmc
+    assert bmc is not None and bmc.credentials.password_env == "EDGEFLEET_BMC_PASSWORD"
+    # talos patches accumulate: the fleet's, then the node's own stay on the node.
+    dk = fleet.store("dk-002")
+    assert len(dk.talos_patches) == 1
+    assert dk.nodes[0].talos_patches and not dk.nodes[1].talos_patches
+    # a store without workers has only control planes; us-003 has two workers
+    assert [n.role for n in fleet.store("us-003").workers] == [Role.worker, Role.worker]
+
+
+def test_deep_merge_rules() -> None:
+    base = {"a": {"x": 1, "y": [1]}, "talos_patches": [{"p": 1}]}
+    over = {"a": {"y": [2], "z": 3}, "talos_patches": [{"p": 2}]}
+    assert deep_merge(base, over) == {"a": {"x": 1, "y": [2], "z": 3}, "talos_patches": [{"p": 1}, {"p": 2}]}
+    assert base == {"a": {"x": 1, "y": [1]}, "talos_patches": [{"p": 1}]}  # inputs untouched
+
+
+def test_parse_yaml_rejects_duplicate_keys_and_keeps_yaml_types() -> None:
+    assert parse_yaml("a: 1\nb: [x, 2.5, true, null]\n") == {"a": 1, "b": ["x", 2.5, True, None]}
+    with pytest.raises(Exception, match="twice"):
+        parse_yaml("a: 1\na: 2\n")
+
+
+def _write_case(root: Path, case: dict[str, Any]) -> Path:
+    inv = root / "inv"
+    (inv / "stores").mkdir(parents=True)
+    (inv / "group_vars").mkdir()
+    (inv / "fleet.yml").write_text(
+        "fleet: {name: t}\n"
+        "defaults:\n"
+        "  maintenance_windows: [{days: [mon], start: '22:00', end: '04:00'}]\n"
+        "  network: {dns: [10.0.0.53]}\n"
+        "  node_defaults: {bmc: {credentials: {username: u, password_env: BMC_PW}}}\n"
+    )
+    (inv / "group_vars" / "country_dk.yml").write_text("timezone: Europe/Copenhagen\n")
+    text: str = CASES["base_store"]
+    for old, new in case.get("replace", {}).items():
+        assert old in text, f"case {case['name']}: {old!r} not in the base store"
+        text = text.replace(old, new)
+    text += textwrap.indent(case.get("append", ""), "  ")
+    (inv / "stores" / "case.yml").write_text(text)
+    return inv
+
+
+def test_base_store_of_the_cases_is_valid(tmp_path: Path) -> None:
+    fleet = load_fleet(_write_case(tmp_path, {"name": "base"}))
+    assert list(fleet.stores) == ["dk-100"]
+
+
+@pytest.mark.parametrize("case", CASES["cases"], ids=[c["name"] for c in CASES["cases"]])
+def test_inventory_error_case(tmp_path: Path, case: dict[str, Any]) -> None:
+    inv = _write_case(tmp_path, case)
+    if not case["expect"]:
+        load_fleet(inv)
+        return
+    with pytest.raises(InventoryError) as ei:
+        load_fleet(inv)
+    problems = ei.value.problems
+    for exp in case["expect"]:
+        matches = [p for p in problems if exp["msg"] in p.message]
+        assert matches, f"no problem containing {exp['msg']!r} in:\n{ei.value}"
+        p = matches[0]
+        assert p.file is not None and p.file.endswith(("case.yml", "fleet.yml"))
+        for key in ("line", "node", "store", "field"):
+            if key in exp:
+                assert getattr(p, key) == exp[key], f"{key}: {p.render()}"
+        if "hint" in exp:
+            assert p.hint and exp["hint"] in p.hint, p.render()
+        if "store" not in exp and "broken YAML" not in exp["msg"] and "twice" not in exp["msg"]:
+            assert p.store == "dk-100", p.render()
+    assert len(problems) >= len(case["expect"])
+
+
+def test_problem_inherited_from_a_layer_points_at_that_layer(tmp_path: Path) -> None:
+    inv = _write_case(tmp_path, {"name": "x"})
+    (inv / "group_vars" / "country_dk.yml").write_text("timezone: Europe/Copenhagen\nnetwork:\n  dns: [not-an-ip]\n")
+    with pytest.raises(InventoryError) as ei:
+        load_fleet(inv)
+    (p,) = ei.value.problems
+    assert p.file is not None and p.file.endswith("group_vars/country_dk.yml") and p.line == 3
+    assert p.field == "network.dns.0" and p.store == "dk-100"
+
+
+def test_missing_directory_and_missing_parts(tmp_path: Path) -> None:
+    with pytest.raises(InventoryError, match="does not exist"):
+        load_fleet(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InventoryError) as ei:
+        load_fleet(tmp_path / "empty")
+    text = str(ei.value)
+    assert "fleet.yml" in text and "no store files" in text
+
+
+def test_bad_freeze_is_reported_with_its_line(tmp_path: Path) -> None:
+    inv = _write_case(tmp_path, {"name": "x"})
+    with (inv / "fleet.yml").open("a") as f:
+        f.write("freezes:\n  - {name: xmas, start: 2026-12-24, end: 2026-12-20}\n")
+    with pytest.raises(InventoryError) as ei:
+        load_fleet(inv)
+    (p,) = ei.value.problems
+    assert "is before start" in p.message and p.line == 7

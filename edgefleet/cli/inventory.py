@@ -95,12 +95,21 @@ def graph(inventory: InventoryOpt = Path("inventory"), json_out: JsonOpt = False
 @app.command()
 def ansible(inventory: InventoryOpt = Path("inventory"),
             list_: Annotated[bool, typer.Option("--list", help="Whole inventory (Ansible's --list protocol)")] = True,
-            host: Annotated[str | None, typer.Option("--host", help="One host's vars")] = None) -> None:
-    """Print the fleet as an Ansible dynamic inventory (the script protocol: --list / --host)."""
-    from edgefleet.inventory.ansible import render_ansible_inventory
+            host: Annotated[str | None, typer.Option("--host", help="One host's vars")] = None,
+            static_yaml: Annotated[bool, typer.Option("--yaml", help="A static YAML inventory instead")] = False,
+            ) -> None:
+    """Print the fleet as an Ansible dynamic inventory (the script protocol: --list / --host),
+    or with --yaml as a static YAML inventory file."""
+    from edgefleet.inventory.ansible import render_ansible_inventory, to_static_inventory
 
     fleet = load_fleet(inventory)
     data = render_ansible_inventory(fleet)
+    if static_yaml:
+        import yaml
+
+        sys.stdout.write(yaml.dump(to_static_inventory(data), Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper),
+                                   sort_keys=False, default_flow_style=False))
+        return
     out: Any = data["_meta"]["hostvars"].get(host, {}) if host else data
     sys.stdout.write(json.dumps(out, separators=(",", ":")) + "\n")
 

@@ -58,3 +58,22 @@ def render_ansible_inventory(fleet: Fleet) -> dict[str, Any]:
     for name, grp in groups.items():
         out[name] = {k: grp[k] for k in ("hosts", "children", "vars") if grp.get(k)}
     return out
+
+
+def to_static_inventory(script_json: dict[str, Any]) -> dict[str, Any]:
+    """Convert the script-protocol JSON into Ansible's static YAML inventory layout (``all:
+    children: ...``), for teams that keep a generated inventory file instead of a script."""
+    hostvars: dict[str, Any] = script_json["_meta"]["hostvars"]
+
+    def group(name: str) -> dict[str, Any]:
+        g = script_json.get(name, {})
+        out: dict[str, Any] = {}
+        if g.get("hosts"):
+            out["hosts"] = {h: (hostvars.get(h) if name.startswith("store_") else None) for h in g["hosts"]}
+        if g.get("vars"):
+            out["vars"] = g["vars"]
+        if g.get("children"):
+            out["children"] = {c: group(c) for c in g["children"]}
+        return out
+
+    return {"all": {"children": {c: group(c) for c in script_json["all"]["children"] if c != "ungrouped"}}}

@@ -1,0 +1,22 @@
+"""`make bench`: run every benchmark, write bench/results/*.json and bench/results/table.md."""
+
+from __future__ import annotations
+
+import sys
+
+from bench import bench_inventory
+from bench.common import render_table
+
+BENCHES = {"inventory": bench_inventory.run}
+
+
+def main(names: list[str]) -> None:
+    for name, fn in BENCHES.items():
+        if names and name not in names:
+            continue
+        fn()
+    print(render_table())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -3,7 +3,6 @@ on the embedded defaults (no server to start, nothing outside 127.0.0.1 touched)
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from edgefleet.cli import app
@@ -26,4 +25,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -17,9 +17,10 @@ export EDGEFLEET_SUSHY_VENV := $(CURDIR)/.cache/sushy-venv
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	@$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-	$(PY) -m pip install -q -e '.[dev]' 2>&1 | grep -v "is ignored" || true
-	@$(PY) -c "import edgefleet, prefect, pycdlib, hcl2, ansible_runner" 
+	@echo "installing edgefleet and its dependencies into $(VENV) (log: $(VENV)/pip.log)"
+	@$(PY) -m pip install -q --upgrade pip > $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	@$(PY) -m pip install -q -e '.[dev]' >> $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	@$(PY) -c "import edgefleet, prefect, pycdlib, hcl2, ansible_runner"
 	@touch $@
 
 debs:
@@ -34,7 +35,7 @@ debs:
 setup: $(VENV)/.installed debs .cache/cloud-init/.done .cache/sushy-venv/bin/sushy-emulator
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check edgefleet flows tests bench
+	$(VENV)/bin/ruff check edgefleet tests bench $(wildcard flows/*.py)
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy edgefleet

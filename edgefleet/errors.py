@@ -15,7 +15,8 @@ without parsing messages:
     │   ├── InventoryError         the inventory has one or more problems (all collected)
     │   ├── ConfigRenderError      a Talos config or patch is invalid
     │   ├── ReleaseInputError      bad Packer variables, unknown or revoked release
-    │   └── SecretsError           missing / undecryptable cluster secrets
+    │   ├── SecretsError           missing / undecryptable cluster secrets
+    │   └── SeedError              a NoCloud seed ISO cannot be built or read back
     └── OperationFailed            exit 1: the world did not do what we asked
         ├── ToolMissing            an outside program (packer, xorriso, ...) is not installed
         ├── PackerError            packer validate/build failed
@@ -144,3 +145,7 @@ class LockHeld(OperationFailed):
 
 class StateError(OperationFailed):
     """The state store refused an operation (unknown rollout, invalid transition, ...)."""
+
+
+class SeedError(InputError):
+    """A NoCloud seed cannot be built or read back (not an ISO, no CIDATA label, a file missing)."""

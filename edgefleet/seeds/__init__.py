@@ -1,0 +1,1 @@
+"""NoCloud seeds for Talos nodes."""

@@ -9,12 +9,16 @@ import sys
 import typer
 
 from edgefleet.cli import inventory as _inventory
+from edgefleet.cli import release as _release
+from edgefleet.cli import seed as _seed
 from edgefleet.cli._common import err_console
 from edgefleet.errors import EdgefleetError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="edgefleet: run fleets of edge Talos Kubernetes clusters.")
 app.add_typer(_inventory.app, name="inventory")
+app.add_typer(_release.app, name="release")
+app.add_typer(_seed.app, name="seed")
 
 
 def main() -> None:

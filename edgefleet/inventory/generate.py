@@ -94,7 +94,7 @@ def fleet_defaults() -> dict[str, Any]:
             "install_disk": "/dev/sda",
             "bmc": {"credentials": {"username": "edgefleet", "password_env": "EDGEFLEET_BMC_PASSWORD"}},
         },
-        "talos_patches": [{"machine": {"time": {"disabled": False}}}],
+        "talos_patches": [{"machine": {"kubelet": {"extraArgs": {"rotate-server-certificates": "true"}}}}],
     }
 
 

@@ -1,0 +1,110 @@
+"""The state store's engine, sessions and declarative ``Base``.
+
+``open_state(url)`` returns an engine with every table created (``create_all`` is idempotent). A
+SQLite URL (the default, a file in EDGEFLEET_HOME) gets WAL journaling and a busy timeout so a CLI
+command and a running flow can share the file; any other URL (``postgresql+psycopg://...``) is passed
+to SQLAlchemy unchanged.
+
+Adding tables: declare them on ``Base`` in their own module and append that module's name to
+``TABLE_MODULES``; ``open_state`` imports them before ``create_all``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from edgefleet.errors import StateError
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+# Modules that declare tables on Base; imported by open_state before create_all.
+TABLE_MODULES: tuple[str, ...] = ("edgefleet.releases.catalog",)
+
+
+class Base(DeclarativeBase):
+    """Declarative base shared by every table of the state store."""
+
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def create_state_engine(url: str) -> Engine:
+    """A new engine for ``url`` with all tables created. Prefer ``open_state`` (cached per URL)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise StateError(f"state store URL {url!r} is not a SQLAlchemy URL: {e} "
+                         "(set EDGEFLEET_STATE_URL, e.g. sqlite:///path/edgefleet.db)") from e
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+    else:
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (ArgumentError, ImportError) as e:
+        raise StateError(f"cannot open state store {parsed.render_as_string(hide_password=True)}: {e}") from e
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    for module in TABLE_MODULES:
+        importlib.import_module(module)
+    try:
+        Base.metadata.create_all(engine)
+    except SQLAlchemyError as e:
+        engine.dispose()
+        raise StateError(f"cannot create tables in state store "
+                         f"{parsed.render_as_string(hide_password=True)}: {e}") from e
+    return engine
+
+
+def open_state(url: str) -> Engine:
+    """The engine for ``url`` (one per URL per process), tables created on first open."""
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = create_state_engine(url)
+            _engines[url] = engine
+        return engine
+
+
+def close_all() -> None:
+    """Dispose every cached engine (tests, and processes that fork)."""
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session that commits on success and rolls back on any exception."""
+    session = sessionmaker(engine, expire_on_commit=False)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()

@@ -1,0 +1,1 @@
+"""Talos Linux: machine-config rendering (``config``) for edgefleet's nodes."""

@@ -1,0 +1,215 @@
+"""``edgefleet seed build`` / ``seed inspect`` end to end: the real CLI in a subprocess, real files,
+cloud-init's own NoCloud reader and network renderers on the seeds it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from edgefleet.inventory.load import load_fleet
+from edgefleet.seeds.render import render_network_config
+from tests.helpers import CONFORMANCE
+
+SCHEMA_FILE = CONFORMANCE / "talos-v1.12.6" / "config.schema.json"
+RELEASE = "talos-v1.12.6-r1"
+# Runs the edgefleet CLI; registers the ``seed`` sub-app if edgefleet.cli does not (yet).
+CLI = ("import edgefleet.cli as c\n"
+       "from edgefleet.cli import seed\n"
+       "if not any(g.name == 'seed' for g in c.app.registered_groups):\n"
+       "    c.app.add_typer(seed.app, name='seed')\n"
+       "c.main()\n")
+
+
+def run(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", CLI, *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=300, check=False)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    e = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
+    e["EDGEFLEET_HOME"] = str(tmp_path / "home")
+    e["COLUMNS"] = "200"
+    if SCHEMA_FILE.exists():
+        e["EDGEFLEET_TALOS_SCHEMA"] = str(SCHEMA_FILE)
+    return e
+
+
+def _edit_store(inventory: Path, store_id: str, **changes: Any) -> None:
+    for f in (inventory / "stores").glob("*.yml"):
+        data = yaml.safe_load(f.read_text())
+        for s in data["stores"]:
+            if s["id"] == store_id:
+                for k, v in changes.items():
+                    if k == "network":
+                        s.setdefault("network", {}).update(v)
+                    else:
+                        s[k] = v(s) if callable(v) else v
+                f.write_text(yaml.safe_dump(data, sort_keys=False))
+                return
+    raise AssertionError(f"no store {store_id}")
+
+
+def _build(inv: Path, out: Path, env: dict[str, str], *extra: str) -> tuple[int, dict[str, Any], str]:
+    p = run("seed", "build", "-i", str(inv), "--release", RELEASE, "--out", str(out), "--json", *extra,
+            env=env, cwd=inv.parent)
+    return p.returncode, (json.loads(p.stdout) if p.returncode == 0 else {}), p.stderr
+
+
+@pytest.mark.slow
+def test_build_inspect_rebuild_and_cloud_init_reads_the_seeds(sample_copy: Path, tmp_path: Path,
+                                                              env: dict[str, str], cloudinit: Any) -> None:
+    out = tmp_path / "seeds"
+    stores = ["de-001", "no-003", "us-001"]  # VLAN, a bonded node, dual stack
+    rc, rep, err = _build(sample_copy, out, env, *[a for s in stores for a in ("--store", s)])
+    assert rc == 0, err
+    assert rep["nodes"] == 9 and len(rep["written"]) == 9 and rep["skipped"] == 0
+    assert sorted(rep["secrets_generated"]) == stores
+    assert rep["talos_version"] == "v1.12.6" and rep["kubernetes_version"] == "1.35.0"
+    assert rep["installer_image"] == "ghcr.io/siderolabs/installer:v1.12.6"
+    isos = sorted(out.glob("*/*.iso"))
+    assert len(isos) == 9
+    for iso in isos:
+        assert stat.S_IMODE(iso.stat().st_mode) == 0o600
+    for s in stores:
+        assert stat.S_IMODE((tmp_path / "home" / "secrets" / f"{s}.yaml").stat().st_mode) == 0o600
+    index = json.loads((out / "index.json").read_text())["nodes"]
+    assert len(index) == 9
+
+    # Unchanged inventory: nothing rendered, nothing touched.
+    mtimes = {p: p.stat().st_mtime_ns for p in isos}
+    rc, rep, err = _build(sample_copy, out, env, *[a for s in stores for a in ("--store", s)])
+    assert rc == 0, err
+    assert rep["skipped"] == 9 and rep["written"] == [] and rep["secrets_generated"] == []
+    assert {p: p.stat().st_mtime_ns for p in isos} == mtimes
+
+    # inspect shows what the library renders.
+    fleet = load_fleet(sample_copy)
+    iso = out / "no-003" / "no-003-n1.iso"
+    p = run("seed", "inspect", str(iso), "--json", env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    seen = json.loads(p.stdout)
+    assert seen["label"] == "CIDATA" and seen["sha256"] == index["no-003/no-003-n1"]["sha256"]
+    store, node = fleet.store("no-003"), fleet.store("no-003").nodes[0]
+    assert node.bond is not None
+    assert seen["files"]["network-config"] == render_network_config(store, node).decode()
+    meta = yaml.safe_load(seen["files"]["meta-data"])
+    assert meta["local-hostname"] == "no-003-n1"
+    docs = list(yaml.safe_load_all(seen["files"]["user-data"]))
+    assert docs[0]["machine"]["nodeLabels"]["edgefleet.io/release"] == RELEASE
+    assert {"kind": "HostnameConfig", "hostname": "no-003-n1"}.items() <= docs[1].items()
+    p = run("seed", "inspect", str(iso), env=env, cwd=tmp_path)
+    assert p.returncode == 0 and "label CIDATA" in p.stdout and "--- network-config" in p.stdout
+
+    # cloud-init's NoCloud datasource reads the seed back unchanged.
+    got = cloudinit.read_nocloud(iso, tmp_path / "ci")
+    assert got["found"], "\n".join(got["log"])
+    assert got["userdata_raw"] == seen["files"]["user-data"].encode()
+    assert got["metadata"]["instance-id"] == meta["instance-id"]
+    assert got["network_config"] == yaml.safe_load(seen["files"]["network-config"])
+
+    # cloud-init's renderers accept every network-config (VLAN, bond, dual stack).
+    for s in stores:
+        for n in fleet.store(s).nodes:
+            nc = tmp_path / "nc" / f"{n.name}.yaml"
+            nc.parent.mkdir(exist_ok=True)
+            nc.write_bytes(render_network_config(fleet.store(s), n))
+            conv = cloudinit.net_convert(nc, tmp_path / "nc" / n.name, distro="debian", output="networkd")
+            assert conv.returncode == 0, conv.stderr
+            rendered = "".join(f.read_text() for f in (tmp_path / "nc" / n.name).rglob("*.network"))
+            assert f"Address={n.ip}/24" in rendered
+            assert "Destination=0.0.0.0/0" in rendered
+            ipv6 = fleet.store(s).network.ipv6
+            if n.ipv6 is not None and ipv6 is not None:
+                assert f"Address={n.ipv6}/64" in rendered and f"Gateway={ipv6.gateway}" in rendered
+                assert "Destination=::/64" not in rendered
+
+    # A change in one store re-renders exactly that store's nodes, with a new instance-id.
+    _edit_store(sample_copy, "de-001", network={"dns": ["10.0.9.53"]})
+    rc, rep, err = _build(sample_copy, out, env, *[a for s in stores for a in ("--store", s)])
+    assert rc == 0, err
+    assert sorted(rep["written"]) == [f"de-001/de-001-n{i}" for i in (1, 2, 3)] and rep["skipped"] == 6
+    p = run("seed", "inspect", str(out / "de-001" / "de-001-n1.iso"), "--json", env=env, cwd=tmp_path)
+    assert "10.0.9.53" in json.loads(p.stdout)["files"]["network-config"]
+
+
+def test_one_node_from_all_stores(sample_copy: Path, tmp_path: Path, env: dict[str, str]) -> None:
+    out = tmp_path / "seeds"
+    rc, rep, err = _build(sample_copy, out, env, "--all", "--node", "vn-001-n1")
+    assert rc == 0, err
+    assert rep["nodes"] == 1 and rep["written"] == ["vn-001/vn-001-n1"] and rep["secrets_generated"] == ["vn-001"]
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*.iso")] == ["vn-001/vn-001-n1.iso"]
+
+
+def test_a_patch_that_breaks_the_schema_writes_nothing(sample_copy: Path, tmp_path: Path,
+                                                       env: dict[str, str]) -> None:
+    if not SCHEMA_FILE.exists():
+        pytest.skip(f"Talos schema not found at {SCHEMA_FILE} (the shared conformance folder is absent)")
+
+    def bad_node(s: dict[str, Any]) -> list[dict[str, Any]]:
+        s["nodes"][1]["talos_patches"] = [{"machine": {"install": {"wipe": "maybe"}}}]
+        return list(s["nodes"])
+
+    _edit_store(sample_copy, "dk-001", nodes=bad_node)
+    out = tmp_path / "seeds"
+    rc, _, err = _build(sample_copy, out, env, "--store", "dk-003", "--store", "dk-001")
+    assert rc == 2
+    assert "store dk-001 node dk-001-n2" in err and "machine.install.wipe" in err
+    assert not out.exists(), "bad input must leave nothing behind"
+    assert not (tmp_path / "home").exists(), "no secrets may be written for a failed build"
+
+
+def test_secrets_missing_for_a_store_with_seeds(sample_copy: Path, tmp_path: Path, env: dict[str, str]) -> None:
+    out = tmp_path / "seeds"
+    rc, _, err = _build(sample_copy, out, env, "--store", "dk-003")
+    assert rc == 0, err
+    iso = out / "dk-003" / "dk-003-n1.iso"
+    before = iso.read_bytes()
+    (tmp_path / "home" / "secrets" / "dk-003.yaml").unlink()
+    rc, _, err = _build(sample_copy, out, env, "--store", "dk-003")
+    assert rc == 2
+    assert "store dk-003" in err and "secrets file" in err and "missing" in err
+    assert iso.read_bytes() == before
+    assert not (tmp_path / "home" / "secrets" / "dk-003.yaml").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--store", "zz-999"), "no store 'zz-999'"),
+    ((), "give either --store ID"),
+    (("--store", "dk-003", "--all"), "give either --store ID"),
+    (("--store", "dk-003", "--node", "dk-001-n1"), "no node 'dk-001-n1' in store dk-003"),
+])
+def test_bad_arguments_exit_2_and_write_nothing(sample_copy: Path, tmp_path: Path, env: dict[str, str],
+                                                args: tuple[str, ...], message: str) -> None:
+    out = tmp_path / "seeds"
+    rc, _, err = _build(sample_copy, out, env, *args)
+    assert rc == 2 and message in err, err
+    assert not out.exists() and not (tmp_path / "home").exists()
+
+
+def test_release_name_without_a_version_needs_talos_version(sample_copy: Path, tmp_path: Path,
+                                                            env: dict[str, str]) -> None:
+    p = run("seed", "build", "-i", str(sample_copy), "--release", "spring", "--out", str(tmp_path / "o"),
+            "--store", "dk-003", env=env, cwd=tmp_path)
+    assert p.returncode == 2 and "give --talos-version" in p.stderr
+    p = run("seed", "build", "-i", str(sample_copy), "--release", "spring", "--talos-version", "1.12.6",
+            "--installer-image", "registry.example/installer:spring", "--out", str(tmp_path / "o"),
+            "--store", "dk-003", "--json", env=env, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    assert rep["talos_version"] == "v1.12.6" and rep["installer_image"] == "registry.example/installer:spring"
+
+
+def test_inspect_rejects_a_file_that_is_not_a_seed(tmp_path: Path, env: dict[str, str]) -> None:
+    junk = tmp_path / "junk.iso"
+    junk.write_bytes(b"\0" * 40000)
+    p = run("seed", "inspect", str(junk), env=env, cwd=tmp_path)
+    assert p.returncode == 2 and "not an ISO9660 image" in p.stderr

@@ -1,0 +1,297 @@
+"""Talos machine configs: every generated document validates against the Talos 1.12 schema; the
+contents by role; strategic merge patches (data-driven cases in tests/cases/talos_patches)."""
+
+from __future__ import annotations
+
+import copy
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from edgefleet.errors import ConfigRenderError, ReleaseInputError
+from edgefleet.inventory.generate import plan_synthetic_fleet, write_inventory
+from edgefleet.inventory.load import load_fleet
+from edgefleet.inventory.model import Fleet, Store
+from edgefleet.secrets import ClusterSecrets, generate_secrets
+from edgefleet.talos.config import (
+    LABEL_RELEASE,
+    LABEL_STORE,
+    ReleaseRef,
+    TalosSchema,
+    render_machine_config,
+    render_machine_documents,
+    strategic_merge,
+)
+from tests.helpers import CONFORMANCE, REPO, SAMPLE_INVENTORY
+
+SCHEMA_FILE = CONFORMANCE / "talos-v1.12.6" / "config.schema.json"
+CASES = REPO / "tests" / "cases" / "talos_patches" / "cases.yml"
+NOW = datetime(2026, 11, 25, tzinfo=UTC)
+RELEASE = ReleaseRef(name="talos-v1.12.6-r1", talos_version="v1.12.6", kubernetes_version="1.35.0",
+                     installer_image="registry.example/edge/installer:v1.12.6-r1")
+
+
+@pytest.fixture(scope="module")
+def schema() -> TalosSchema:
+    if not SCHEMA_FILE.exists():
+        pytest.skip(f"Talos schema not found at {SCHEMA_FILE} (the shared conformance folder is absent)")
+    return TalosSchema.load(SCHEMA_FILE)
+
+
+@pytest.fixture(scope="module")
+def secrets() -> ClusterSecrets:
+    return generate_secrets(NOW)
+
+
+def make_store(**over: Any) -> Store:
+    """A 3-control-plane store (plus ``workers`` workers) on 10.40.1.0/24, VIP .10."""
+    workers = over.pop("workers", 0)
+    nodes = [{"name": f"s-040-n{i + 1}", "role": "controlplane" if i < 3 else "worker",
+              "mac": f"02:00:00:00:40:{i + 1:02x}", "ip": f"10.40.1.{11 + i}"} for i in range(3 + workers)]
+    raw: dict[str, Any] = {
+        "id": "s-040", "name": "Store 40", "country": "DK", "region": "nordics", "timezone": "Europe/Copenhagen",
+        "maintenance_windows": [{"days": ["sun"], "start": "22:00", "end": "04:00"}],
+        "network": {"subnet": "10.40.1.0/24", "gateway": "10.40.1.1", "dns": ["10.0.0.53"],
+                    "ntp": ["ntp1.example"]},
+        "cluster": {"name": "s-040", "vip": "10.40.1.10"},
+        "nodes": nodes, "wipe_method": "talos-api",
+    }
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(raw.get(k), dict):
+            raw[k] = {**raw[k], **v}
+        else:
+            raw[k] = v
+    return Store.model_validate(raw)
+
+
+def docs_of(data: bytes) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(data) if d is not None]
+
+
+def by_kind(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d.get("kind", "v1alpha1"): d for d in docs}
+
+
+def assert_fleet_validates(fleet: Fleet, schema: TalosSchema, secrets: ClusterSecrets) -> int:
+    """Render every node and validate every document on its own (no shape cache): returns the count."""
+    checked = 0
+    for store in fleet.stores.values():
+        for node in store.nodes:
+            for doc in docs_of(render_machine_config(store, node, RELEASE, secrets)):
+                assert schema.problems(doc) == [], (store.id, node.name, doc.get("kind"))
+                checked += 1
+    return checked
+
+
+def test_every_document_of_the_sample_fleet_validates(schema: TalosSchema, secrets: ClusterSecrets) -> None:
+    if not (SAMPLE_INVENTORY / "fleet.yml").exists():
+        pytest.skip("no sample inventory")
+    fleet = load_fleet(SAMPLE_INVENTORY)
+    kinds = set()
+    for store in fleet.stores.values():
+        for node in store.nodes:
+            kinds |= set(by_kind(docs_of(render_machine_config(store, node, RELEASE, secrets))))
+    assert {"v1alpha1", "HostnameConfig", "ResolverConfig", "TimeSyncConfig", "LinkAliasConfig",
+            "Layer2VIPConfig"} <= kinds
+    assert assert_fleet_validates(fleet, schema, secrets) > 5 * fleet.node_count
+
+
+def test_every_document_of_a_generated_fleet_validates(tmp_path: Path, schema: TalosSchema,
+                                                       secrets: ClusterSecrets) -> None:
+    fleet_yml, group_vars, stores = plan_synthetic_fleet(96, 1)
+    # The generator's own patches, plus a typed document patch.
+    fleet_yml["defaults"]["talos_patches"].append(
+        {"apiVersion": "v1alpha1", "kind": "TimeSyncConfig", "bootTimeout": "2m"})
+    fleet = load_fleet(write_inventory(tmp_path / "inv", fleet_yml, group_vars, stores))
+    sizes = {len(s.nodes) for s in fleet.stores.values()}
+    assert {1, 3, 5} <= sizes and any(s.network.vlan for s in fleet.stores.values())
+    assert assert_fleet_validates(fleet, schema, secrets) > 5 * fleet.node_count
+
+
+@pytest.mark.parametrize("variant", ["bond", "bond-vlan", "ipv6-mtu", "no-vip-single", "workers"])
+def test_network_variants_validate(variant: str, schema: TalosSchema, secrets: ClusterSecrets) -> None:
+    over: dict[str, Any] = {}
+    store = make_store(workers=2 if variant == "workers" else 0)
+    nodes = [n.model_dump() for n in store.nodes]
+    if variant.startswith("bond"):
+        nodes[0]["bond"] = {"macs": [nodes[0]["mac"], "02:00:00:00:41:01"], "mode": "802.3ad"}
+        if variant == "bond-vlan":
+            over["network"] = {"vlan": 120}
+    elif variant == "ipv6-mtu":
+        over["network"] = {"mtu": 9000, "ipv6": {"subnet": "fd00:40::/64", "gateway": "fd00:40::1"},
+                           "dns": ["10.0.0.53", "fd00::53"]}
+        for i, n in enumerate(nodes):
+            n["ipv6"] = f"fd00:40::{11 + i}"
+    elif variant == "no-vip-single":
+        nodes = nodes[:1]
+        over["cluster"] = {"vip": None}
+    store = make_store(nodes=nodes, **over)
+    for node in store.nodes:
+        docs = docs_of(render_machine_config(store, node, RELEASE, secrets))
+        for doc in docs:
+            assert schema.problems(doc) == [], (variant, node.name, doc)
+
+
+def test_control_plane_contents(secrets: ClusterSecrets) -> None:
+    store = make_store(workers=2)
+    docs = by_kind(docs_of(render_machine_config(store, store.nodes[0], RELEASE, secrets)))
+    m, c = docs["v1alpha1"]["machine"], docs["v1alpha1"]["cluster"]
+    assert m["type"] == "controlplane"
+    assert m["token"] == secrets.trustdinfo.token
+    assert m["ca"] == {"crt": secrets.certs.os.crt, "key": secrets.certs.os.key}
+    assert m["install"] == {"disk": "/dev/sda", "image": RELEASE.installer_image, "wipe": False}
+    assert m["kubelet"]["image"] == "ghcr.io/siderolabs/kubelet:v1.35.0"
+    assert m["nodeLabels"][LABEL_RELEASE] == RELEASE.name and m["nodeLabels"][LABEL_STORE] == "s-040"
+    assert "10.40.1.11" in m["certSANs"]
+    assert c["id"] == secrets.cluster.id and c["secret"] == secrets.cluster.secret
+    assert c["clusterName"] == "s-040"
+    assert c["controlPlane"]["endpoint"] == "https://10.40.1.10:6443"
+    assert c["token"] == secrets.secrets.bootstraptoken
+    assert c["secretboxEncryptionSecret"] == secrets.secrets.secretboxencryptionsecret
+    assert c["ca"] == {"crt": secrets.certs.k8s.crt, "key": secrets.certs.k8s.key}
+    assert c["aggregatorCA"] == {"crt": secrets.certs.k8saggregator.crt, "key": secrets.certs.k8saggregator.key}
+    assert c["serviceAccount"] == {"key": secrets.certs.k8sserviceaccount.key}
+    assert c["etcd"]["ca"] == {"crt": secrets.certs.etcd.crt, "key": secrets.certs.etcd.key}
+    assert c["network"]["podSubnets"] == ["10.244.0.0/16"]
+    assert c["allowSchedulingOnControlPlanes"] is False  # the store has workers
+    assert docs["HostnameConfig"] == {"apiVersion": "v1alpha1", "kind": "HostnameConfig",
+                                      "hostname": "s-040-n1", "auto": "off"}
+    assert docs["Layer2VIPConfig"]["name"] == "10.40.1.10" and docs["Layer2VIPConfig"]["link"] == "edge0"
+    assert docs["LinkAliasConfig"]["name"] == "edge0"
+    assert '"02:00:00:00:40:01"' in docs["LinkAliasConfig"]["selector"]["match"]
+    assert docs["ResolverConfig"]["nameservers"] == [{"address": "10.0.0.53"}]
+    assert docs["TimeSyncConfig"]["ntp"]["servers"] == ["ntp1.example"]
+
+
+def test_worker_gets_no_ca_keys_no_etcd_no_vip(secrets: ClusterSecrets) -> None:
+    store = make_store(workers=2)
+    worker = store.nodes[3]
+    text = render_machine_config(store, worker, RELEASE, secrets)
+    docs = by_kind(docs_of(text))
+    m, c = docs["v1alpha1"]["machine"], docs["v1alpha1"]["cluster"]
+    assert m["type"] == "worker"
+    assert m["ca"] == {"crt": secrets.certs.os.crt}
+    assert c["ca"] == {"crt": secrets.certs.k8s.crt}
+    for absent in ("etcd", "aggregatorCA", "serviceAccount", "secretboxEncryptionSecret", "apiServer"):
+        assert absent not in c
+    assert "Layer2VIPConfig" not in docs
+    for secret_key in (secrets.certs.os.key, secrets.certs.k8s.key, secrets.certs.etcd.key,
+                       secrets.certs.k8sserviceaccount.key, secrets.certs.k8saggregator.key):
+        assert secret_key.encode() not in text
+    assert m["nodeLabels"] == {LABEL_RELEASE: RELEASE.name, LABEL_STORE: "s-040"}
+
+
+def test_scheduling_on_control_planes(secrets: ClusterSecrets) -> None:
+    def allow(store: Store) -> Any:
+        return by_kind(docs_of(render_machine_config(store, store.nodes[0], RELEASE, secrets)))[
+            "v1alpha1"]["cluster"]["allowSchedulingOnControlPlanes"]
+
+    assert allow(make_store()) is True  # no workers
+    assert allow(make_store(workers=2)) is False
+    assert allow(make_store(workers=2, cluster={"allow_scheduling_on_control_planes": True})) is True
+
+
+@pytest.mark.parametrize(("bond", "vlan", "link", "alias"), [
+    (False, None, "edge0", True), (False, 120, "edge0.120", True), (True, None, "bond0", False),
+    (True, 7, "bond0.7", False)])
+def test_vip_link_follows_the_network_config_names(bond: bool, vlan: int | None, link: str, alias: bool,
+                                                   secrets: ClusterSecrets) -> None:
+    nodes = [n.model_dump() for n in make_store().nodes]
+    if bond:
+        nodes[0]["bond"] = {"macs": [nodes[0]["mac"], "02:00:00:00:41:01"]}
+    store = make_store(nodes=nodes, network={"vlan": vlan})
+    docs = by_kind(render_machine_documents(store, store.nodes[0], RELEASE, secrets))
+    assert docs["Layer2VIPConfig"]["link"] == link
+    assert ("LinkAliasConfig" in docs) is alias
+
+
+def _load_cases() -> list[dict[str, Any]]:
+    cases: list[dict[str, Any]] = yaml.safe_load(CASES.read_text())
+    return cases
+
+
+def _lookup(docs: list[dict[str, Any]], ref: str) -> Any:
+    kind, _, path = ref.partition(":")
+    matches = [d for d in docs if d.get("kind", "v1alpha1") == kind]
+    if not matches:
+        raise KeyError(ref)
+    cur: Any = matches[0]
+    for part in path.split("."):
+        cur = cur[int(part)] if isinstance(cur, list) else cur[part]
+    return cur
+
+
+@pytest.mark.parametrize("case", _load_cases(), ids=lambda c: c["name"])
+def test_patch_case(case: dict[str, Any], schema: TalosSchema, secrets: ClusterSecrets) -> None:
+    base = make_store()
+    nodes = [n.model_dump() for n in base.nodes]
+    nodes[0]["talos_patches"] = case.get("node", [])
+    store = make_store(nodes=nodes, talos_patches=case.get("store", []))
+    node = store.nodes[0]
+    if "error" in case:
+        with pytest.raises(ConfigRenderError, match=case["error"]):
+            render_machine_config(store, node, RELEASE, secrets, schema=schema)
+        return
+    docs = docs_of(render_machine_config(store, node, RELEASE, secrets, schema=schema))
+    for ref, value in case.get("expect", {}).items():
+        assert _lookup(docs, ref) == value, ref
+    for ref in case.get("absent", []):
+        with pytest.raises(KeyError):
+            _lookup(docs, ref)
+    for doc in docs:
+        assert schema.problems(doc) == []
+
+
+def test_patches_are_not_mutated_and_output_is_deterministic(secrets: ClusterSecrets) -> None:
+    patches = [{"machine": {"certSANs": ["a.example"], "sysctls": {"x": "1"}}},
+               {"apiVersion": "v1alpha1", "kind": "TimeSyncConfig", "ntp": {"servers": ["n2"]}}]
+    store = make_store(talos_patches=patches)
+    before = copy.deepcopy(store.talos_patches)
+    outs = {render_machine_config(store, n, RELEASE, secrets) for n in store.nodes[:1] * 3}
+    assert len(outs) == 1
+    assert store.talos_patches == before
+    by_kind(docs_of(next(iter(outs))))  # parses
+
+
+def test_schema_verdicts_are_not_shared_across_different_node_patches(schema: TalosSchema,
+                                                                      secrets: ClusterSecrets) -> None:
+    nodes = [n.model_dump() for n in make_store().nodes]
+    nodes[2]["talos_patches"] = [{"machine": {"install": {"wipe": "no"}}}]
+    store = make_store(nodes=nodes)
+    render_machine_config(store, store.nodes[0], RELEASE, secrets, schema=schema)
+    render_machine_config(store, store.nodes[1], RELEASE, secrets, schema=schema)
+    with pytest.raises(ConfigRenderError, match=r"node s-040-n3: .*machine\.install\.wipe"):
+        render_machine_config(store, store.nodes[2], RELEASE, secrets, schema=schema)
+
+
+def test_strategic_merge_leaves_its_inputs_alone() -> None:
+    base = {"a": {"b": [1]}, "c": 1}
+    patch = {"a": {"b": [2], "d": {"e": 1}}, "c": {"$patch": "delete"}}
+    assert strategic_merge(base, patch) == {"a": {"b": [1, 2], "d": {"e": 1}}}
+    assert base == {"a": {"b": [1]}, "c": 1}
+    assert patch == {"a": {"b": [2], "d": {"e": 1}}, "c": {"$patch": "delete"}}
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"name": "bad name!"}, "not usable as a Kubernetes label value"),
+    ({"talos_version": "latest"}, "talos_version 'latest' is not a version"),
+    ({"kubernetes_version": "1.35"}, "kubernetes_version '1.35' is not a version"),
+    ({"installer_image": "a b"}, "installer image"),
+])
+def test_release_ref_is_checked(kwargs: dict[str, str], message: str) -> None:
+    args = {"name": "r1", "talos_version": "v1.12.6", "kubernetes_version": "1.35.0",
+            "installer_image": "ghcr.io/siderolabs/installer:v1.12.6", **kwargs}
+    with pytest.raises(ReleaseInputError, match=message):
+        ReleaseRef(**args)
+
+
+def test_schema_file_must_be_a_talos_schema(tmp_path: Path) -> None:
+    bad = tmp_path / "s.json"
+    bad.write_text('{"$defs": {}}')
+    with pytest.raises(ConfigRenderError, match="not a Talos config schema"):
+        TalosSchema.load(bad)
+    with pytest.raises(ConfigRenderError, match="cannot read Talos config schema"):
+        TalosSchema.load(tmp_path / "missing.json")

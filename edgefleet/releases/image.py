@@ -12,7 +12,8 @@ Both paths are Rock Ridge paths; other tools (the fleet simulator, rollouts) rea
 ``read_release_manifest`` and ``read_kernel_args``.
 
 pycdlib stamps ``time.time()`` converted with ``localtime()`` into every new record and offers no way
-to fix it; ``pycdlib_fixed_clock`` is the one place that makes its output reproducible.
+to fix it; ``write_reproducible`` pins every date field afterwards (``edgefleet.isodates``), so the
+same inputs give the same image bytes.
 
 ``python -m edgefleet.releases.image remaster --spec JSON --out PATH`` is what the Packer template's
 shell-local provisioner runs.
@@ -21,22 +22,21 @@ shell-local provisioner runs.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
 import sys
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgefleet.errors import ArtifactError, EdgefleetError, ReleaseInputError
+from edgefleet.isodates import IsoLayoutError, pin_iso_dates
 
 GRUB_CFG_RR_PATH = "/boot/grub/grub.cfg"
 KERNEL_RR_PATH = "/boot/vmlinuz"
@@ -137,46 +137,23 @@ def kernel_args_from_grub_cfg(text: str) -> list[str]:
 
 # --- pycdlib clock ---------------------------------------------------------------------------
 
-_clock_lock = threading.RLock()
-_PYCDLIB_TIME_MODULES = ("dates", "headervd", "inplaceeditor", "pycdlib", "udf", "utils")
-
-
-_stdlib_time = time
-
-
-class _FixedTime:
-    """Stands in for the ``time`` module inside pycdlib: a fixed now, and UTC as local time."""
-
-    def __init__(self, epoch: float):
-        self._epoch = float(epoch)
-
-    def time(self) -> float:
-        return self._epoch
-
-    def localtime(self, secs: float | None = None) -> _stdlib_time.struct_time:
-        return _stdlib_time.gmtime(self._epoch if secs is None else secs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_stdlib_time, name)
-
-
-@contextlib.contextmanager
-def pycdlib_fixed_clock(epoch: float = DEFAULT_EPOCH) -> Iterator[None]:
-    """While active, pycdlib stamps ``epoch`` (as UTC, whatever TZ says) into every date it writes,
-    so the same inputs give the same ISO bytes. Process-wide (pycdlib reads the ``time`` module
-    global), so it is serialised with a lock; nest freely in one thread."""
-    import importlib
-
-    with _clock_lock:
-        modules = [importlib.import_module(f"pycdlib.{m}") for m in _PYCDLIB_TIME_MODULES]
-        saved = [getattr(m, "time") for m in modules]  # noqa: B009  (module globals, not attributes mypy knows)
-        try:
-            for m in modules:
-                setattr(m, "time", _FixedTime(epoch))  # noqa: B010
-            yield
-        finally:
-            for m, t in zip(modules, saved, strict=True):
-                setattr(m, "time", t)  # noqa: B010
+def write_reproducible(image: pycdlib.PyCdlib, out: Path, epoch: float = DEFAULT_EPOCH) -> None:
+    """Write ``image`` to ``out`` atomically with every date field pinned to ``epoch`` (UTC), so the
+    same inputs give the same bytes whatever the clock and TZ (see ``edgefleet.isodates``)."""
+    buf = io.BytesIO()
+    image.write_fp(buf)
+    data = bytearray(buf.getbuffer())
+    try:
+        pin_iso_dates(data, datetime.fromtimestamp(epoch, UTC))
+    except IsoLayoutError as e:
+        raise ArtifactError(f"cannot write {out} reproducibly: {e}") from e
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # --- I/O: reading and remastering ISOs -----------------------------------------------------------
@@ -238,7 +215,6 @@ def remaster(upstream: Path, out: Path, *, release: str, talos_version: str, kub
 
     ``upstream_sha256`` must already have been verified by the caller (``upstream.fetch_upstream``)."""
     image = _open_iso(upstream, "upstream ISO")
-    tmp = out.with_name(out.name + ".partial")
     try:
         if not image.has_rock_ridge():
             raise ArtifactError(f"upstream ISO {upstream} has no Rock Ridge extensions; a Talos ISO has them")
@@ -252,29 +228,25 @@ def remaster(upstream: Path, out: Path, *, release: str, talos_version: str, kub
         cfg = render_grub_cfg(manifest, initrd).encode()
         body = manifest.to_json().encode()
         joliet = image.has_joliet()
-        with pycdlib_fixed_clock(epoch):
-            try:
-                rec = image.get_record(rr_path=GRUB_CFG_RR_PATH)
-                cfg_iso_path = image.full_path_from_dirrecord(rec, rockridge=False)
-                image.rm_file(iso_path=cfg_iso_path)
-                # xorriso (which builds Talos ISOs) writes lowercase ISO9660 names that pycdlib will not
-                # create; the replacement gets a compliant name in the same directory.
-                new_cfg_iso_path = cfg_iso_path.rsplit("/", 1)[0] + "/GRUB.CFG;1"
-                image.add_fp(io.BytesIO(cfg), len(cfg), iso_path=new_cfg_iso_path, rr_name="grub.cfg",
-                             joliet_path=GRUB_CFG_RR_PATH if joliet else None)
-                image.add_directory(iso_path="/EDGEFLEET", rr_name="edgefleet",
-                                    joliet_path="/edgefleet" if joliet else None)
-                image.add_fp(io.BytesIO(body), len(body), iso_path=MANIFEST_ISO_PATH, rr_name="release.json",
-                             joliet_path=MANIFEST_RR_PATH if joliet else None)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                image.write(str(tmp))
-            except PyCdlibException as e:
-                raise ArtifactError(f"cannot remaster upstream ISO {upstream}: {e}") from e
-        os.replace(tmp, out)
+        try:
+            rec = image.get_record(rr_path=GRUB_CFG_RR_PATH)
+            cfg_iso_path = image.full_path_from_dirrecord(rec, rockridge=False)
+            image.rm_file(iso_path=cfg_iso_path)
+            # xorriso (which builds Talos ISOs) writes lowercase ISO9660 names that pycdlib will not
+            # create; the replacement gets a compliant name in the same directory.
+            new_cfg_iso_path = cfg_iso_path.rsplit("/", 1)[0] + "/GRUB.CFG;1"
+            image.add_fp(io.BytesIO(cfg), len(cfg), iso_path=new_cfg_iso_path, rr_name="grub.cfg",
+                         joliet_path=GRUB_CFG_RR_PATH if joliet else None)
+            image.add_directory(iso_path="/EDGEFLEET", rr_name="edgefleet",
+                                joliet_path="/edgefleet" if joliet else None)
+            image.add_fp(io.BytesIO(body), len(body), iso_path=MANIFEST_ISO_PATH, rr_name="release.json",
+                         joliet_path=MANIFEST_RR_PATH if joliet else None)
+            write_reproducible(image, out, epoch)
+        except PyCdlibException as e:
+            raise ArtifactError(f"cannot remaster upstream ISO {upstream}: {e}") from e
         return manifest
     finally:
         image.close()
-        tmp.unlink(missing_ok=True)
 
 
 def _remaster_from_spec(spec_json: str, out: Path) -> ReleaseManifest:

@@ -23,7 +23,7 @@ import httpx
 import pycdlib
 
 from edgefleet.errors import ArtifactError, ReleaseInputError
-from edgefleet.releases.image import DEFAULT_EPOCH, pycdlib_fixed_clock
+from edgefleet.releases.image import DEFAULT_EPOCH, write_reproducible
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 TALOS_VERSION_RE = re.compile(r"^v\d+\.\d+\.\d+(-[0-9A-Za-z.]+)?$")
@@ -84,10 +84,8 @@ def write_fake_upstream(out: Path, talos_version: str) -> str:
         ("/BOOT/GRUB", "GRUB.CFG;1", "grub.cfg", "/boot/grub/grub.cfg", fake_upstream_grub_cfg().encode()),
         ("", "TALOS_VE.;1", "talos-version", VERSION_FILE_RR_PATH, f"{talos_version}\n".encode()),
     ]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    with pycdlib_fixed_clock(DEFAULT_EPOCH):
-        iso = pycdlib.PyCdlib()
+    iso = pycdlib.PyCdlib()
+    try:
         iso.new(interchange_level=3, vol_ident="TALOS_" + talos_version.replace(".", "_").upper()[:26],
                 joliet=3, rock_ridge="1.09")
         iso.add_directory("/BOOT", rr_name="boot", joliet_path="/boot")
@@ -95,11 +93,9 @@ def write_fake_upstream(out: Path, talos_version: str) -> str:
         for iso_dir, iso_name, rr_name, joliet_path, content in files:
             iso.add_fp(io.BytesIO(content), len(content), iso_path=f"{iso_dir}/{iso_name}", rr_name=rr_name,
                        joliet_path=joliet_path)
-        try:
-            iso.write(str(tmp))
-        finally:
-            iso.close()
-    os.replace(tmp, out)
+        write_reproducible(iso, out, DEFAULT_EPOCH)
+    finally:
+        iso.close()
     return sha256_file(out)
 
 

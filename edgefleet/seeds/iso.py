@@ -6,24 +6,11 @@ Names are ISO9660 level 3 (``/USER_DATA.;1``) with the real names carried twice,
 (read by Linux/Talos) and as Joliet names (read by everything else); without them cloud-init does
 not find the files.
 
-Reproducibility. pycdlib stamps every date field from ``time.time()`` converted with
-``time.localtime()``, so its bytes depend on the wall clock and on ``TZ``, and it has no option to
-pass a date. Date fields are the *only* clock-dependent bytes (they have fixed sizes, so layout,
-extents and lengths never depend on the clock), so :func:`render_seed_iso` lets pycdlib build the
-image and then rewrites every date field in the produced bytes with :data:`SEED_EPOCH`
-(1980-01-01T00:00:00Z, offset 0). The walk follows the published formats, not pycdlib internals:
-
-* each Primary/Supplementary (Joliet) volume descriptor: creation, modification and effective
-  dates (ECMA-119 8.4.26.1, the expiration date stays "not specified") and its root record;
-* every directory record of every directory tree the descriptors point at (ECMA-119 9.1.5);
-* every Rock Ridge ``TF`` entry in the records' System Use areas, following ``CE`` continuation
-  areas (SUSP 1.12 5.1, RRIP 1.12 4.1.6), in short (7 byte) or long (17 byte) form.
-
-This touches no global state (no patched ``time`` module, no ``TZ`` change): it is a pure
-function of the pycdlib output, so concurrent renders in many threads cannot interfere. Anything
-unexpected in the walk raises :class:`~edgefleet.errors.SeedError` instead of silently leaving
-a clock-dependent byte behind; the tests render under several TZ values and clocks in separate
-processes and in threads and compare the bytes.
+Reproducibility: pycdlib stamps the wall clock and TZ into every date field and has no option to
+pass a date, so :func:`render_seed_iso` lets pycdlib build the image and then pins every date field
+to :data:`SEED_EPOCH` with :func:`edgefleet.isodates.pin_iso_dates`, a pure walk over the bytes (no
+patched global, so concurrent renders cannot interfere); the tests render under several TZ values
+and clocks in separate processes and in threads and compare the bytes.
 """
 
 from __future__ import annotations
@@ -32,7 +19,6 @@ import errno
 import hashlib
 import io
 import os
-import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +27,7 @@ import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
 from edgefleet.errors import SeedError
+from edgefleet.isodates import DEFAULT_WHEN, IsoLayoutError, pin_iso_dates
 
 __all__ = [
     "MAX_SEED_ISO_BYTES",
@@ -70,12 +57,6 @@ _ENTRIES: tuple[tuple[str, str, str], ...] = (
 
 _SECTOR = 2048
 _FIRST_VD_SECTOR = 16
-# The fixed date in the two ECMA-119 encodings: 7-byte directory-record form (years since 1900,
-# month, day, hour, minute, second, GMT offset in 15 min units) and 17-byte descriptor form.
-_DR_DATE = struct.pack("=BBBBBBb", 80, 1, 1, 0, 0, 0, 0)
-_VD_DATE = b"1980010100000000" + b"\x00"
-_VD_DATE_OFFSETS = (813, 830, 864)  # creation, modification, effective (8.4.26-8.4.29)
-_VD_ROOT_RECORD = 156
 _MAX_DIRECTORIES = 1024  # bounds the walk on a malformed image
 
 
@@ -118,7 +99,10 @@ def render_seed_iso(files: SeedFiles) -> bytes:
     iso.write_fp(out)
     iso.close()
     image = bytearray(out.getbuffer())
-    _pin_dates(image)
+    try:
+        pin_iso_dates(image, DEFAULT_WHEN, max_directories=_MAX_DIRECTORIES)
+    except IsoLayoutError as e:
+        raise SeedError(f"internal: {e}") from e
     return bytes(image)
 
 
@@ -196,113 +180,6 @@ def read_seed_iso(source: Path | bytes) -> SeedIso:
     finally:
         iso.close()
     return SeedIso(label=label, files=SeedFiles(**found), sha256=hashlib.sha256(image).hexdigest())
-
-
-# --- date pinning (see module docstring) --------------------------------------------------------
-
-
-def _pin_dates(image: bytearray) -> None:
-    """Overwrite every date field of an ISO9660 image (with Rock Ridge / Joliet) with SEED_EPOCH."""
-    roots: list[tuple[int, int]] = []
-    sector = _FIRST_VD_SECTOR
-    while True:
-        base = sector * _SECTOR
-        if base + _SECTOR > len(image) or image[base + 1:base + 6] != b"CD001":
-            raise SeedError("internal: ISO volume descriptor set is not terminated")
-        vd_type = image[base]
-        if vd_type == 255:
-            break
-        if vd_type in (1, 2):
-            for off in _VD_DATE_OFFSETS:
-                image[base + off:base + off + 17] = _VD_DATE
-            root = base + _VD_ROOT_RECORD
-            image[root + 18:root + 25] = _DR_DATE
-            extent, length = _u32(image, root + 2), _u32(image, root + 10)
-            roots.append((extent, length))
-        sector += 1
-    for extent, length in roots:
-        _pin_tree(image, extent, length)
-
-
-def _pin_tree(image: bytearray, root_extent: int, root_length: int) -> None:
-    pending = [(root_extent, root_length)]
-    seen: set[int] = set()
-    skip = 0  # SUSP SP "bytes skipped" value, learnt from the root's "." record
-    while pending:
-        extent, length = pending.pop()
-        if extent in seen:
-            continue
-        seen.add(extent)
-        if len(seen) > _MAX_DIRECTORIES:
-            raise SeedError("internal: ISO directory tree is too large for a seed")
-        pos, end = extent * _SECTOR, extent * _SECTOR + length
-        if end > len(image):
-            raise SeedError("internal: ISO directory extent lies outside the image")
-        while pos < end:
-            rec_len = image[pos]
-            if rec_len == 0:  # records never cross a sector: the rest of this sector is padding
-                pos = (pos // _SECTOR + 1) * _SECTOR
-                continue
-            if rec_len < 34 or pos + rec_len > end:
-                raise SeedError("internal: malformed ISO directory record")
-            image[pos + 18:pos + 25] = _DR_DATE
-            name_len = image[pos + 32]
-            name = bytes(image[pos + 33:pos + 33 + name_len])
-            su_start = pos + 33 + name_len + (1 - name_len % 2)
-            is_root_dot = name == b"\x00" and extent == root_extent
-            sp_skip = _pin_susp(image, su_start + (0 if is_root_dot else skip), pos + rec_len)
-            if is_root_dot and sp_skip is not None:
-                skip = sp_skip
-            if image[pos + 25] & 0x02 and name not in (b"\x00", b"\x01"):
-                pending.append((_u32(image, pos + 2), _u32(image, pos + 10)))
-            pos += rec_len
-
-
-def _pin_susp(image: bytearray, pos: int, end: int) -> int | None:
-    """Pin TF timestamps in one System Use area and its CE continuations; return SP's skip if seen."""
-    sp_skip: int | None = None
-    hops = 0
-    while True:
-        continuation: tuple[int, int] | None = None
-        while pos + 4 <= end:
-            sig, entry_len = bytes(image[pos:pos + 2]), image[pos + 2]
-            if entry_len < 4 or pos + entry_len > end:
-                break  # padding, or a System Use area that is not SUSP (e.g. Joliet's, if any)
-            if sig == b"SP":
-                sp_skip = image[pos + 6]
-            elif sig == b"CE":
-                continuation = (_u32(image, pos + 4) * _SECTOR + _u32(image, pos + 12),
-                                _u32(image, pos + 20))
-            elif sig == b"TF":
-                _pin_tf(image, pos, entry_len)
-            elif sig == b"ST":
-                break
-            pos += entry_len
-        if continuation is None:
-            return sp_skip
-        hops += 1
-        if hops > 64:
-            raise SeedError("internal: too many Rock Ridge continuation areas")
-        pos, end = continuation[0], continuation[0] + continuation[1]
-        if end > len(image):
-            raise SeedError("internal: Rock Ridge continuation area lies outside the image")
-
-
-def _pin_tf(image: bytearray, pos: int, entry_len: int) -> None:
-    flags = image[pos + 4]
-    long_form = bool(flags & 0x80)
-    size, stamp = (17, _VD_DATE) if long_form else (7, _DR_DATE)
-    count = bin(flags & 0x7F).count("1")
-    if 5 + count * size != entry_len:
-        raise SeedError("internal: Rock Ridge TF entry length does not match its flags")
-    for i in range(count):
-        off = pos + 5 + i * size
-        image[off:off + size] = stamp
-
-
-def _u32(image: bytearray | bytes, off: int) -> int:
-    value: int = struct.unpack_from("<I", image, off)[0]
-    return value
 
 
 def _volume_label(image: bytes, where: str) -> str:

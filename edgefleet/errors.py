@@ -23,6 +23,10 @@ without parsing messages:
         ├── ArtifactError          an artifact is missing or its sha256 does not match
         ├── BmcError               a Redfish call failed (``transient`` set per case)
         ├── TalosApiError          a Talos gRPC call failed
+        │   └── TalosCallFailed    ... naming store, node, operation, gRPC code
+        │       ├── TalosUnavailable   UNAVAILABLE / DEADLINE_EXCEEDED (transient)
+        │       ├── TalosAccessDenied  UNAUTHENTICATED / PERMISSION_DENIED, refused TLS
+        │       └── TalosRefused       FAILED_PRECONDITION / ALREADY_EXISTS
         ├── ProbeError             a health probe could not be evaluated
         ├── GateFailed             a health gate said no
         ├── LockHeld               another operation holds the store
@@ -149,3 +153,40 @@ class StateError(OperationFailed):
 
 class SeedError(InputError):
     """A NoCloud seed cannot be built or read back (not an ISO, no CIDATA label, a file missing)."""
+
+
+class TalosCallFailed(TalosApiError):
+    """A Talos API call failed. ``store``, ``node`` and ``operation`` say where; ``code`` is the
+    gRPC status name (``UNAVAILABLE``, ...); ``transient`` whether retrying may help."""
+
+    def __init__(self, message: str, *, store: str = "", node: str = "", operation: str = "", code: str = "",
+                 transient: bool | None = None):
+        self.store = store
+        self.node = node
+        self.operation = operation
+        self.code = code
+        if transient is not None:
+            self.transient = transient
+        where = " ".join(p for p in (f"store {store}" if store else "", f"node {node}" if node else "",
+                                     operation) if p)
+        super().__init__(f"Talos API {where}: {message}" if where else f"Talos API: {message}")
+
+
+class TalosUnavailable(TalosCallFailed):
+    """The node did not answer (UNAVAILABLE, DEADLINE_EXCEEDED): retrying later may help."""
+
+    transient = True
+
+
+class TalosAccessDenied(TalosCallFailed):
+    """The node refused our client certificate or its role (UNAUTHENTICATED, PERMISSION_DENIED)."""
+
+
+class TalosRefused(TalosCallFailed):
+    """The node refused the call in its current state (FAILED_PRECONDITION, ALREADY_EXISTS), e.g. a
+    second Bootstrap."""
+
+
+class ScheduleError(OperationFailed):
+    """The Prefect API could not be reached or refused a scheduling call (create, list, cancel runs);
+    the message names the API URL or the deployment and what to do."""

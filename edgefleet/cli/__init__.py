@@ -11,6 +11,8 @@ import typer
 from edgefleet.cli import inventory as _inventory
 from edgefleet.cli import release as _release
 from edgefleet.cli import seed as _seed
+from edgefleet.cli import sim as _sim
+from edgefleet.cli import talos as _talos
 from edgefleet.cli._common import err_console
 from edgefleet.errors import EdgefleetError
 
@@ -19,6 +21,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 app.add_typer(_inventory.app, name="inventory")
 app.add_typer(_release.app, name="release")
 app.add_typer(_seed.app, name="seed")
+app.add_typer(_sim.app, name="sim")
+app.command("talosconfig")(_talos.talosconfig_cmd)
+app.command("kubeconfig")(_talos.kubeconfig_cmd)
 
 
 def main() -> None:

@@ -118,6 +118,15 @@ class Freeze(_Model):
     countries: list[str] = Field(default_factory=list)  # empty: the whole fleet
     groups: list[str] = Field(default_factory=list)
 
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _plain_date(cls, v: Any) -> Any:
+        # "2026-11-23" from JSON or an API is a whole day, as YAML's native date would be; without
+        # this, pydantic would read it as a midnight datetime and a one-day freeze would last no time.
+        if isinstance(v, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", v.strip()):
+            return date.fromisoformat(v.strip())
+        return v
+
     @model_validator(mode="after")
     def _order(self) -> Freeze:
         s, e = self.start, self.end

@@ -1,0 +1,41 @@
+"""Store health: the Kubernetes API and the inventory's custom HTTP probes (``probes``)."""
+
+from edgefleet.health.probes import (
+    CONTROL_PLANE_LABEL,
+    ClientCert,
+    ClusterAccess,
+    ClusterSnapshot,
+    ClusterVerdict,
+    Expectation,
+    NodeStatus,
+    ProbeResult,
+    StoreHealth,
+    check_store,
+    evaluate_cluster,
+    evaluate_probe,
+    expectation_for_store,
+    fetch_cluster,
+    parse_nodes,
+    run_probe,
+    run_probes,
+)
+
+__all__ = [
+    "CONTROL_PLANE_LABEL",
+    "ClientCert",
+    "ClusterAccess",
+    "ClusterSnapshot",
+    "ClusterVerdict",
+    "Expectation",
+    "NodeStatus",
+    "ProbeResult",
+    "StoreHealth",
+    "check_store",
+    "evaluate_cluster",
+    "evaluate_probe",
+    "expectation_for_store",
+    "fetch_cluster",
+    "parse_nodes",
+    "run_probe",
+    "run_probes",
+]

@@ -1,0 +1,418 @@
+"""Redfish operations on one node's BMC, and the reimage sequence built from them.
+
+Everything goes through a ``Connector`` (the one owner of BMC HTTP); this module only decides what
+to ask. Resources are found by following ``@odata.id`` links from the service root, never by
+hard-coded paths: VirtualMedia lives under the System on some BMCs and under the Manager on others,
+so both are searched.
+
+Virtual media slots: the boot image goes in a CD/DVD slot and the node's NoCloud seed in a second
+slot (another CD/DVD, or a USB stick / removable slot). A BMC with a single slot cannot present both
+at once; the driver refuses with a ``BmcError`` telling the user to switch the store to
+``wipe_method: talos-api`` (in-band reset with the seed served over the network). Choosing slots is
+the pure function ``choose_slots``.
+
+Power: after ``ForceRestart`` a BMC may still read ``On`` before the restart takes effect (sushy's
+fake driver goes ``Off`` at once, real firmware varies), so "power is On" after a reset proves only
+that the node is powered, not that it rebooted; proving the new release booted is the health
+probes' job.
+
+``reimage_sequence`` = eject stale media, insert boot image + seed, one-time boot from CD, reset,
+wait until the power is On. Waiting for the node to be healthy is the orchestrator's job, and so is
+calling ``eject_reimage_media`` once the node has installed itself (ejecting earlier would pull the
+installer's medium from under it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from edgefleet.errors import BmcError
+from edgefleet.redfish.connector import Connector
+from edgefleet.redfish.quirks import GENERIC, VendorQuirks, quirks_for
+
+__all__ = [
+    "MediaSlot",
+    "PowerState",
+    "RedfishDriver",
+    "ReimageResult",
+    "SlotPlan",
+    "choose_reset",
+    "choose_slots",
+    "eject_reimage_media",
+    "reimage_sequence",
+]
+
+log = logging.getLogger("edgefleet.redfish")
+
+CD_TYPES = frozenset({"CD", "DVD"})
+REMOVABLE_TYPES = frozenset({"USBStick", "Floppy"})
+
+
+class PowerState(StrEnum):
+    """Redfish ``PowerState`` values."""
+
+    on = "On"
+    off = "Off"
+    powering_on = "PoweringOn"
+    powering_off = "PoweringOff"
+    paused = "Paused"
+
+
+@dataclass(frozen=True, slots=True)
+class MediaSlot:
+    """One VirtualMedia resource as read from the BMC."""
+
+    path: str  # its @odata.id
+    id: str
+    media_types: frozenset[str]
+    inserted: bool
+    image: str | None
+    insert_target: str | None
+    eject_target: str | None
+
+    @property
+    def is_cd(self) -> bool:
+        return bool(self.media_types & CD_TYPES)
+
+    @property
+    def is_removable(self) -> bool:
+        return bool(self.media_types & REMOVABLE_TYPES)
+
+
+@dataclass(frozen=True, slots=True)
+class SlotPlan:
+    boot: MediaSlot
+    seed: MediaSlot
+
+
+def parse_media_slot(body: dict[str, Any]) -> MediaSlot:
+    """A ``MediaSlot`` from a VirtualMedia resource body (pure)."""
+    actions = body.get("Actions") if isinstance(body.get("Actions"), dict) else {}
+    assert isinstance(actions, dict)
+
+    def target(name: str) -> str | None:
+        a = actions.get(name)
+        t = a.get("target") if isinstance(a, dict) else None
+        return t if isinstance(t, str) else None
+
+    types = body.get("MediaTypes")
+    image = body.get("Image")
+    return MediaSlot(
+        path=str(body.get("@odata.id", "")),
+        id=str(body.get("Id", "")),
+        media_types=frozenset(t for t in types if isinstance(t, str)) if isinstance(types, list) else frozenset(),
+        inserted=bool(body.get("Inserted")),
+        image=image if isinstance(image, str) and image else None,
+        insert_target=target("#VirtualMedia.InsertMedia"),
+        eject_target=target("#VirtualMedia.EjectMedia"),
+    )
+
+
+def choose_slots(slots: Sequence[MediaSlot], *, bmc: str = "") -> SlotPlan:
+    """Pick the boot-image slot (a CD/DVD slot) and the seed slot (a second CD/DVD slot, else a
+    USB stick / removable slot). Pure. A BMC with one usable slot is refused with a clear error."""
+    usable = [s for s in slots if s.insert_target is not None or s.path]
+    cds = [s for s in usable if s.is_cd]
+    if not cds:
+        found = ", ".join(f"{s.id} {sorted(s.media_types)}" for s in usable) or "none"
+        raise BmcError(f"no CD/DVD virtual media slot to boot from (slots: {found})", bmc=bmc,
+                       operation="choose media slots")
+    boot = cds[0]
+    others = [s for s in usable if s.path != boot.path]
+    seed = next((s for s in others if s.is_cd), None) or next((s for s in others if s.is_removable), None)
+    if seed is None:
+        raise BmcError(
+            f"the BMC has a single virtual media slot ({boot.id}); the reimage needs two, one for the "
+            "boot image and one for the NoCloud seed. Set this store's wipe_method to talos-api (the "
+            "seed is then served over the network from seed_url) or give the BMC a second slot",
+            bmc=bmc, operation="choose media slots")
+    return SlotPlan(boot=boot, seed=seed)
+
+
+def choose_reset(allowed: Sequence[str] | None, quirks: VendorQuirks) -> tuple[str, ...]:
+    """The ResetType sequence to restart a powered-on node: ``ForceRestart`` when allowed, else
+    ``ForceOff`` then ``On``. ``allowed`` is ``ResetType@Redfish.AllowableValues`` (None: not
+    advertised, assume the standard set). Pure."""
+    ok = set(allowed) if allowed is not None else {"ForceRestart", "ForceOff", "On"}
+    ok -= quirks.unsupported_reset_types
+    if "ForceRestart" in ok:
+        return ("ForceRestart",)
+    on = "On" if "On" in ok else "ForceOn" if "ForceOn" in ok else None
+    off = "ForceOff" if "ForceOff" in ok else "GracefulShutdown" if "GracefulShutdown" in ok else None
+    if on is None or off is None:
+        raise BmcError(f"the BMC allows no usable ResetType (allowed: {sorted(ok)})", operation="reset")
+    return (off, on)
+
+
+def _link(body: dict[str, Any], *keys: str) -> str | None:
+    cur: Any = body
+    for k in keys:
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(k)
+    if isinstance(cur, dict):
+        cur = cur.get("@odata.id")
+    return cur if isinstance(cur, str) else None
+
+
+def _members(body: dict[str, Any]) -> list[str]:
+    out = []
+    for m in body.get("Members") or []:
+        if isinstance(m, dict) and isinstance(m.get("@odata.id"), str):
+            out.append(m["@odata.id"])
+    return out
+
+
+@dataclass
+class RedfishDriver:
+    """Operations on one BMC's computer system. ``system_id`` picks a System when the BMC has more
+    than one (by ``Id`` or ``Name``); otherwise the first is used."""
+
+    conn: Connector
+    vendor: str | None = None  # the inventory's bmc.vendor
+    system_id: str | None = None
+    poll_interval_s: float = 1.0
+    quirks: VendorQuirks = field(default=GENERIC, init=False)
+    _system: str | None = field(default=None, init=False, repr=False)
+    _system_body: dict[str, Any] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def bmc(self) -> str:
+        return self.conn.bmc
+
+    def _err(self, message: str, operation: str, *, transient: bool = False) -> BmcError:
+        return BmcError(message, bmc=self.bmc, operation=operation, transient=transient)
+
+    # -- discovery -----------------------------------------------------------------------------
+
+    async def system_path(self) -> str:
+        """The @odata.id of the node's ComputerSystem, discovered from the service root."""
+        if self._system is not None:
+            return self._system
+        op = "find the system"
+        root = await self.conn.service_root(op)
+        systems = _link(root, "Systems")
+        if systems is None:
+            raise self._err("the service root has no Systems link", op)
+        members = _members((await self.conn.get(systems, op)).body)
+        if not members:
+            raise self._err(f"{systems} lists no systems", op)
+        chosen: str | None = None
+        body: dict[str, Any] | None = None
+        if self.system_id is None:
+            chosen = members[0]
+        else:
+            for m in members:
+                b = (await self.conn.get(m, op)).body
+                if self.system_id in (b.get("Id"), b.get("Name"), b.get("UUID")):
+                    chosen, body = m, b
+                    break
+            if chosen is None:
+                raise self._err(f"no system with Id/Name {self.system_id!r} among {len(members)}", op)
+        if body is None:
+            body = (await self.conn.get(chosen, op)).body
+        self._system, self._system_body = chosen, body
+        manufacturer = body.get("Manufacturer")
+        self.quirks = quirks_for(self.vendor, manufacturer if isinstance(manufacturer, str) else None)
+        return chosen
+
+    async def system(self, operation: str = "read the system") -> dict[str, Any]:
+        """A fresh read of the ComputerSystem resource."""
+        path = await self.system_path()
+        body = (await self.conn.get(path, operation)).body
+        self._system_body = body
+        return body
+
+    async def media_slots(self) -> list[MediaSlot]:
+        """Every VirtualMedia slot of the node: the System's collection and its Managers'
+        collections (ManagedBy links, else every Manager), deduplicated by @odata.id."""
+        op = "list virtual media"
+        sys_path = await self.system_path()
+        sysbody = self._system_body or {}
+        collections: list[str] = []
+        own = _link(sysbody, "VirtualMedia")
+        if own:
+            collections.append(own)
+        managers = [m["@odata.id"] for m in (sysbody.get("Links") or {}).get("ManagedBy") or []
+                    if isinstance(m, dict) and isinstance(m.get("@odata.id"), str)]
+        if not managers:
+            root = await self.conn.service_root(op)
+            mlink = _link(root, "Managers")
+            if mlink:
+                managers = _members((await self.conn.get(mlink, op)).body)
+        for m in managers:
+            vm = _link((await self.conn.get(m, op)).body, "VirtualMedia")
+            if vm and vm not in collections:
+                collections.append(vm)
+        if not collections:
+            raise self._err(f"neither {sys_path} nor its managers link a VirtualMedia collection", op)
+        seen: set[str] = set()
+        slots: list[MediaSlot] = []
+        for c in collections:
+            for member in _members((await self.conn.get(c, op)).body):
+                if member in seen:
+                    continue
+                seen.add(member)
+                resp = await self.conn.get(member, op)
+                slot = parse_media_slot(resp.body)
+                slots.append(slot if slot.path else MediaSlot(member, slot.id, slot.media_types, slot.inserted,
+                                                               slot.image, slot.insert_target, slot.eject_target))
+        return slots
+
+    # -- power --------------------------------------------------------------------------------
+
+    async def power_state(self) -> PowerState:
+        body = await self.system("get power state")
+        value = body.get("PowerState")
+        try:
+            return PowerState(str(value))
+        except ValueError:
+            raise self._err(f"unknown PowerState {value!r}", "get power state") from None
+
+    async def wait_power(self, want: PowerState, deadline_s: float | None = None) -> float:
+        """Poll until the power state is ``want``; returns the seconds waited. Raises a transient
+        ``BmcError`` at the deadline (default: the vendor's power transition time)."""
+        limit = deadline_s if deadline_s is not None else self.quirks.power_transition_s
+        start = time.monotonic()
+        last: PowerState | None = None
+        while True:
+            last = await self.power_state()
+            waited = time.monotonic() - start
+            if last is want:
+                return waited
+            if waited + self.poll_interval_s > limit:
+                raise self._err(f"power still {last} after {waited:.1f} s, wanted {want} within {limit:g} s",
+                                f"wait for power {want}", transient=True)
+            await asyncio.sleep(self.poll_interval_s)
+
+    async def reset(self, deadline_s: float | None = None) -> tuple[str, ...]:
+        """Restart the node (or power it on when it is off). ``ForceRestart`` when the BMC allows
+        it, else ``ForceOff``, wait for Off, ``On``. Returns the ResetTypes sent."""
+        op = "reset"
+        body = await self.system(op)
+        action = (body.get("Actions") or {}).get("#ComputerSystem.Reset")
+        if not isinstance(action, dict) or not isinstance(action.get("target"), str):
+            raise self._err("the system has no #ComputerSystem.Reset action", op)
+        target: str = action["target"]
+        allowed = action.get("ResetType@Redfish.AllowableValues")
+        allowed_list = [a for a in allowed if isinstance(a, str)] if isinstance(allowed, list) else None
+        if body.get("PowerState") == PowerState.off:
+            ok = set(allowed_list) if allowed_list is not None else {"On"}
+            kind = "On" if "On" in ok else "ForceOn" if "ForceOn" in ok else None
+            if kind is None:
+                raise self._err(f"the node is off and the BMC allows no On/ForceOn (allowed: {sorted(ok)})", op)
+            await self.conn.post(target, {"ResetType": kind}, op)
+            return (kind,)
+        try:
+            plan = choose_reset(allowed_list, self.quirks)
+        except BmcError as e:
+            raise self._err(str(e), op) from None
+        if len(plan) == 1:
+            await self.conn.post(target, {"ResetType": plan[0]}, op)
+            return plan
+        off, on = plan
+        await self.conn.post(target, {"ResetType": off}, op)
+        await self.wait_power(PowerState.off, deadline_s)
+        await self.conn.post(target, {"ResetType": on}, op)
+        return plan
+
+    # -- boot ---------------------------------------------------------------------------------
+
+    async def set_boot_once_cd(self) -> None:
+        """One-time boot override to the virtual CD (``BootSourceOverrideTarget: Cd``,
+        ``BootSourceOverrideEnabled: Once``), with If-Match when the BMC gives an ETag, verified by
+        reading it back."""
+        op = "set one-time boot from CD"
+        path = await self.system_path()
+        current = await self.conn.get(path, op)
+        boot = current.body.get("Boot") or {}
+        allowed = boot.get("BootSourceOverrideTarget@Redfish.AllowableValues")
+        if isinstance(allowed, list) and "Cd" not in allowed:
+            raise self._err(f"the BMC does not offer boot target Cd (allowed: {allowed})", op)
+        patch = {"Boot": {"BootSourceOverrideTarget": "Cd", "BootSourceOverrideEnabled": "Once"}}
+        try:
+            await self.conn.patch(path, patch, op, etag=current.etag)
+        except BmcError as e:
+            if e.status != 412:
+                raise
+            fresh = await self.conn.get(path, op)  # someone changed it between read and write
+            await self.conn.patch(path, patch, op, etag=fresh.etag)
+        after = (await self.system(op)).get("Boot") or {}
+        if after.get("BootSourceOverrideTarget") != "Cd":
+            raise self._err(f"boot override reads back target {after.get('BootSourceOverrideTarget')!r}, "
+                            "not 'Cd'", op)
+        enabled = after.get("BootSourceOverrideEnabled")
+        if enabled != "Once" and not self.quirks.boot_override_enabled_unreliable:
+            raise self._err(f"boot override reads back enabled {enabled!r}, not 'Once'", op)
+
+    # -- virtual media --------------------------------------------------------------------------
+
+    async def insert_media(self, slot: MediaSlot, image_url: str) -> None:
+        op = f"insert media into {slot.id}"
+        target = slot.insert_target or f"{slot.path}/Actions/VirtualMedia.InsertMedia"
+        await self.conn.post(target, {"Image": image_url, "Inserted": True, "WriteProtected": True}, op,
+                             idempotent=True, read_timeout_s=self.quirks.insert_media_read_timeout_s)
+        after = parse_media_slot((await self.conn.get(slot.path, op)).body)
+        if not after.inserted:
+            raise self._err("InsertMedia returned success but the slot reads back not inserted", op)
+
+    async def eject_media(self, slot: MediaSlot) -> None:
+        op = f"eject media from {slot.id}"
+        target = slot.eject_target or f"{slot.path}/Actions/VirtualMedia.EjectMedia"
+        await self.conn.post(target, {}, op, idempotent=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ReimageResult:
+    """What ``reimage_sequence`` did, with timings in seconds."""
+
+    bmc: str
+    boot_slot: str
+    seed_slot: str
+    reset_types: tuple[str, ...]
+    ejected_before: tuple[str, ...]
+    insert_s: float
+    power_wait_s: float
+    total_s: float
+
+
+async def reimage_sequence(driver: RedfishDriver, boot_image_url: str, seed_url: str, *,
+                           power_deadline_s: float | None = None) -> ReimageResult:
+    """Insert the boot image (CD slot) and the seed (second slot), set a one-time boot from CD,
+    reset, and wait until the power is On. Stale media in either slot is ejected first."""
+    start = time.monotonic()
+    plan = choose_slots(await driver.media_slots(), bmc=driver.bmc)
+    ejected = []
+    for slot in (plan.boot, plan.seed):
+        if slot.inserted:
+            await driver.eject_media(slot)
+            ejected.append(slot.id)
+    t0 = time.monotonic()
+    await driver.insert_media(plan.boot, boot_image_url)
+    await driver.insert_media(plan.seed, seed_url)
+    insert_s = time.monotonic() - t0
+    await driver.set_boot_once_cd()
+    reset_types = await driver.reset(power_deadline_s)
+    waited = await driver.wait_power(PowerState.on, power_deadline_s)
+    log.info("BMC %s: reimage started (boot %s, seed %s, reset %s)", driver.bmc, plan.boot.id, plan.seed.id,
+             "+".join(reset_types))
+    return ReimageResult(bmc=driver.bmc, boot_slot=plan.boot.id, seed_slot=plan.seed.id,
+                         reset_types=reset_types, ejected_before=tuple(ejected), insert_s=insert_s,
+                         power_wait_s=waited, total_s=time.monotonic() - start)
+
+
+async def eject_reimage_media(driver: RedfishDriver) -> tuple[str, ...]:
+    """Eject whatever is inserted in any virtual media slot; returns the slot ids ejected. Call it
+    after the node has installed itself and is healthy."""
+    out = []
+    for slot in await driver.media_slots():
+        if slot.inserted:
+            await driver.eject_media(slot)
+            out.append(slot.id)
+    return tuple(out)

@@ -1,0 +1,60 @@
+"""Assemble a simulator from files: the inventory, an optional scenario file, the edgefleet home."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from edgefleet.errors import InputError
+from edgefleet.inventory.load import load_fleet
+from edgefleet.inventory.model import Fleet
+from edgefleet.sim.fleet import SimClock, SimFleet, resolve_passwords
+from edgefleet.sim.media import MediaFetcher
+from edgefleet.sim.scenario import Scenario, parse_scenario
+from edgefleet.sim.server import new_media_client
+
+__all__ = ["build_sim", "load_scenario", "parse_clock"]
+
+
+def load_scenario(path: Path | None) -> Scenario:
+    if path is None:
+        return Scenario()
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InputError(f"scenario file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InputError(f"scenario file {path} is not valid YAML: {e}") from None
+    return parse_scenario(data, source=str(path))
+
+
+def parse_clock(value: str | None, now: datetime) -> datetime:
+    """``--clock``: an ISO 8601 instant with offset (``Z`` allowed); None: ``now``."""
+    if value is None:
+        return now
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(f"--clock {value!r} is not ISO 8601; write e.g. 2026-11-02T23:30:00Z") from None
+    if when.tzinfo is None:
+        raise InputError(f"--clock {value!r} has no UTC offset; write e.g. 2026-11-02T23:30:00Z")
+    return when.astimezone(UTC)
+
+
+def build_sim(fleet: Fleet | Path, *, scenario: Scenario | None = None, time_scale: float = 1.0,
+              clock: datetime | None = None, home: Path | None = None,
+              environ: Mapping[str, str] | None = None) -> SimFleet:
+    """A ready simulator (not yet serving). ``fleet``: a loaded Fleet or an inventory directory."""
+    f = fleet if isinstance(fleet, Fleet) else load_fleet(fleet)
+    env = os.environ if environ is None else environ
+    if home is None and env.get("EDGEFLEET_HOME"):
+        home = Path(env["EDGEFLEET_HOME"])
+    sim_clock = SimClock(clock or datetime.now(UTC), time_scale)
+    return SimFleet(f, scenario or Scenario(), sim_clock, MediaFetcher(new_media_client()), home=home,
+                    passwords=resolve_passwords(f, environ=env))

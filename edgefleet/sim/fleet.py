@@ -1,0 +1,565 @@
+"""The simulated fleet: every node's power, boot override, virtual media, boots and readiness, the
+simulated clock, the event log and the oracle's violations.
+
+The HTTP layers (``edgefleet.sim.redfish``, ``edgefleet.sim.k8s``, ``edgefleet.sim.server``) call
+the actions here (``insert_media``, ``eject_media``, ``set_boot``, ``reset``); each action records
+events and asks the oracle (``edgefleet.sim.oracle``) about the rules. Boots finish on an asyncio
+timer after ``boot_seconds / time_scale`` real seconds. Readiness is computed when asked (the
+flapping phase comes from the simulated clock), so 10,200 idle nodes cost no timers at all.
+
+Node state is kept in ``__slots__`` objects and media as small facts, so a fleet of 3,400 stores
+stays far below 1 GiB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import os
+import random
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from edgefleet.errors import EdgefleetError, InputError
+from edgefleet.inventory.model import CredentialsRef, Fleet, Node, Role, Store
+from edgefleet.sim.boot import RELEASE_LABEL, ReleaseFacts, SeedFacts, evaluate_join
+from edgefleet.sim.media import Media, MediaFetcher
+from edgefleet.sim.oracle import (
+    Finding,
+    check_caps,
+    check_concurrent_operations,
+    check_control_planes,
+    check_schedule,
+)
+from edgefleet.sim.scenario import Scenario
+
+__all__ = ["ActionError", "NodeState", "SimClock", "SimFleet", "resolve_passwords"]
+
+SLOT_IDS = ("Cd", "Usb")
+POWER_ON, POWER_OFF = "On", "Off"
+RESET_TYPES = ("On", "ForceOff", "GracefulShutdown", "GracefulRestart", "ForceRestart", "PowerCycle", "Nmi")
+BOOT_TARGETS = ("None", "Pxe", "Cd", "Usb", "Hdd", "BiosSetup")
+BOOT_ENABLED = ("Disabled", "Once", "Continuous")
+MAX_EVENTS = 100_000
+MAX_VIOLATIONS = 100_000
+
+
+class ActionError(EdgefleetError):
+    """A BMC action the simulated BMC refuses; ``status`` and ``message_id`` shape the Redfish error."""
+
+    def __init__(self, message: str, *, status: int = 400, message_id: str = "Base.1.8.GeneralError"):
+        self.status = status
+        self.message_id = message_id
+        super().__init__(message)
+
+
+class SimClock:
+    """Simulated time: ``start`` plus real elapsed time multiplied by ``scale``."""
+
+    def __init__(self, start: datetime, scale: float, monotonic: Callable[[], float] = time.monotonic):
+        if start.tzinfo is None:
+            raise InputError(f"--clock {start.isoformat()} has no UTC offset; write e.g. 2026-11-02T23:30:00Z")
+        if scale <= 0:
+            raise InputError(f"--time-scale must be positive, got {scale}")
+        self.scale = scale
+        self._mono = monotonic
+        self._t0 = monotonic()
+        self._start = start.astimezone(UTC)
+
+    def now(self) -> datetime:
+        return self._start + timedelta(seconds=(self._mono() - self._t0) * self.scale)
+
+    def set(self, when: datetime) -> None:
+        if when.tzinfo is None:
+            raise InputError(f"clock value {when.isoformat()} has no UTC offset")
+        self._start, self._t0 = when.astimezone(UTC), self._mono()
+
+    def real_seconds(self, sim_seconds: float) -> float:
+        return sim_seconds / self.scale
+
+
+class NodeState:
+    """One simulated machine and its BMC."""
+
+    __slots__ = ("boot_enabled", "boot_from_media", "boot_gen", "boot_target", "booting", "generation", "joined",
+                 "kubelet_version", "labels", "media", "node", "operation", "password", "power", "reason", "release",
+                 "seed_instance_id", "sessions", "store", "talos_version", "username")
+
+    def __init__(self, node: Node, store: Store, username: str, password: str, release: str, talos_version: str):
+        self.node = node
+        self.store = store
+        self.username = username
+        self.password = password
+        self.power = POWER_ON
+        self.boot_target = "None"
+        self.boot_enabled = "Disabled"
+        self.media: dict[str, Media] = {}
+        self.booting = False
+        self.boot_gen = 0
+        self.boot_from_media = False
+        self.joined = True
+        self.reason = "installed release is running"
+        self.release = release
+        self.talos_version = talos_version
+        self.kubelet_version = "v" + store.cluster.kubernetes_version.lstrip("v")
+        self.labels: dict[str, str] | None = None  # None: the initial labels (computed on read)
+        self.seed_instance_id: str | None = None
+        self.operation: str | None = None  # the operation this node is mid-reimage for
+        self.sessions: dict[str, str] | None = None
+        self.generation = 1
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+    @property
+    def is_control_plane(self) -> bool:
+        return self.node.role is Role.controlplane
+
+    @property
+    def rebooting(self) -> bool:
+        return self.power == POWER_OFF or self.booting
+
+    def node_labels(self) -> dict[str, str]:
+        base = {"kubernetes.io/hostname": self.name, "kubernetes.io/os": "linux"}
+        if self.is_control_plane:
+            base["node-role.kubernetes.io/control-plane"] = ""
+        if self.labels is None:
+            base[RELEASE_LABEL] = self.release
+        else:
+            base.update(self.labels)
+        return base
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    seq: int
+    time: str
+    store: str
+    node: str
+    rule: str
+    operation: str | None
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "time": self.time, "store": self.store, "node": self.node, "rule": self.rule,
+                "operation": self.operation, "detail": self.detail}
+
+
+def resolve_passwords(fleet: Fleet, *, environ: Mapping[str, str] | None = None,
+                      base_dir: Path | None = None) -> dict[CredentialsRef, str]:
+    """Every distinct BMC password of the fleet, read now. Raises InputError naming every missing one."""
+    env = os.environ if environ is None else environ
+    base = base_dir or (Path(fleet.source) if fleet.source else Path.cwd())
+    out: dict[CredentialsRef, str] = {}
+    missing: dict[str, list[str]] = {}
+    for s in fleet.stores.values():
+        for n in s.nodes:
+            if n.bmc is None:
+                continue
+            ref = n.bmc.credentials
+            if ref in out:
+                continue
+            if ref.password_env is not None:
+                value = env.get(ref.password_env)
+                if value is None:
+                    missing.setdefault(f"environment variable {ref.password_env}", []).append(n.name)
+                    continue
+                out[ref] = value
+            else:
+                assert ref.password_file is not None
+                path = Path(ref.password_file)
+                path = path if path.is_absolute() else base / path
+                try:
+                    out[ref] = path.read_text().rstrip("\r\n")
+                except OSError as e:
+                    missing.setdefault(f"password file {path} ({e.strerror})", []).append(n.name)
+    if missing:
+        lines = [f"  {what}: needed by {', '.join(nodes[:3])}{' ...' if len(nodes) > 3 else ''}"
+                 for what, nodes in missing.items()]
+        raise InputError("cannot resolve BMC passwords for the simulated BMCs:\n" + "\n".join(lines)
+                         + "\nset the variables / create the files, then start the simulator again")
+    return out
+
+
+def _fraction(seed: int, key: str) -> float:
+    d = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(d, "big") / 2**64
+
+
+class SimFleet:
+    """The whole simulated fleet. Not thread-safe: it lives on one asyncio loop."""
+
+    def __init__(self, fleet: Fleet, scenario: Scenario, clock: SimClock, fetcher: MediaFetcher, *,
+                 home: Path | None, passwords: Mapping[CredentialsRef, str]):
+        self.fleet = fleet
+        self.clock = clock
+        self.fetcher = fetcher
+        self.home = home
+        self.scenario = scenario
+        self.rng = random.Random(scenario.seed)
+        self.nodes: dict[str, NodeState] = {}
+        self.store_nodes: dict[str, list[NodeState]] = {}
+        for s in fleet.stores.values():
+            lst = []
+            for n in s.nodes:
+                if n.bmc is None:
+                    user, pw = "", ""
+                else:
+                    user, pw = n.bmc.credentials.username, passwords[n.bmc.credentials]
+                ns = NodeState(n, s, sys.intern(user), pw, scenario.initial_release, scenario.initial_talos_version)
+                self.nodes[n.name] = ns
+                lst.append(ns)
+            self.store_nodes[s.id] = lst
+        self.rebooting: set[str] = set()
+        self.mid_reimage: dict[str, dict[str, str]] = {}  # store -> node -> operation
+        self._ca: dict[str, bytes | str] = {}
+        self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
+        self.event_seq = 0
+        self.event_counts: Counter[str] = Counter()
+        self.violations: list[Violation] = []
+        self.violation_counts: Counter[str] = Counter()
+        self.requests: Counter[str] = Counter()
+        self.faults: Counter[str] = Counter()
+        self.boots = Counter[str]()
+        self._timers: set[asyncio.TimerHandle] = set()
+        # Whether a store's cluster has formed (etcd bootstrapped). Without the simulated Talos API
+        # every cluster counts as formed; with it (sim.talos_wiring) a wiped store needs Bootstrap.
+        self.cluster_formed: Callable[[str], bool] = lambda _store_id: True
+        self._apply_scenario_sets()
+
+    # -- scenario -----------------------------------------------------------------------------
+
+    def _apply_scenario_sets(self) -> None:
+        sc = self.scenario
+        self.never_ready = frozenset(sc.never_ready)
+        self.flapping = frozenset(sc.flapping)
+        self.offline = frozenset(sc.offline_stores)
+        self.slow = frozenset(sc.slow_boot.nodes)
+
+    def set_scenario(self, scenario: Scenario) -> None:
+        if scenario.seed != self.scenario.seed:
+            self.rng = random.Random(scenario.seed)
+        self.scenario = scenario
+        self._apply_scenario_sets()
+        self.event("scenario", detail=scenario.dump())
+
+    def roll(self, rate: float) -> bool:
+        return rate > 0 and self.rng.random() < rate
+
+    def boot_factor(self, node: str) -> float:
+        sb = self.scenario.slow_boot
+        if node in self.slow or (sb.rate > 0 and _fraction(self.scenario.seed, node) < sb.rate):
+            return sb.factor
+        return 1.0
+
+    # -- records --------------------------------------------------------------------------------
+
+    def event(self, kind: str, *, node: NodeState | None = None, store: str | None = None,
+              operation: str | None = None, detail: Any = None) -> None:
+        self.event_seq += 1
+        self.event_counts[kind] += 1
+        self.events.append({"seq": self.event_seq, "time": self.clock.now().isoformat(), "kind": kind,
+                            "store": node.store.id if node else store, "node": node.name if node else None,
+                            "operation": operation, "detail": detail})
+
+    def _record(self, ns: NodeState, findings: list[Finding], operation: str | None) -> None:
+        for f in findings:
+            self.violation_counts[f.rule] += 1
+            v = Violation(seq=self.event_seq + 1, time=self.clock.now().isoformat(), store=ns.store.id, node=ns.name,
+                          rule=f.rule, operation=operation, detail=f.detail)
+            if len(self.violations) < MAX_VIOLATIONS:
+                self.violations.append(v)
+            self.event("violation", node=ns, operation=operation, detail=v.as_dict())
+
+    def _touch(self, ns: NodeState, operation: str | None) -> None:
+        """Oracle: another operation mid-reimage in this store?"""
+        self._record(ns, check_concurrent_operations(operation, ns.store.id,
+                                                     self.mid_reimage.get(ns.store.id, {})), operation)
+
+    def _schedule(self, ns: NodeState, operation: str | None, action: str) -> None:
+        if self.scenario.enforce_maintenance:
+            self._record(ns, check_schedule(ns.store, self.fleet.freezes, self.clock.now(), action), operation)
+
+    def _start_reimage(self, ns: NodeState, operation: str | None) -> None:
+        if operation is not None:
+            ns.operation = operation
+            self.mid_reimage.setdefault(ns.store.id, {})[ns.name] = operation
+
+    def _settle(self, ns: NodeState) -> None:
+        """A node with no media, no override and no boot under way is no longer mid-reimage."""
+        if not ns.media and not ns.booting and ns.boot_enabled == "Disabled":
+            self._end_reimage(ns)
+
+    def _end_reimage(self, ns: NodeState) -> None:
+        ns.operation = None
+        ops = self.mid_reimage.get(ns.store.id)
+        if ops is not None:
+            ops.pop(ns.name, None)
+            if not ops:
+                del self.mid_reimage[ns.store.id]
+
+    # -- readiness ------------------------------------------------------------------------------
+
+    def readiness(self, ns: NodeState) -> tuple[bool, str]:
+        if ns.store.id in self.offline:
+            return False, "the store is offline (scenario)"
+        if ns.power != POWER_ON:
+            return False, "powered off"
+        if ns.booting:
+            return False, "booting"
+        if not ns.joined:
+            return False, ns.reason
+        if ns.name in self.never_ready:
+            return False, "kubelet never becomes ready (scenario never_ready)"
+        if ns.name in self.flapping:
+            period = self.scenario.flap_seconds
+            phase = int(self.clock.now().timestamp() / period + _fraction(self.scenario.seed, ns.name) * 2)
+            if phase % 2:
+                return False, "kubelet readiness is flapping (scenario flapping)"
+        return True, "kubelet is posting ready status"
+
+    def store_up(self, store_id: str) -> bool:
+        """Whether any control plane of the store serves the Kubernetes API."""
+        if store_id in self.offline:
+            return False
+        if not self.cluster_formed(store_id):
+            return False
+        for ns in self.store_nodes[store_id]:
+            if ns.is_control_plane and ns.power == POWER_ON and not ns.booting and ns.joined:
+                return True
+        return False
+
+    # -- the store's CA -------------------------------------------------------------------------
+
+    def store_ca(self, store_id: str) -> bytes | str:
+        """The store's Kubernetes CA PEM from its secrets, or why it is unknown (cached)."""
+        got = self._ca.get(store_id)
+        if got is not None:
+            return got
+        if self.home is None:
+            got = "no edgefleet home was given to the simulator (--home or EDGEFLEET_HOME)"
+        else:
+            from edgefleet.secrets import load_secrets
+
+            try:
+                crt = load_secrets(self.home, store_id).certs.k8s.crt
+                got = base64.b64decode(crt, validate=True)
+            except EdgefleetError as e:
+                got = str(e)
+            except (binascii.Error, ValueError):
+                got = f"store {store_id}: certs.k8s.crt in its secrets is not base64"
+        self._ca[store_id] = got
+        return got
+
+    # -- BMC actions ----------------------------------------------------------------------------
+
+    def _changed(self, ns: NodeState) -> None:
+        ns.generation += 1
+
+    async def insert_media(self, ns: NodeState, slot: str, image: str, operation: str | None) -> Media:
+        if slot not in SLOT_IDS:
+            raise ActionError(f"no virtual media slot {slot!r}", status=404, message_id="Base.1.8.ResourceMissingAtURI")
+        self._touch(ns, operation)
+        self._schedule(ns, operation, f"InsertMedia {slot} on {ns.name}")
+        if slot in ns.media:
+            raise ActionError(f"virtual media {slot} already holds {ns.media[slot].url}; eject it first", status=409,
+                              message_id="Base.1.8.ResourceInUse")
+        self._start_reimage(ns, operation)
+        if self.roll(self.scenario.image_fetch_fail_rate):
+            self.faults["image_fetch_fail"] += 1
+            self.event("insert_failed", node=ns, operation=operation,
+                       detail={"slot": slot, "image": image, "error": "simulated image fetch failure"})
+            self._settle(ns)
+            raise ActionError(f"could not fetch {image} (simulated fetch failure)", status=500,
+                              message_id="Base.1.8.InternalError")
+        from edgefleet.sim.media import MediaError
+
+        try:
+            media = await self.fetcher.fetch(image)
+        except MediaError as e:
+            self.event("insert_failed", node=ns, operation=operation, detail={"slot": slot, "image": image,
+                                                                              "error": str(e)})
+            self._settle(ns)
+            raise ActionError(str(e), status=e.status, message_id=e.message_id) from None
+        if slot in ns.media:  # a concurrent insert won while we downloaded
+            raise ActionError(f"virtual media {slot} already holds {ns.media[slot].url}", status=409,
+                              message_id="Base.1.8.ResourceInUse")
+        ns.media[slot] = media
+        self._changed(ns)
+        self.event("insert", node=ns, operation=operation,
+                   detail={"slot": slot, "image": image, "sha256": media.sha256, "kind": media.kind,
+                           "release": media.release.release if media.release else None, "note": media.note or None})
+        return media
+
+    def eject_media(self, ns: NodeState, slot: str, operation: str | None) -> None:
+        if slot not in SLOT_IDS:
+            raise ActionError(f"no virtual media slot {slot!r}", status=404, message_id="Base.1.8.ResourceMissingAtURI")
+        self._touch(ns, operation)
+        gone = ns.media.pop(slot, None)
+        self._changed(ns)
+        self.event("eject", node=ns, operation=operation, detail={"slot": slot, "image": gone.url if gone else None})
+        self._settle(ns)
+
+    def set_boot(self, ns: NodeState, target: str | None, enabled: str | None, operation: str | None) -> None:
+        self._touch(ns, operation)
+        if target is not None:
+            ns.boot_target = target
+        if enabled is not None:
+            ns.boot_enabled = enabled
+        self._changed(ns)
+        if ns.boot_target in ("Cd", "Usb") and ns.boot_enabled != "Disabled":
+            self._start_reimage(ns, operation)
+        self.event("boot_override", node=ns, operation=operation,
+                   detail={"target": ns.boot_target, "enabled": ns.boot_enabled})
+
+    def reset(self, ns: NodeState, reset_type: str, operation: str | None) -> None:
+        if reset_type not in RESET_TYPES:
+            raise ActionError(f"ResetType {reset_type!r} is not supported; use one of {', '.join(RESET_TYPES)}",
+                              message_id="Base.1.8.ActionParameterNotSupported")
+        self.event("reset", node=ns, operation=operation, detail={"type": reset_type, "power": ns.power})
+        if reset_type == "Nmi" or (reset_type == "On" and ns.power == POWER_ON):
+            return
+        if reset_type in ("ForceOff", "GracefulShutdown") and ns.power == POWER_OFF:
+            return
+        self._touch(ns, operation)
+        self._schedule(ns, operation, f"Reset {reset_type} of {ns.name}")
+        if ns.is_control_plane and self.readiness(ns)[0]:  # a Ready control plane goes down now
+            others = [o.name for o in self.store_nodes[ns.store.id]
+                      if o is not ns and o.is_control_plane and not self.readiness(o)[0]]
+            self._record(ns, check_control_planes(ns.name, others), operation)
+        if not ns.rebooting:
+            self.rebooting.add(ns.name)
+            self._check_caps(ns, operation)
+        if reset_type in ("ForceOff", "GracefulShutdown"):
+            ns.power = POWER_OFF
+            ns.booting = False
+            ns.boot_gen += 1
+            self._changed(ns)
+            self.event("power_off", node=ns, operation=operation)
+            return
+        self._start_boot(ns, operation)
+
+    def _check_caps(self, ns: NodeState, operation: str | None) -> None:
+        caps = self.scenario.caps
+        if caps.global_ is None and caps.per_region is None and caps.per_country is None:
+            return
+        region = country = 0
+        for name in self.rebooting:
+            s = self.nodes[name].store
+            region += s.region == ns.store.region
+            country += s.country == ns.store.country
+        self._record(ns, check_caps(caps, len(self.rebooting), region, country, ns.store.region, ns.store.country),
+                     operation)
+
+    def _bootable(self, ns: NodeState) -> tuple[ReleaseFacts | None, str]:
+        if ns.boot_enabled == "Disabled" or ns.boot_target not in ("Cd", "Usb"):
+            return None, "no boot override: booting the installed system from disk"
+        media = ns.media.get(ns.boot_target)
+        if media is None:
+            return None, f"boot override {ns.boot_target} but no media inserted there: booting from disk"
+        if media.release is None:
+            return None, (f"boot override {ns.boot_target} but {media.url} is not a bootable release image "
+                          f"({media.kind}{': ' + media.note if media.note else ''}): booting from disk")
+        return media.release, f"booting release {media.release.release} from virtual {ns.boot_target}"
+
+    def _start_boot(self, ns: NodeState, operation: str | None) -> None:
+        release, why = self._bootable(ns)
+        seed: SeedFacts | None = None
+        if release is not None:
+            seed = next((m.seed for m in ns.media.values() if m.seed is not None), None)
+            self._start_reimage(ns, operation)
+        if ns.boot_enabled == "Once":  # the BMC clears a one-time override when the machine boots
+            ns.boot_enabled, ns.boot_target = "Disabled", "None"
+        ns.power = POWER_ON
+        ns.booting = True
+        ns.boot_from_media = release is not None
+        ns.boot_gen += 1
+        self._changed(ns)
+        factor = self.boot_factor(ns.name)
+        sim_s = self.scenario.boot_seconds * factor
+        self.event("boot_start", node=ns, operation=operation,
+                   detail={"source": "media" if release else "disk", "why": why, "sim_seconds": sim_s})
+        gen = ns.boot_gen
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle
+
+        def done() -> None:
+            self._timers.discard(handle)
+            self._finish_boot(ns, gen, release, seed, operation)
+
+        handle = loop.call_later(self.clock.real_seconds(sim_s), done)
+        self._timers.add(handle)
+
+    def _finish_boot(self, ns: NodeState, gen: int, release: ReleaseFacts | None, seed: SeedFacts | None,
+                     operation: str | None) -> None:
+        if gen != ns.boot_gen or not ns.booting:
+            return  # reset again or powered off meanwhile
+        ns.booting = False
+        self.rebooting.discard(ns.name)
+        self._changed(ns)
+        if release is None:
+            self.boots["disk"] += 1
+            ready, why = self.readiness(ns)
+            self.event("boot_done", node=ns, operation=operation,
+                       detail={"source": "disk", "release": ns.release, "ready": ready, "reason": why})
+            return
+        ca = self.store_ca(ns.store.id)
+        verdict = evaluate_join(ns.node, release, seed, ca if isinstance(ca, bytes) else None,
+                                store_ca_problem=ca if isinstance(ca, str) else "")
+        ns.release = release.release
+        ns.talos_version = release.talos_version
+        ns.kubelet_version = "v" + release.kubernetes_version.lstrip("v")
+        ns.seed_instance_id = seed.instance_id if seed else None
+        ns.joined = verdict.joined
+        ns.reason = verdict.reason
+        if verdict.joined and seed is not None:
+            ns.labels = dict(seed.node_labels)
+        self.boots["media_joined" if verdict.joined else "media_not_joined"] += 1
+        self._end_reimage(ns)
+        ready, why = self.readiness(ns)
+        self.event("boot_done", node=ns, operation=operation,
+                   detail={"source": "media", "release": release.release, "joined": verdict.joined, "ready": ready,
+                           "reason": verdict.reason if not verdict.joined else why,
+                           "seed_instance_id": ns.seed_instance_id})
+
+    def close(self) -> None:
+        for h in list(self._timers):
+            h.cancel()
+        self._timers.clear()
+
+    # -- views ----------------------------------------------------------------------------------
+
+    def node_view(self, ns: NodeState) -> dict[str, Any]:
+        ready, why = self.readiness(ns)
+        return {"store": ns.store.id, "role": ns.node.role.value, "power": ns.power, "booting": ns.booting,
+                "release": ns.release, "talos_version": ns.talos_version, "kubelet_version": ns.kubelet_version,
+                "ready": ready, "reason": why, "joined": ns.joined,
+                "boot": {"target": ns.boot_target, "enabled": ns.boot_enabled},
+                "media": {k: {"image": m.url, "sha256": m.sha256, "kind": m.kind} for k, m in ns.media.items()},
+                "seed_instance_id": ns.seed_instance_id, "operation": ns.operation}
+
+    def report(self) -> dict[str, Any]:
+        ready = sum(1 for ns in self.nodes.values() if self.readiness(ns)[0])
+        releases = Counter(ns.release for ns in self.nodes.values())
+        return {
+            "clock": self.clock.now().isoformat(), "time_scale": self.clock.scale,
+            "stores": len(self.store_nodes), "nodes": len(self.nodes), "ready": ready,
+            "not_ready": len(self.nodes) - ready, "rebooting": len(self.rebooting),
+            "releases": dict(releases.most_common()), "boots": dict(self.boots),
+            "requests": dict(self.requests), "faults_injected": dict(self.faults),
+            "media": {"downloads": self.fetcher.downloads, "bytes": self.fetcher.bytes,
+                      "images_parsed": self.fetcher.parses, "release_images_cached": len(self.fetcher.releases)},
+            "events": dict(self.event_counts),
+            "violations": {"total": sum(self.violation_counts.values()), "by_rule": dict(self.violation_counts),
+                           "list": [v.as_dict() for v in self.violations[:1000]]},
+            "scenario": self.scenario.dump(),
+        }

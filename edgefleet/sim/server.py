@@ -1,0 +1,336 @@
+"""The simulator's HTTP server: one asyncio process on 127.0.0.1 serving every BMC, every store's
+Kubernetes API and the simulator's own API.
+
+Routes::
+
+    /bmc/<node>/redfish/v1/...        Redfish (edgefleet.sim.redfish), with the scenario's faults
+    /k8s/<store>/readyz               200 "ok" / 503
+    /k8s/<store>/api/v1/nodes         NodeList / 503
+    /sim/endpoints                    {"nodes": {node: bmc base URL}, "stores": {store: k8s base URL}} and,
+                                      when the Talos API is served, "talos": {"endpoint", "ca_pem"}
+    /sim/clock                        GET {"now", "time_scale"}; POST {"now": ISO 8601} jumps the clock
+    /sim/state                        per node state (?store=ID or ?node=NAME narrows it)
+    /sim/events                       the event log (?since=SEQ&limit=N&store=&node=&kind=)
+    /sim/violations                   the oracle's violations
+    /sim/report                       summary + violations
+    /sim/scenario                     GET the scenario; POST a JSON object of changes
+
+Server: Starlette on uvicorn (both come with prefect, so no new dependency): the BMC route is a
+plain ASGI endpoint (no per-request Request/Response objects on the hot path), the rest are
+Starlette routes. A connection-reset fault sends the response head with a Content-Length and then
+ends without the body: uvicorn closes the connection, and the client sees the response cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from edgefleet.errors import InputError
+from edgefleet.sim.fleet import SimFleet
+from edgefleet.sim.k8s import node_list, readyz
+from edgefleet.sim.redfish import Reply, error_reply, handle
+from edgefleet.sim.scenario import update_scenario
+
+__all__ = ["build_app", "listen_socket", "running_server", "serve"]
+
+log = logging.getLogger("edgefleet.sim")
+_MAX_BODY = 1024 * 1024
+
+
+def _dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), default=str).encode()
+
+
+class _QuietCutoff(logging.Filter):
+    """Drop uvicorn's error line for the connection-reset fault we cause on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "without completing response" not in record.getMessage()
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return None
+        chunk = msg.get("body", b"")
+        size += len(chunk)
+        if size > _MAX_BODY:
+            return b"\x00" * (_MAX_BODY + 1)
+        chunks.append(chunk)
+        if not msg.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _send_reply(send: Send, reply: Reply) -> None:
+    headers = [(b"odata-version", b"4.0")]
+    body = b""
+    if reply.body is not None:
+        body = _dumps(reply.body)
+        headers.append((b"content-type", b"application/json; charset=utf-8"))
+    headers.append((b"content-length", str(len(body)).encode()))
+    headers.extend((k.lower().encode(), v.encode("latin-1")) for k, v in reply.headers.items())
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BmcEndpoint:
+    """ASGI endpoint for ``/bmc/{node}/{rest:path}``."""
+
+    def __init__(self, sim: SimFleet):
+        self.sim = sim
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sim = self.sim
+        params = scope["path_params"]
+        node, rest = params["node"], params["rest"]
+        ns = sim.nodes.get(node)
+        raw = await _read_body(receive)
+        if raw is None:
+            return
+        if ns is None:
+            await _send_reply(send, error_reply(404, f"no simulated BMC for node {node!r}",
+                                                "Base.1.8.ResourceMissingAtURI"))
+            return
+        if not (rest == "redfish" or rest.startswith("redfish/")):
+            await _send_reply(send, error_reply(404, f"no resource at /bmc/{node}/{rest}",
+                                                "Base.1.8.ResourceMissingAtURI"))
+            return
+        method = scope["method"]
+        sim.requests[f"bmc {method}"] += 1
+        if ns.store.id in sim.offline:
+            await _send_reply(send, error_reply(503, f"store {ns.store.id} is offline (simulated)",
+                                                "Base.1.8.ServiceTemporarilyUnavailable"))
+            return
+        if rest == "redfish":
+            await _send_reply(send, Reply(200, {"v1": f"/bmc/{node}/redfish/v1/"}))
+            return
+        sc = sim.scenario
+        if sim.roll(sc.bmc_timeout_rate):
+            sim.faults["bmc_timeout"] += 1
+            sim.event("fault", node=ns, detail={"fault": "timeout", "method": method, "path": rest})
+            await asyncio.sleep(sc.bmc_timeout_seconds)
+            await _send_reply(send, error_reply(503, "the BMC did not answer in time (simulated hang)",
+                                                "Base.1.8.ServiceTemporarilyUnavailable"))
+            return
+        if sim.roll(sc.bmc_reset_rate):
+            sim.faults["bmc_reset"] += 1
+            sim.event("fault", node=ns, detail={"fault": "connection reset", "method": method, "path": rest})
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
+            return  # uvicorn closes the connection: the body never comes
+        if sim.roll(sc.bmc_error_rate):
+            sim.faults["bmc_error"] += 1
+            sim.event("fault", node=ns, detail={"fault": "5xx", "method": method, "path": rest})
+            await _send_reply(send, error_reply(500, "internal BMC error (simulated)", "Base.1.8.InternalError"))
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        sub = rest[len("redfish/v1"):] if rest.startswith("redfish/v1") else None
+        if sub is None:
+            await _send_reply(send, error_reply(404, f"no resource at /bmc/{node}/{rest}",
+                                                "Base.1.8.ResourceMissingAtURI"))
+            return
+        if len(raw) > _MAX_BODY:
+            await _send_reply(send, error_reply(413, "request body too large", "Base.1.8.GeneralError"))
+            return
+        reply = await handle(sim, ns, method, sub, headers, raw)
+        await _send_reply(send, reply)
+
+
+def build_app(sim: SimFleet, talos: Mapping[str, str] | None = None) -> Starlette:
+    """``talos``: where the simulated Talos API listens (``endpoint``) and the CA PEM it presents
+    (``ca_pem``), listed by ``/sim/endpoints``."""
+    def base(request: Request) -> str:
+        return str(request.base_url).rstrip("/")
+
+    async def endpoints(request: Request) -> Response:
+        b = base(request)
+        data: dict[str, Any] = {"nodes": {n: f"{b}/bmc/{n}" for n in sim.nodes},
+                                "stores": {s: f"{b}/k8s/{s}" for s in sim.store_nodes}}
+        if talos:
+            data["talos"] = dict(talos)
+        return Response(_dumps(data), media_type="application/json")
+
+    async def clock(request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                data = json.loads(await request.body())
+                when = datetime.fromisoformat(str(data["now"]).replace("Z", "+00:00"))
+                sim.clock.set(when)
+            except (ValueError, KeyError, TypeError, InputError) as e:
+                return JSONResponse({"error": f"send {{\"now\": \"2026-11-02T23:30:00Z\"}}: {e}"}, 400)
+            sim.event("clock_set", detail={"now": sim.clock.now().isoformat()})
+        return JSONResponse({"now": sim.clock.now().isoformat(), "time_scale": sim.clock.scale})
+
+    async def state(request: Request) -> Response:
+        q = request.query_params
+        if "node" in q:
+            ns = sim.nodes.get(q["node"])
+            if ns is None:
+                return JSONResponse({"error": f"no node {q['node']!r}"}, 404)
+            picked = [ns]
+        elif "store" in q:
+            if q["store"] not in sim.store_nodes:
+                return JSONResponse({"error": f"no store {q['store']!r}"}, 404)
+            picked = sim.store_nodes[q["store"]]
+        else:
+            picked = list(sim.nodes.values())
+        return Response(_dumps({"clock": sim.clock.now().isoformat(),
+                                "nodes": {ns.name: sim.node_view(ns) for ns in picked}}),
+                        media_type="application/json")
+
+    async def events(request: Request) -> Response:
+        q = request.query_params
+        try:
+            since = int(q.get("since", "0"))
+            limit = max(1, min(int(q.get("limit", "1000")), 100_000))
+        except ValueError:
+            return JSONResponse({"error": "since and limit are integers"}, 400)
+        want = {k: q[k] for k in ("store", "node", "kind") if k in q}
+        out = []
+        for e in sim.events:
+            if e["seq"] <= since or any(e[k] != v for k, v in want.items()):
+                continue
+            out.append(e)
+            if len(out) >= limit:
+                break
+        return Response(_dumps({"last_seq": sim.event_seq, "events": out}), media_type="application/json")
+
+    async def violations(request: Request) -> Response:
+        return Response(_dumps({"total": sum(sim.violation_counts.values()), "by_rule": dict(sim.violation_counts),
+                                "violations": [v.as_dict() for v in sim.violations]}),
+                        media_type="application/json")
+
+    async def report(request: Request) -> Response:
+        return Response(_dumps(sim.report()), media_type="application/json")
+
+    async def scenario(request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                changes = json.loads(await request.body())
+                sim.set_scenario(update_scenario(sim.scenario, changes))
+            except ValueError as e:
+                return JSONResponse({"error": f"not JSON: {e}"}, 400)
+            except InputError as e:
+                return JSONResponse({"error": str(e)}, 400)
+        return JSONResponse(sim.scenario.dump())
+
+    async def k8s_readyz(request: Request) -> Response:
+        sid = request.path_params["store"]
+        sim.requests["k8s readyz"] += 1
+        if sid not in sim.store_nodes:
+            return PlainTextResponse(f"no store {sid}\n", 404)
+        code, text = readyz(sim, sid)
+        return PlainTextResponse(text, code)
+
+    async def k8s_nodes(request: Request) -> Response:
+        sid = request.path_params["store"]
+        sim.requests["k8s nodes"] += 1
+        if sid not in sim.store_nodes:
+            return JSONResponse({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                 "message": f"no store {sid}", "reason": "NotFound", "code": 404}, 404)
+        if not sim.store_up(sid):
+            return JSONResponse({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                 "message": readyz(sim, sid)[1].strip(), "reason": "ServiceUnavailable",
+                                 "code": 503}, 503)
+        return Response(_dumps(node_list(sim, sid)), media_type="application/json")
+
+    routes = [
+        Route("/bmc/{node}/{rest:path}", BmcEndpoint(sim), methods=["GET", "POST", "PATCH", "DELETE", "PUT"]),
+        Route("/k8s/{store}/readyz", k8s_readyz),
+        Route("/k8s/{store}/api/v1/nodes", k8s_nodes),
+        Route("/sim/endpoints", endpoints),
+        Route("/sim/clock", clock, methods=["GET", "POST"]),
+        Route("/sim/state", state),
+        Route("/sim/events", events),
+        Route("/sim/violations", violations),
+        Route("/sim/report", report),
+        Route("/sim/scenario", scenario, methods=["GET", "POST"]),
+    ]
+    return Starlette(routes=routes)
+
+
+def listen_socket(port: int) -> socket.socket:
+    """A listening TCP socket on 127.0.0.1 (port 0: any free port)."""
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+    # without it every response (head and body are two writes) waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+def _server(sim: SimFleet, talos: Mapping[str, str] | None = None) -> uvicorn.Server:
+    logging.getLogger("uvicorn.error").addFilter(_QuietCutoff())
+    config = uvicorn.Config(build_app(sim, talos), log_level="warning", access_log=False, lifespan="off",
+                            timeout_keep_alive=30, backlog=4096, http="h11")
+    return uvicorn.Server(config)
+
+
+@asynccontextmanager
+async def running_server(sim: SimFleet, port: int = 0, talos: Mapping[str, str] | None = None
+                         ) -> AsyncIterator[str]:
+    """Run the simulator on the current loop; yields its base URL (``http://127.0.0.1:PORT``).
+    ``talos``: the running simulated Talos API to list in ``/sim/endpoints`` (see ``build_app``)."""
+    sock = listen_socket(port)
+    server = _server(sim, talos)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sim.close()
+        await sim.fetcher.client.aclose()
+        sock.close()
+
+
+def new_media_client() -> httpx.AsyncClient:
+    """The client InsertMedia downloads with: bounded pool, explicit timeouts, no proxies."""
+    return httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=60.0), trust_env=False,
+                             limits=httpx.Limits(max_connections=16, max_keepalive_connections=16))
+
+
+async def serve(sim: SimFleet, port: int, *, announce: bool = True, talos_port: int | None = None) -> None:
+    """Serve until cancelled (Ctrl-C). Prints the base URL first when ``announce``. With
+    ``talos_port`` the nodes' Talos API is served too (gRPC, mTLS) and clusters form only on Bootstrap."""
+    from edgefleet.sim.talos_wiring import running_talos_api
+
+    sock = listen_socket(port)
+    if announce:
+        print(f"edgefleet sim: listening on http://127.0.0.1:{sock.getsockname()[1]} "
+              f"({len(sim.store_nodes)} stores, {len(sim.nodes)} BMCs)", flush=True)
+    try:
+        if talos_port is None:
+            await _server(sim).serve(sockets=[sock])
+        else:
+            async with running_talos_api(sim, port=talos_port, announce=announce) as api:
+                talos = {"endpoint": api.endpoint, "ca_pem": api.ca_pem.decode()}
+                await _server(sim, talos).serve(sockets=[sock])
+    finally:
+        sim.close()
+        await sim.fetcher.client.aclose()
+        sock.close()

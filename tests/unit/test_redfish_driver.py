@@ -1,0 +1,95 @@
+"""Pure decisions of the Redfish driver: which virtual media slots to use, which ResetTypes to
+send, how a VirtualMedia body is read, and which quirks apply."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgefleet.errors import BmcError
+from edgefleet.redfish import QUIRKS, MediaSlot, choose_reset, choose_slots, quirks_for
+from edgefleet.redfish.driver import parse_media_slot
+from edgefleet.redfish.quirks import GENERIC, SUSHY_EMULATOR
+
+
+def slot(sid: str, *types: str, inserted: bool = False) -> MediaSlot:
+    p = f"/redfish/v1/Managers/1/VirtualMedia/{sid}"
+    return MediaSlot(path=p, id=sid, media_types=frozenset(types), inserted=inserted, image=None,
+                     insert_target=f"{p}/Actions/VirtualMedia.InsertMedia",
+                     eject_target=f"{p}/Actions/VirtualMedia.EjectMedia")
+
+
+def test_sushy_shape_cd_and_floppy() -> None:
+    plan = choose_slots([slot("Cd", "CD", "DVD"), slot("Floppy", "Floppy", "USBStick")])
+    assert (plan.boot.id, plan.seed.id) == ("Cd", "Floppy")
+
+
+def test_two_cds_preferred_over_usb_for_the_seed() -> None:
+    plan = choose_slots([slot("USB", "USBStick"), slot("CD1", "CD"), slot("CD2", "DVD")])
+    assert (plan.boot.id, plan.seed.id) == ("CD1", "CD2")
+
+
+def test_single_slot_is_refused_with_the_fallback() -> None:
+    with pytest.raises(BmcError) as ei:
+        choose_slots([slot("CD", "CD", "DVD")], bmc="cp-1")
+    e = ei.value
+    assert e.bmc == "cp-1" and not e.transient and "talos-api" in str(e) and "single" in str(e)
+
+
+def test_no_cd_slot() -> None:
+    with pytest.raises(BmcError, match=r"no CD/DVD virtual media slot .*USB \['USBStick'\]"):
+        choose_slots([slot("USB", "USBStick"), slot("F", "Floppy")])
+    with pytest.raises(BmcError, match="slots: none"):
+        choose_slots([])
+
+
+@pytest.mark.parametrize("allowed, expect", [
+    (["On", "ForceOff", "ForceRestart", "Nmi"], ("ForceRestart",)),
+    (["On", "ForceOff", "GracefulShutdown"], ("ForceOff", "On")),
+    (["ForceOn", "GracefulShutdown"], ("GracefulShutdown", "ForceOn")),
+    (None, ("ForceRestart",)),
+])
+def test_reset_choice(allowed: list[str] | None, expect: tuple[str, ...]) -> None:
+    assert choose_reset(allowed, GENERIC) == expect
+
+
+def test_reset_quirk_removes_advertised_type() -> None:
+    from dataclasses import replace
+
+    q = replace(GENERIC, unsupported_reset_types=frozenset({"ForceRestart"}))
+    assert choose_reset(["ForceRestart", "ForceOff", "On"], q) == ("ForceOff", "On")
+    with pytest.raises(BmcError, match="no usable ResetType"):
+        choose_reset(["Nmi", "PushPowerButton"], GENERIC)
+
+
+def test_parse_media_slot() -> None:
+    body = {"@odata.id": "/redfish/v1/Systems/1/VirtualMedia/Cd", "Id": "Cd", "MediaTypes": ["CD", "DVD", 3],
+            "Inserted": True, "Image": "http://x/boot.iso",
+            "Actions": {"#VirtualMedia.InsertMedia": {"target": "/i"}, "#VirtualMedia.EjectMedia": {}}}
+    s = parse_media_slot(body)
+    assert s.media_types == {"CD", "DVD"} and s.inserted and s.image == "http://x/boot.iso"
+    assert s.insert_target == "/i" and s.eject_target is None and s.is_cd and not s.is_removable
+    empty = parse_media_slot({"Id": "F", "Image": "", "Actions": "junk"})
+    assert empty.image is None and not empty.inserted and empty.insert_target is None
+
+
+def test_quirks_lookup() -> None:
+    assert quirks_for("Sushy-Emulator") is SUSHY_EMULATOR
+    assert quirks_for(None, "Sushy Emulator") is SUSHY_EMULATOR
+    assert quirks_for("unknown-vendor", "Acme") is GENERIC
+    assert quirks_for(None) is GENERIC
+
+
+def test_every_quirk_entry_carries_notes() -> None:
+    for q in QUIRKS.values():
+        assert q.notes, f"{q.name} has no notes"
+        assert q.power_transition_s > 0 and q.insert_media_read_timeout_s > 0
+
+
+def test_public_api_is_exported() -> None:
+    import edgefleet.health as health
+    import edgefleet.redfish as redfish
+
+    for mod in (redfish, health):
+        assert sorted(mod.__all__) == sorted(set(mod.__all__))
+        for name in mod.__all__:
+            assert getattr(mod, name) is not None, name

@@ -1,0 +1,148 @@
+"""The simulator's pure parts: seed facts from rendered seeds, the join verdict, scenarios, oracle rules."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, date, datetime
+
+import pytest
+
+from edgefleet.errors import InputError
+from edgefleet.inventory.model import Freeze, Node, Store
+from edgefleet.secrets import ClusterSecrets, generate_secrets
+from edgefleet.seeds.iso import render_seed_iso
+from edgefleet.seeds.render import render_seed_files
+from edgefleet.sim.boot import ReleaseFacts, evaluate_join, parse_seed_facts
+from edgefleet.sim.media import iso_volume_label
+from edgefleet.sim.oracle import check_caps, check_concurrent_operations, check_control_planes, check_schedule
+from edgefleet.sim.scenario import Caps, Scenario, parse_scenario, update_scenario
+from edgefleet.talos.config import ReleaseRef
+
+RELEASE = ReleaseRef(name="r1", talos_version="v1.12.6", kubernetes_version="1.35.0",
+                     installer_image="factory.talos.dev/installer/abc:v1.12.6")
+FACTS = ReleaseFacts(sha256="0" * 64, release="r1", talos_version="v1.12.6", kubernetes_version="1.35.0",
+                     kernel_args=("console=ttyS0", "talos.platform=nocloud"))
+
+
+def store(vlan: int | None = None, bond: bool = False) -> Store:
+    node: dict[str, object] = {"name": "s1-n1", "role": "controlplane", "mac": "02:ef:00:00:00:01",
+                               "ip": "10.16.0.10"}
+    if bond:
+        node["bond"] = {"macs": ["02:ef:00:00:00:01", "02:ef:00:00:00:02"]}
+    return Store.model_validate({
+        "id": "s1", "name": "S1", "country": "DK", "region": "nordics", "timezone": "Europe/Copenhagen",
+        "maintenance_windows": [{"days": ["daily"], "start": "22:00", "end": "05:00"}],
+        "network": {"subnet": "10.16.0.0/24", "gateway": "10.16.0.1", "dns": ["10.0.0.53"], "vlan": vlan},
+        "cluster": {"name": "s1"}, "nodes": [node]})
+
+
+@pytest.fixture(scope="module")
+def secrets() -> ClusterSecrets:
+    return generate_secrets(datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def ca_of(secrets: ClusterSecrets) -> bytes:
+    return base64.b64decode(secrets.certs.k8s.crt)
+
+
+@pytest.mark.parametrize(("vlan", "bond"), [(None, False), (120, False), (None, True), (130, True)])
+def test_rendered_seed_joins(secrets: ClusterSecrets, vlan: int | None, bond: bool) -> None:
+    s = store(vlan, bond)
+    files = render_seed_files(s, s.nodes[0], RELEASE, secrets)
+    facts = parse_seed_facts(files.user_data, files.meta_data, files.network_config, sha256="x")
+    assert facts.problems == ()
+    assert facts.hostname == "s1-n1" and facts.instance_id
+    assert facts.node_labels.get("edgefleet.io/release") == "r1"
+    assert "02:ef:00:00:00:01" in facts.macs and "10.16.0.10" in facts.addresses
+    verdict = evaluate_join(s.nodes[0], FACTS, facts, ca_of(secrets))
+    assert verdict.joined, verdict.reason
+
+
+def test_join_refusals(secrets: ClusterSecrets) -> None:
+    s = store()
+    node = s.nodes[0]
+    files = render_seed_files(s, node, RELEASE, secrets)
+    facts = parse_seed_facts(files.user_data, files.meta_data, files.network_config, sha256="x")
+    no_nocloud = ReleaseFacts(sha256="0", release="r1", talos_version="v1.12.6", kubernetes_version="1.35.0",
+                              kernel_args=("console=ttyS0", "talos.platform=metal"))
+    assert "talos.platform=nocloud" in evaluate_join(node, no_nocloud, facts, ca_of(secrets)).reason
+    assert "no NoCloud seed" in evaluate_join(node, FACTS, None, ca_of(secrets)).reason
+    other = ca_of(generate_secrets(datetime(2026, 1, 1, tzinfo=UTC)))
+    assert "not this store's Kubernetes CA" in evaluate_join(node, FACTS, facts, other).reason
+    assert "unknown to the simulator: gone" in evaluate_join(node, FACTS, facts, None, store_ca_problem="gone").reason
+    moved = Node.model_validate({**node.model_dump(), "ip": "10.16.0.99"})
+    assert "do not include the node's 10.16.0.99" in evaluate_join(moved, FACTS, facts, ca_of(secrets)).reason
+    swapped = Node.model_validate({**node.model_dump(), "mac": "02:ef:00:00:00:99"})
+    assert "not the node's 02:ef:00:00:00:99" in evaluate_join(swapped, FACTS, facts, ca_of(secrets)).reason
+    renamed = Node.model_validate({**node.model_dump(), "name": "s1-n7"})
+    assert "names host 's1-n1'" in evaluate_join(renamed, FACTS, facts, ca_of(secrets)).reason
+
+
+def test_seed_problems_are_collected_not_raised() -> None:
+    f = parse_seed_facts(b"#cloud-config\nusers: []\n", b"{", b"version: 3\n", sha256="x")
+    assert any("#cloud-config" in p for p in f.problems)
+    assert any("meta-data is not valid YAML" in p for p in f.problems)
+    assert any("version 3" in p for p in f.problems)
+    verdict = evaluate_join(store().nodes[0], FACTS, f, b"pem")
+    assert not verdict.joined and verdict.reason.startswith("seed unusable")
+    v1 = parse_seed_facts(b"version: v1alpha1\nmachine: {}\ncluster: {ca: {crt: '%%%'}}\n",
+                          b"instance-id: i-1\nlocal-hostname: s1-n1\n",
+                          b"network:\n  version: 1\n  config:\n  - type: physical\n    mac_address: 02:EF:00:00:00:01\n"
+                          b"    subnets: [{type: static, address: 10.16.0.10/24}]\n", sha256="x")
+    assert v1.hostname == "s1-n1" and v1.macs == {"02:ef:00:00:00:01"} and v1.addresses == {"10.16.0.10"}
+    assert v1.problems == ("cluster.ca.crt is not base64",)
+
+
+def test_iso_volume_label() -> None:
+    from edgefleet.seeds.iso import SeedFiles
+
+    image = render_seed_iso(SeedFiles(user_data=b"a", meta_data=b"b", network_config=b"c"))
+    assert iso_volume_label(image) == "CIDATA"
+    assert iso_volume_label(b"\x00" * 40000) is None and iso_volume_label(b"short") is None
+
+
+# --- scenario ----------------------------------------------------------------------------------------
+
+def test_scenario_parse_defaults_and_errors() -> None:
+    assert parse_scenario(None) == Scenario()
+    sc = parse_scenario({"seed": 3, "caps": {"global": 10, "per_region": 4}, "slow_boot": {"rate": 0.1}})
+    assert sc.caps.global_ == 10 and sc.caps.per_region == 4 and sc.slow_boot.factor == 3.0
+    assert sc.dump()["caps"]["global"] == 10
+    with pytest.raises(InputError, match="bmc_error_rate"):
+        parse_scenario({"bmc_error_rate": 1.5}, source="x.yml")
+    with pytest.raises(InputError, match=r"x\.yml: .*typo"):
+        parse_scenario({"typo": 1}, source="x.yml")
+    with pytest.raises(InputError, match="mapping"):
+        parse_scenario([1])
+    with pytest.raises(InputError, match=r"less than or equal to 300"):
+        parse_scenario({"bmc_timeout_seconds": 1000})
+    up = update_scenario(sc, {"never_ready": ["a"]})
+    assert up.never_ready == ["a"] and up.seed == 3 and up.caps.global_ == 10
+
+
+# --- oracle ------------------------------------------------------------------------------------------
+
+def test_oracle_schedule_rule() -> None:
+    s = store()
+    inside = datetime(2026, 11, 3, 22, 30, tzinfo=UTC)
+    assert check_schedule(s, [], inside, "reset") == []
+    out = check_schedule(s, [], datetime(2026, 11, 3, 12, 0, tzinfo=UTC), "reset")
+    assert [f.rule for f in out] == ["outside_window"]
+    day = date(2026, 11, 3)
+    fr = Freeze(name="bf", start=day, end=day, reason="sale")
+    assert [f.rule for f in check_schedule(s, [fr], inside, "reset")] == ["freeze"]
+    other = Freeze(name="se", start=day, end=day, countries=["SE"])
+    assert check_schedule(s, [other], inside, "reset") == []
+
+
+def test_oracle_other_rules() -> None:
+    assert check_control_planes("n1", []) == []
+    assert check_control_planes("n1", ["n3", "n2"])[0].detail.endswith("n2, n3 are not Ready")
+    assert check_concurrent_operations(None, "s", {"n1": "A"}) == []
+    assert check_concurrent_operations("A", "s", {"n1": "A"}) == []
+    assert check_concurrent_operations("B", "s", {"n1": "A"})[0].rule == "concurrent_operations"
+    caps = Caps.model_validate({"global": 2, "per_region": 1})
+    assert check_caps(caps, 2, 1, 5, "r", "DK") == []
+    assert [f.detail for f in check_caps(caps, 3, 2, 5, "r", "DK")] == [
+        "3 nodes rebooting at once, global cap 2", "2 nodes rebooting at once in region r, cap 1"]
+    assert check_caps(Caps(), 10_000, 10_000, 10_000, "r", "DK") == []

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from bench import bench_inventory
+from bench import bench_inventory, bench_seeds
 from bench.common import render_table
 
-BENCHES = {"inventory": bench_inventory.run}
+BENCHES = {"inventory": bench_inventory.run, "seeds": bench_seeds.run}
 
 
 def main(names: list[str]) -> None:

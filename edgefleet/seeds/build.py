@@ -47,7 +47,7 @@ from edgefleet.secrets import (
     secrets_path,
     write_secrets_file,
 )
-from edgefleet.seeds.iso import SeedFiles, write_seed_iso
+from edgefleet.seeds.iso import SeedFiles, write_seed_isos
 from edgefleet.seeds.render import render_seed_files
 from edgefleet.talos.config import ReleaseRef, TalosSchema
 
@@ -55,6 +55,7 @@ __all__ = ["INDEX_NAME", "RENDERER_VERSION", "SeedBuildReport", "SeedEvent", "bu
            "seed_path"]
 
 RENDERER_VERSION = "edgefleet-seed/1"
+WRITE_BATCH = 512  # ISOs made durable together (see write_seed_isos); the index is saved after all
 """Part of every node's input digest: bump it when rendering changes, so every seed is rebuilt."""
 INDEX_NAME = "index.json"
 INDEX_VERSION = 1
@@ -272,18 +273,20 @@ def build_seeds(fleet: Fleet, store_ids: Sequence[str] | None, node: str | None,
             report.secrets_generated.append(sid)
         dirty = False
         try:
-            for store, n, digest, seed in rendered:
-                w = write_seed_iso(seed_path(out, store.id, n.name), seed)
-                index[_key(store.id, n.name)] = {"digest": digest, "sha256": w.sha256, "size": w.size,
-                                                 "release": release.name}
-                dirty = True
-                action: Action = "written" if w.changed else "unchanged"
-                if w.changed:
-                    report.written.append(_key(store.id, n.name))
-                else:
-                    report.unchanged += 1
-                if progress:
-                    progress(SeedEvent(store.id, n.name, action, w.path))
+            for at in range(0, len(rendered), WRITE_BATCH):
+                batch = rendered[at:at + WRITE_BATCH]
+                writes = write_seed_isos([(seed_path(out, store.id, n.name), seed) for store, n, _d, seed in batch])
+                for (store, n, digest, _seed), w in zip(batch, writes, strict=True):
+                    index[_key(store.id, n.name)] = {"digest": digest, "sha256": w.sha256, "size": w.size,
+                                                     "release": release.name}
+                    dirty = True
+                    action: Action = "written" if w.changed else "unchanged"
+                    if w.changed:
+                        report.written.append(_key(store.id, n.name))
+                    else:
+                        report.unchanged += 1
+                    if progress:
+                        progress(SeedEvent(store.id, n.name, action, w.path))
         finally:
             if dirty:
                 _write_index(out, index)

@@ -30,7 +30,8 @@ without parsing messages:
         ├── ProbeError             a health probe could not be evaluated
         ├── GateFailed             a health gate said no
         ├── LockHeld               another operation holds the store
-        └── StateError             the ledger / state store refused an operation
+        ├── StateError             the ledger / state store refused an operation
+        └── NetworkSeedError       a node's nocloud-net seed cannot be fetched over HTTP
 """
 
 from __future__ import annotations
@@ -190,3 +191,13 @@ class TalosRefused(TalosCallFailed):
 class ScheduleError(OperationFailed):
     """The Prefect API could not be reached or refused a scheduling call (create, list, cancel runs);
     the message names the API URL or the deployment and what to do."""
+
+
+class NetworkSeedError(OperationFailed):
+    """A node's NoCloud network seed (``ds=nocloud-net``) could not be fetched or is not the node's.
+    ``status`` is the HTTP status (None: no answer); ``transient`` whether retrying may help."""
+
+    def __init__(self, message: str, *, status: int | None = None, transient: bool = False):
+        self.status = status
+        self.transient = transient
+        super().__init__(message)

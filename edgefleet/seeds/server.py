@@ -25,6 +25,9 @@ What it guarantees:
   ``header_timeout_s`` (a client that trickles bytes is dropped: no slowloris); bodies are refused;
   a client that stops reading is dropped after ``send_timeout_s``; connections beyond
   ``max_connections`` get ``503``.
+* **Dynamic routes** (additive): :meth:`SeedServer.add_dynamic_route` serves a route family
+  from memory under the same token scheme, with tokens minted by :meth:`SeedServer.scoped_url`
+  for a scope no file path can have; ``edgefleet.seeds.netseed`` uses it for nocloud-net seeds.
 * **An access log**, one line per request: UTC time, client, method, path *without* the token,
   status, body bytes, range, node, duration.
 """
@@ -50,12 +53,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Literal, Self
+from typing import IO, Literal, Protocol, Self
 from urllib.parse import quote, unquote
 
 from edgefleet.errors import SeedError
 
 __all__ = [
+    "DynamicReply",
+    "DynamicRoute",
     "SeedServer",
     "TlsFiles",
     "check_token",
@@ -77,6 +82,28 @@ class TlsFiles:
 
     cert: Path
     key: Path
+
+
+@dataclass(frozen=True)
+class DynamicReply:
+    """What a dynamic route answers: ``status`` 200 with ``body`` (the bytes to send), or an error
+    status with ``body`` as the reason (sent as text)."""
+
+    status: int
+    body: bytes = b""
+
+
+class DynamicRoute(Protocol):
+    """A route family served from memory instead of files under the root (see
+    :meth:`SeedServer.add_dynamic_route`), e.g. ``edgefleet.seeds.netseed``'s ``nocloud``."""
+
+    def scope(self, segments: list[str]) -> str | None:
+        """The token scope (what a URL's token must grant) for the path segments after the route
+        prefix, or None when no such resource can exist (404). Scopes must contain a NUL byte so
+        that no file relpath (which cannot) shares a token with them."""
+
+    async def serve(self, node: str, segments: list[str]) -> DynamicReply:
+        """The reply for ``node`` (the token's node, already checked against the scope)."""
 
 
 # --- pure parts: paths, tokens, ranges -----------------------------------------------------------
@@ -246,6 +273,7 @@ class SeedServer:
         self._hash_inflight: dict[tuple[int, int, int, int], asyncio.Future[tuple[str, str]]] = {}
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
+        self._dynamic: dict[str, DynamicRoute] = {}
 
     # -- lifecycle --
 
@@ -350,6 +378,30 @@ class SeedServer:
         token = mint_token(self._secret, rel, node, expires)
         return f"{self.base_url}/{token}/" + "/".join(quote(seg, safe="") for seg in rel.split("/"))
 
+    # -- dynamic routes (additive: a route family served from memory, e.g. nocloud-net seeds) --
+
+    def add_dynamic_route(self, prefix: str, route: DynamicRoute) -> None:
+        """Serve ``/<token>/<prefix>/...`` through ``route`` instead of from files (a file under
+        ``<root>/<prefix>`` is then not reachable). The token must grant ``route.scope(rest)``."""
+        normalize_relpath(prefix)
+        if "/" in prefix:
+            raise SeedError(f"dynamic route prefix {prefix!r} must be one path segment")
+        self._dynamic[prefix] = route
+
+    def scoped_url(self, scope: str, path: str, node: str, now: datetime, *, ttl_s: float | None = None,
+                   base_url: str | None = None) -> str:
+        """``<base>/<token>/<path>`` with a token granting ``scope`` to ``node`` for ``ttl_s``
+        (default ``token_ttl_s``) from ``now``; for dynamic routes. ``path`` is sent as given
+        (the caller quotes it); ``base_url`` replaces the server's base (another address nodes
+        reach it under)."""
+        if "\x00" not in scope:
+            raise SeedError("a dynamic route's token scope must contain a NUL byte (see DynamicRoute.scope)")
+        ttl = self.token_ttl_s if ttl_s is None else ttl_s
+        if ttl <= 0:
+            raise SeedError(f"ttl_s must be positive, got {ttl}")
+        token = mint_token(self._secret, scope, node, int(now.timestamp() + ttl))
+        return f"{(base_url or self.base_url).rstrip('/')}/{token}/{path.lstrip('/')}"
+
     # -- connections --
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -447,6 +499,9 @@ class SeedServer:
             out.status = 404
             await self._send_error(writer, 404, "not found", close=not keep_alive)
             return True
+        dynamic = self._dynamic.get(segments[0]) if len(segments) > 1 else None
+        if dynamic is not None:
+            return await self._respond_dynamic(dynamic, req, writer, out, keep_alive, token, segments[1:])
         node, why = check_token(self._secret, token, relpath, self._clock().timestamp())
         if node is None:
             out.status = 403
@@ -496,6 +551,37 @@ class SeedServer:
             await self._send_head(writer, status, headers, close=not keep_alive)
             if req.method == "GET" and count > 0:
                 await self._send_body(writer, fh, first, count, out)
+        return True
+
+    async def _respond_dynamic(self, route: DynamicRoute, req: _Request, writer: asyncio.StreamWriter,
+                               out: _Outcome, keep_alive: bool, token: str, rest: list[str]) -> bool:
+        scope = route.scope(rest)
+        if scope is None:
+            out.status = 404
+            await self._send_error(writer, 404, "not found", close=not keep_alive)
+            return True
+        node, why = check_token(self._secret, token, scope, self._clock().timestamp())
+        if node is None:
+            out.status = 403
+            await self._send_error(writer, 403, why, close=not keep_alive)
+            return True
+        out.node = node
+        reply = await route.serve(node, rest)
+        if reply.status != 200:
+            out.status = reply.status
+            await self._send_error(writer, reply.status, reply.body.decode("utf-8", "replace"), close=not keep_alive)
+            return True
+        digest = hashlib.sha256(reply.body).digest()
+        headers = {"Content-Type": "application/octet-stream", "ETag": f'"sha256-{digest.hex()}"',
+                   "X-Content-SHA256": digest.hex(), "Digest": f"sha-256={base64.b64encode(digest).decode()}",
+                   "Cache-Control": "no-store", "Content-Length": str(len(reply.body))}
+        out.status = 200
+        await self._send_head(writer, 200, headers, close=not keep_alive)
+        if req.method == "GET" and reply.body:
+            writer.write(reply.body)
+            async with asyncio.timeout(self.send_timeout_s):
+                await writer.drain()
+            out.sent = len(reply.body)
         return True
 
     def _open_under_root(self, relpath: str) -> IO[bytes] | None:

@@ -234,6 +234,10 @@ class SimFleet:
         # Whether a store's cluster has formed (etcd bootstrapped). Without the simulated Talos API
         # every cluster counts as formed; with it (sim.talos_wiring) a wiped store needs Bootstrap.
         self.cluster_formed: Callable[[str], bool] = lambda _store_id: True
+        # Network seeds (edgefleet.sim.netseed): node -> its registered nocloud-net URL, and the hook
+        # that makes a node waiting for its seed fetch it again (set while the Talos API is served).
+        self.net_seed_urls: dict[str, str] = {}
+        self.net_seed_retry: Callable[[NodeState], bool] = lambda _ns: False
         self._apply_scenario_sets()
 
     # -- scenario -----------------------------------------------------------------------------

@@ -14,6 +14,8 @@ Routes::
     /sim/violations                   the oracle's violations
     /sim/report                       summary + violations
     /sim/scenario                     GET the scenario; POST a JSON object of changes
+    /sim/netseed                      GET the registered nocloud-net URLs (redacted); POST {node: URL or null}
+                                      (edgefleet.sim.netseed)
 
 Server: Starlette on uvicorn (both come with prefect, so no new dependency): the BMC route is a
 plain ASGI endpoint (no per-request Request/Response objects on the hot path), the rest are
@@ -232,6 +234,19 @@ def build_app(sim: SimFleet, talos: Mapping[str, str] | None = None) -> Starlett
                 return JSONResponse({"error": str(e)}, 400)
         return JSONResponse(sim.scenario.dump())
 
+    async def netseed(request: Request) -> Response:
+        from edgefleet.sim.netseed import register, registered
+
+        if request.method == "POST":
+            try:
+                again = register(sim, json.loads(await request.body()))
+            except ValueError as e:
+                return JSONResponse({"error": f"not JSON: {e}"}, 400)
+            except InputError as e:
+                return JSONResponse({"error": str(e)}, 400)
+            return JSONResponse({"nodes": registered(sim), "fetching_again": again})
+        return JSONResponse({"nodes": registered(sim)})
+
     async def k8s_readyz(request: Request) -> Response:
         sid = request.path_params["store"]
         sim.requests["k8s readyz"] += 1
@@ -263,6 +278,7 @@ def build_app(sim: SimFleet, talos: Mapping[str, str] | None = None) -> Starlett
         Route("/sim/violations", violations),
         Route("/sim/report", report),
         Route("/sim/scenario", scenario, methods=["GET", "POST"]),
+        Route("/sim/netseed", netseed, methods=["GET", "POST"]),
     ]
     return Starlette(routes=routes)
 

@@ -12,9 +12,9 @@ What it adds to the simulator's node state:
 * ``Reset`` through the Talos API: the node goes down through ``SimFleet.reset`` (events, oracle
   rules and caps apply as for a BMC reset), loses its membership, and with STATE wiped it has no
   machine config: when it has booted again (from disk) it reads its NoCloud seed from the
-  attached seed media (``evaluate_join`` decides as for a media boot). Network seeds
-  (``ds=nocloud-net``) are not simulated: without attached seed media the node stays in
-  maintenance mode.
+  attached seed media (``evaluate_join`` decides as for a media boot). Without seed media, a node
+  with a registered nocloud-net URL fetches its seed over HTTP (``edgefleet.sim.netseed``, hooked in
+  through ``network_seed`` by ``running_talos_api``); otherwise it stays in maintenance mode.
 
 The backend follows boots through the simulator's event log (``boot_done`` events), synced on
 every Talos API call and every ``SYNC_SECONDS`` by the task ``running_talos_api`` starts.
@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,6 +53,9 @@ class SimTalosBackend:
             sid: {ns.name for ns in nodes if ns.is_control_plane and ns.joined}
             for sid, nodes in sim.store_nodes.items()}
         self.wiped: set[str] = set()
+        # edgefleet.sim.netseed: called for a wiped node that booted without seed media; True when
+        # it fetches the node's seed over the network (and calls ``seed_read`` once it joined).
+        self.network_seed: Callable[[NodeState], bool] | None = None
         self._seen = sim.event_seq
         self._cas: dict[str, bytes] = {}
         self._gen = 0
@@ -207,7 +210,9 @@ class SimTalosBackend:
     def _read_seed(self, ns: NodeState) -> None:
         seed = next((m.seed for m in ns.media.values() if m.seed is not None), None)
         if seed is None:
-            ns.reason = _WIPED + " (no seed media attached; network seeds are not simulated)"
+            if self.network_seed is not None and self.network_seed(ns):
+                return
+            ns.reason = _WIPED + " (no seed media attached and no nocloud-net URL registered)"
             return
         self.wiped.discard(ns.name)
         ca = self.sim.store_ca(ns.store.id)
@@ -220,6 +225,15 @@ class SimTalosBackend:
             ns.labels = dict(seed.node_labels)
         ns.generation += 1
         self.sim.event("seed_read", node=ns, detail={"joined": verdict.joined, "reason": verdict.reason})
+
+    def seed_read(self, ns: NodeState) -> None:
+        """A wiped node joined with a seed read outside its boot (over the network): it no longer
+        waits, and a control plane joins the running etcd cluster if there is one."""
+        self.wiped.discard(ns.name)
+        store = ns.store.id
+        if ns.is_control_plane and ns.joined and ns.name not in self.members[store] and any(
+                self._up(self._ns(m)) for m in self.members[store]):
+            self.members[store].add(ns.name)
 
 
 def install(sim: SimFleet, backend: SimTalosBackend) -> None:
@@ -234,8 +248,11 @@ async def running_talos_api(sim: SimFleet, *, port: int = 0, ca_out: Path | None
     """Serve the Talos API of the simulator's nodes on 127.0.0.1:``port`` while the block runs.
     ``ca_out``: where to write the PEM of the CA clients must trust (default:
     ``<home>/sim-talos-ca.pem`` when the simulator has a home)."""
+    from edgefleet.sim import netseed
+
     backend = SimTalosBackend(sim)
     install(sim, backend)
+    net_seeds = netseed.install(sim, backend)
     server = await start_talos_api(backend, now=datetime.now(UTC), port=port)
     out = ca_out or (sim.home / "sim-talos-ca.pem" if sim.home is not None else None)
     if out is not None:
@@ -257,4 +274,5 @@ async def running_talos_api(sim: SimFleet, *, port: int = 0, ca_out: Path | None
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        await net_seeds.aclose()
         await server.stop(0)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from bench import bench_inventory, bench_reimage, bench_seeds
+from bench import bench_inventory, bench_reimage, bench_schedule, bench_seeds
 from bench.common import render_table
 
 BENCHES = {
     "inventory": bench_inventory.run,
     "seeds": bench_seeds.run,
     "reimage": bench_reimage.run,
+    "schedule": bench_schedule.run,
 }
 
 

@@ -31,7 +31,8 @@ without parsing messages:
         ├── GateFailed             a health gate said no
         ├── LockHeld               another operation holds the store
         ├── StateError             the ledger / state store refused an operation
-        └── NetworkSeedError       a node's nocloud-net seed cannot be fetched over HTTP
+        ├── NetworkSeedError       a node's nocloud-net seed cannot be fetched over HTTP
+        └── ScheduleError          the Prefect API is unreachable or refused a scheduling call
 """
 
 from __future__ import annotations

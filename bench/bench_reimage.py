@@ -16,6 +16,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
+
 from bench.common import write_result
 from edgefleet.inventory.generate import generate_fleet
 from edgefleet.inventory.load import load_fleet
@@ -76,7 +78,7 @@ def run(stores: int = 3400, sequences: int = 1000, concurrency: int = 500) -> li
             base = f"http://127.0.0.1:{m.group(1)}"
             idle_rss, _ = _rss_mib(sim.pid)
 
-            async def main() -> tuple[float, int, float]:
+            async def main() -> tuple[float, int, float, dict[str, int]]:
                 async with SeedServer(root, token_ttl_s=3600) as srv, BmcClients() as clients:
                     sem = asyncio.Semaphore(concurrency)
                     ok = 0
@@ -101,19 +103,26 @@ def run(stores: int = 3400, sequences: int = 1000, concurrency: int = 500) -> li
                     cpu0 = time.process_time()
                     t0 = time.perf_counter()
                     await asyncio.gather(*(one(n.name) for n in nodes))
-                    return time.perf_counter() - t0, ok, time.process_time() - cpu0
+                    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+                async with httpx.AsyncClient(timeout=30, trust_env=False) as c:
+                    requests = (await c.get(f"{base}/sim/report")).json()["requests"]
+                return wall, ok, cpu, requests
 
-            wall, ok, cpu = asyncio.run(main())
+            wall, ok, cpu, requests = asyncio.run(main())
             _rss, hwm = _rss_mib(sim.pid)
         finally:
             sim.terminate()
             sim.wait(timeout=30)
     rate = ok / wall
+    bmc = {k: int(v) for k, v in requests.items() if k.startswith("bmc ")}
     rows = [
         {"measure": f"reimage sequences/s through the driver, concurrency {concurrency} ({ok}/{len(nodes)} ok)",
          "edgefleet": round(rate, 1), "baseline": f"{wall:.1f} s wall"},
         {"measure": "orchestrator CPU per reimage sequence (ms, driver + httpx + seed server)",
          "edgefleet": round(cpu / max(ok, 1) * 1000, 1)},
+        {"measure": "BMC HTTP requests per reimage sequence ("
+                    + ", ".join(f"{k.removeprefix('bmc ')} {v / max(ok, 1):.1f}" for k, v in sorted(bmc.items())) + ")",
+         "edgefleet": round(sum(bmc.values()) / max(ok, 1), 1)},
         {"measure": f"simulator RSS holding {stores} stores / {fleet.node_count} BMCs (MiB): idle, peak",
          "edgefleet": f"{idle_rss:.0f}, {hwm:.0f}", "goal": "< 1024", "met": hwm < 1024},
         {"measure": "simulator start-up (s)", "edgefleet": round(sim_start_s, 1)},

@@ -291,11 +291,13 @@ class RedfishDriver:
                                 f"wait for power {want}", transient=True)
             await asyncio.sleep(self.poll_interval_s)
 
-    async def reset(self, deadline_s: float | None = None) -> tuple[str, ...]:
+    async def reset(self, deadline_s: float | None = None, *, system: dict[str, Any] | None = None) -> tuple[str, ...]:
         """Restart the node (or power it on when it is off). ``ForceRestart`` when the BMC allows
-        it, else ``ForceOff``, wait for Off, ``On``. Returns the ResetTypes sent."""
+        it, else ``ForceOff``, wait for Off, ``On``. Returns the ResetTypes sent. ``system``: a
+        ComputerSystem body the caller read (or got back from a PATCH) just before; without it the
+        System is read now."""
         op = "reset"
-        body = await self.system(op)
+        body = system if system is not None else await self.system(op)
         action = (body.get("Actions") or {}).get("#ComputerSystem.Reset")
         if not isinstance(action, dict) or not isinstance(action.get("target"), str):
             raise self._err("the system has no #ComputerSystem.Reset action", op)
@@ -324,10 +326,14 @@ class RedfishDriver:
 
     # -- boot ---------------------------------------------------------------------------------
 
-    async def set_boot_once_cd(self) -> None:
+    async def set_boot_once_cd(self) -> dict[str, Any]:
         """One-time boot override to the virtual CD (``BootSourceOverrideTarget: Cd``,
         ``BootSourceOverrideEnabled: Once``), with If-Match when the BMC gives an ETag, verified by
-        reading it back."""
+        reading it back. Returns the ComputerSystem as read back.
+
+        The read-back is the PATCH response when the BMC answers 200 with the resource (Redfish
+        lets a PATCH return the updated representation; the simulator and most firmware do), else
+        a GET (sushy-tools answers 204)."""
         op = "set one-time boot from CD"
         path = await self.system_path()
         current = await self.conn.get(path, op)
@@ -337,19 +343,24 @@ class RedfishDriver:
             raise self._err(f"the BMC does not offer boot target Cd (allowed: {allowed})", op)
         patch = {"Boot": {"BootSourceOverrideTarget": "Cd", "BootSourceOverrideEnabled": "Once"}}
         try:
-            await self.conn.patch(path, patch, op, etag=current.etag)
+            resp = await self.conn.patch(path, patch, op, etag=current.etag)
         except BmcError as e:
             if e.status != 412:
                 raise
             fresh = await self.conn.get(path, op)  # someone changed it between read and write
-            await self.conn.patch(path, patch, op, etag=fresh.etag)
-        after = (await self.system(op)).get("Boot") or {}
+            resp = await self.conn.patch(path, patch, op, etag=fresh.etag)
+        if resp.status == 200 and isinstance(resp.body.get("Boot"), dict):
+            body = self._system_body = resp.body
+        else:
+            body = await self.system(op)
+        after = body.get("Boot") or {}
         if after.get("BootSourceOverrideTarget") != "Cd":
             raise self._err(f"boot override reads back target {after.get('BootSourceOverrideTarget')!r}, "
                             "not 'Cd'", op)
         enabled = after.get("BootSourceOverrideEnabled")
         if enabled != "Once" and not self.quirks.boot_override_enabled_unreliable:
             raise self._err(f"boot override reads back enabled {enabled!r}, not 'Once'", op)
+        return body
 
     # -- virtual media --------------------------------------------------------------------------
 
@@ -397,8 +408,10 @@ async def reimage_sequence(driver: RedfishDriver, boot_image_url: str, seed_url:
     await driver.insert_media(plan.boot, boot_image_url)
     await driver.insert_media(plan.seed, seed_url)
     insert_s = time.monotonic() - t0
-    await driver.set_boot_once_cd()
-    reset_types = await driver.reset(power_deadline_s)
+    system = await driver.set_boot_once_cd()
+    # The body just read back (one request ago) carries PowerState and the Reset action: no
+    # second read before the reset.
+    reset_types = await driver.reset(power_deadline_s, system=system)
     waited = await driver.wait_power(PowerState.on, power_deadline_s)
     log.info("BMC %s: reimage started (boot %s, seed %s, reset %s)", driver.bmc, plan.boot.id, plan.seed.id,
              "+".join(reset_types))

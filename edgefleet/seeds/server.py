@@ -38,6 +38,7 @@ import asyncio
 import base64
 import contextlib
 import email.utils
+import functools
 import hashlib
 import hmac
 import os
@@ -518,7 +519,7 @@ class SeedServer:
             size = st.st_size
             hex_digest, b64_digest = await self._sha256(fh, st)
             etag = f'"sha256-{hex_digest}"'
-            last_modified = email.utils.formatdate(st.st_mtime, usegmt=True)
+            last_modified = _http_date(int(st.st_mtime))
             headers = {
                 "Content-Type": "application/octet-stream",
                 "Accept-Ranges": "bytes",
@@ -640,7 +641,7 @@ class SeedServer:
     async def _send_head(self, writer: asyncio.StreamWriter, status: int, headers: dict[str, str], *,
                          close: bool) -> None:
         lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}",
-                 f"Date: {email.utils.formatdate(usegmt=True)}", "Server: edgefleet-seeds"]
+                 f"Date: {_http_date(int(time.time()))}", "Server: edgefleet-seeds"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         lines.append("Connection: close" if close else "Connection: keep-alive")
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
@@ -670,6 +671,12 @@ class SeedServer:
 
 
 # --- helpers -------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _http_date(epoch_s: int) -> str:
+    """An HTTP date (RFC 9110 5.6.7) for whole seconds; cached, as every response carries two."""
+    return email.utils.formatdate(epoch_s, usegmt=True)
 
 
 def _hash_fd(fd: int) -> tuple[str, str]:

@@ -10,6 +10,7 @@ import typer
 
 from edgefleet.cli import inventory as _inventory
 from edgefleet.cli import release as _release
+from edgefleet.cli import rollout as _rollout
 from edgefleet.cli import schedule as _schedule
 from edgefleet.cli import seed as _seed
 from edgefleet.cli import sim as _sim
@@ -24,6 +25,9 @@ app.add_typer(_release.app, name="release")
 app.add_typer(_seed.app, name="seed")
 app.add_typer(_sim.app, name="sim")
 app.add_typer(_schedule.app, name="schedule")
+app.add_typer(_rollout.app, name="rollout")
+app.command("rollback")(_rollout.rollback_cmd)
+app.command("provision")(_rollout.provision_cmd)
 app.command("talosconfig")(_talos.talosconfig_cmd)
 app.command("kubeconfig")(_talos.kubeconfig_cmd)
 

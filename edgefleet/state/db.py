@@ -28,7 +28,7 @@ from edgefleet.errors import StateError
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 # Modules that declare tables on Base; imported by open_state before create_all.
-TABLE_MODULES: tuple[str, ...] = ("edgefleet.releases.catalog",)
+TABLE_MODULES: tuple[str, ...] = ("edgefleet.releases.catalog", "edgefleet.rollout.ledger")
 
 
 class Base(DeclarativeBase):

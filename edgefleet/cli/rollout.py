@@ -1,0 +1,321 @@
+"""``edgefleet rollout`` (plan, start, status, resume, abort), ``edgefleet rollback`` and
+``edgefleet provision``: the rollout engine from the command line, without prefect.
+
+Exit codes: 0 done, 1 a rollout failed, halted, paused or was refused, 2 bad input. ``--sim URL``
+runs against a fleet simulator (its endpoints and its clock) instead of the inventory's addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from edgefleet.cli._common import InventoryOpt, JsonOpt, console, default_state_url, edgefleet_home, print_json
+from edgefleet.errors import InputError, OperationFailed
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from edgefleet.inventory.model import Fleet
+    from edgefleet.rollout.endpoints import Endpoints
+    from edgefleet.rollout.executor import EngineSettings
+    from edgefleet.rollout.ledger import RolloutRecord
+    from edgefleet.rollout.plan import RolloutPlan, RolloutPolicy
+
+app = typer.Typer(no_args_is_help=True, help="Plan, run, watch, resume and abort rollouts of a release.")
+
+SimOpt = Annotated[str | None, typer.Option("--sim", help="Run against the fleet simulator at this URL")]
+ReleaseOpt = Annotated[str, typer.Option("--release", "-r", help="Release name from the catalog")]
+CanaryOpt = Annotated[int | None, typer.Option("--canary", min=0, help="Number of canary stores (from the "
+                                                                       "canary ring/group)")]
+CanaryStoresOpt = Annotated[str | None, typer.Option("--canary-stores", help="Canary stores: a,b,c")]
+WavesOpt = Annotated[str, typer.Option("--waves", help="Wave sizes after the canary, like 1,5,20%,100%")]
+GroupsOpt = Annotated[str | None, typer.Option("--wave-groups", help="Waves as inventory groups: g1,g2")]
+MaxOpt = Annotated[int, typer.Option("--max-concurrent", min=1, help="Stores at once, fleet-wide")]
+RegionOpt = Annotated[int | None, typer.Option("--max-per-region", min=1, help="Stores at once per region")]
+CountryOpt = Annotated[int | None, typer.Option("--max-per-country", min=1, help="Stores at once per country")]
+BudgetOpt = Annotated[str, typer.Option("--failure-budget", help="Failed stores a wave may have: a count or "
+                                                                 "a percentage like 10%")]
+NodeMinOpt = Annotated[float, typer.Option("--node-minutes", min=0.01, help="Planned minutes per node "
+                                                                            "(window fitting)")]
+NodeTimeoutOpt = Annotated[float, typer.Option("--node-timeout", min=0.1, help="Seconds a node may take to be "
+                                                                               "Ready after its reset")]
+SoakOpt = Annotated[float, typer.Option("--soak", min=0, help="Seconds (rollout clock) a store must stay "
+                                                              "healthy before it passes")]
+PollOpt = Annotated[float, typer.Option("--poll", min=0.01, help="Seconds between health polls")]
+PreHookOpt = Annotated[Path | None, typer.Option("--pre-hook", help="Ansible playbook run before each store is "
+                                                                   "touched (failing: the store fails)")]
+PostHookOpt = Annotated[Path | None, typer.Option("--post-hook", help="Ansible playbook run after each store "
+                                                                     "passed its gate (failing: rolled back)")]
+
+
+def _engine() -> Engine:
+    from edgefleet.state.db import open_state
+
+    return open_state(default_state_url())
+
+
+def _fleet(inventory: Path) -> Fleet:
+    from edgefleet.inventory.load import load_fleet
+
+    return load_fleet(inventory)
+
+
+def _serial(text: str) -> list[int | str]:
+    out: list[int | str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            raise InputError(f"--waves {text!r}: an empty entry; write e.g. 1,5,20%,100%")
+        out.append(int(part) if part.isdigit() else part)
+    return out
+
+
+def _budget(text: str) -> int | str:
+    return int(text) if text.strip().isdigit() else text.strip()
+
+
+def _policy(canary: int | None, canary_stores: str | None, waves: str, wave_groups: str | None, max_concurrent: int,
+            max_per_region: int | None, max_per_country: int | None, failure_budget: str,
+            node_minutes: float) -> RolloutPolicy:
+    from edgefleet.rollout.plan import RolloutPolicy
+
+    if canary is not None and canary_stores:
+        raise InputError("give --canary N or --canary-stores a,b, not both")
+    can: list[str] | int = [s.strip() for s in canary_stores.split(",") if s.strip()] if canary_stores else (
+        canary if canary is not None else 1)
+    return RolloutPolicy(canary=can, waves=_serial(waves), max_concurrent=max_concurrent,
+                         wave_groups=[g.strip() for g in wave_groups.split(",") if g.strip()] if wave_groups else (),
+                         max_per_region=max_per_region, max_per_country=max_per_country,
+                         failure_budget=_budget(failure_budget), node_duration=timedelta(minutes=node_minutes))
+
+
+def _settings(node_timeout: float, soak: float, poll: float, pre_hook: Path | None = None,
+              post_hook: Path | None = None) -> EngineSettings:
+    from edgefleet.rollout.executor import EngineSettings
+
+    for flag, hook in (("--pre-hook", pre_hook), ("--post-hook", post_hook)):
+        if hook is not None and not hook.is_file():
+            raise InputError(f"{flag} {hook}: no such playbook")
+    return EngineSettings(node_ready_timeout_s=node_timeout, soak=timedelta(seconds=soak), poll_s=poll,
+                          pre_hook=str(pre_hook.resolve()) if pre_hook else None,
+                          post_hook=str(post_hook.resolve()) if post_hook else None)
+
+
+async def _endpoints(fleet: Fleet, sim: str | None) -> Endpoints:
+    from edgefleet.rollout.endpoints import from_inventory, from_simulator
+
+    return await from_simulator(sim) if sim else from_inventory(fleet)
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _parse_now(value: str | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise InputError(f"--now {value!r} is not ISO 8601; write e.g. 2026-11-02T23:30:00Z") from None
+    if when.tzinfo is None:
+        raise InputError(f"--now {value!r} has no UTC offset; write e.g. 2026-11-02T23:30:00Z")
+    return when.astimezone(UTC)
+
+
+def _plan_table(p: RolloutPlan) -> Table:
+    t = Table("wave", "store", "earliest start (UTC)", "local", "from", title=f"rollout plan: {p.release}")
+    for w in p.waves:
+        for s in w.stores:
+            t.add_row(f"{w.index} {w.name}", s.store_id, f"{s.start:%Y-%m-%d %H:%M}",
+                      f"{s.local_start():%Y-%m-%d %H:%M %Z}", s.from_release or "-")
+    return t
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    r = data["rollout"]
+    console.print(f"[bold]{r['id']}[/bold] {r['kind']} of {r['release']}: [bold]{r['status']}[/bold]"
+                  + (f" ({r['reason']})" if r["reason"] else ""))
+    waves = Table("wave", "status", "progress", "done", "failed", "budget")
+    for w in data["waves"]:
+        total = max(1, w["stores"])
+        waves.add_row(f"{w['index']} {w['name']}", w["status"], ProgressBar(total=total, completed=w["done"], width=30),
+                      f"{w['done']}/{w['stores']}", str(w["failures"]), str(w["budget"]))
+    console.print(waves)
+    stores = Table("store", "wave", "status", "from", "to", "step", "reason")
+    for s in data["stores"]:
+        if s["status"] in ("succeeded", "skipped") and len(data["stores"]) > 40:
+            continue  # a large fleet: show what needs attention
+        stores.add_row(s["store"], str(s["wave"]), s["status"], s["from_release"] or "-", s["to_release"],
+                       s["step"], s["reason"][:120])
+    console.print(stores)
+    console.print("counts: " + ", ".join(f"{k} {v}" for k, v in sorted(data["counts"].items())))
+
+
+def _finish(engine: Engine, rec: RolloutRecord, json_out: bool) -> None:
+    from edgefleet.rollout import operations as ops
+    from edgefleet.rollout.ledger import RolloutStatus
+
+    data = ops.status(engine, rec.id)
+    if json_out:
+        print_json(data)
+    else:
+        _print_status(data)
+    if rec.status is not RolloutStatus.succeeded:
+        hint = (f"; decide with `edgefleet rollout resume {rec.id} --approve` or `--reject`"
+                if rec.status is RolloutStatus.paused else "")
+        raise OperationFailed(f"{rec.kind.value} {rec.id} is {rec.status.value}: {rec.reason}{hint}")
+
+
+@app.command()
+def plan(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), canary: CanaryOpt = None,
+         canary_stores: CanaryStoresOpt = None, waves: WavesOpt = "1,5,20%,100%", wave_groups: GroupsOpt = None,
+         max_concurrent: MaxOpt = 100, max_per_region: RegionOpt = None, max_per_country: CountryOpt = None,
+         failure_budget: BudgetOpt = "10%", node_minutes: NodeMinOpt = 20.0,
+         now: Annotated[str | None, typer.Option("--now", help="Plan as of this instant (ISO 8601)")] = None,
+         json_out: JsonOpt = False) -> None:
+    """Show the plan: waves, stores, earliest start per store in UTC and local time."""
+    from edgefleet.rollout import operations as ops
+
+    p = ops.plan(_fleet(inventory), _engine(), release,
+                 _policy(canary, canary_stores, waves, wave_groups, max_concurrent, max_per_region, max_per_country,
+                         failure_budget, node_minutes), _parse_now(now))
+    if json_out:
+        print_json(p.to_dict())
+        return
+    console.print(_plan_table(p))
+    if p.skipped:
+        console.print(f"skipped (already on {release}): {len(p.skipped)}")
+    for sid, why in p.unschedulable:
+        console.print(f"[yellow]unschedulable[/yellow] {sid}: {why}")
+
+
+@app.command()
+def start(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), canary: CanaryOpt = None,
+          canary_stores: CanaryStoresOpt = None, waves: WavesOpt = "1,5,20%,100%", wave_groups: GroupsOpt = None,
+          max_concurrent: MaxOpt = 100, max_per_region: RegionOpt = None, max_per_country: CountryOpt = None,
+          failure_budget: BudgetOpt = "10%", node_minutes: NodeMinOpt = 20.0, node_timeout: NodeTimeoutOpt = 1800.0,
+          soak: SoakOpt = 0.0, poll: PollOpt = 2.0, pre_hook: PreHookOpt = None, post_hook: PostHookOpt = None,
+          sim: SimOpt = None, json_out: JsonOpt = False) -> None:
+    """Plan, record and run a rollout of RELEASE to its end (or a halt, or a pause)."""
+    from edgefleet.rollout import operations as ops
+
+    fleet, engine = _fleet(inventory), _engine()
+    policy = _policy(canary, canary_stores, waves, wave_groups, max_concurrent, max_per_region, max_per_country,
+                     failure_budget, node_minutes)
+    settings = ops.settings_for(policy, _settings(node_timeout, soak, poll, pre_hook, post_hook))
+
+    async def main() -> RolloutRecord:
+        ep = await _endpoints(fleet, sim)
+        made = ops.create_rollout(fleet, engine, release, policy, ep.clock(), settings=settings, operator=_operator())
+        if not json_out:
+            console.print(f"rollout [bold]{made.record.id}[/bold]: {sum(len(w.stores) for w in made.plan.waves)} "
+                          f"stores in {len(made.plan.waves)} waves" if made.plan else made.record.id)
+        return await ops.run(fleet, edgefleet_home(), engine, ep, made.record.id, settings=settings)
+
+    _finish(engine, asyncio.run(main()), json_out)
+
+
+@app.command()
+def status(rollout_id: Annotated[str | None, typer.Argument(help="Rollout id (default: the latest)")] = None,
+           json_out: JsonOpt = False) -> None:
+    """A rollout's state: waves with progress, stores needing attention, counts."""
+    from edgefleet.rollout import operations as ops
+
+    data = ops.status(_engine(), rollout_id)
+    if json_out:
+        print_json(data)
+    else:
+        _print_status(data)
+
+
+@app.command()
+def resume(rollout_id: Annotated[str, typer.Argument(help="Rollout id")], inventory: InventoryOpt = Path("inventory"),
+           approve: Annotated[bool, typer.Option("--approve", help="Go on past a paused wave")] = False,
+           reject: Annotated[bool, typer.Option("--reject", help="Halt at a paused wave")] = False,
+           node_timeout: Annotated[float | None, typer.Option("--node-timeout", min=0.1, help="Override the "
+                                                              "recorded node timeout (seconds)")] = None,
+           poll: Annotated[float | None, typer.Option("--poll", min=0.01, help="Override the recorded "
+                                                      "poll interval (seconds)")] = None,
+           sim: SimOpt = None, json_out: JsonOpt = False) -> None:
+    """Continue a rollout exactly where the ledger says (after a crash, or a pause)."""
+    from edgefleet.rollout import operations as ops
+
+    if approve and reject:
+        raise InputError("give --approve or --reject, not both")
+    fleet, engine = _fleet(inventory), _engine()
+
+    async def main() -> RolloutRecord:
+        ep = await _endpoints(fleet, sim)
+        return await ops.resume(fleet, edgefleet_home(), engine, ep, rollout_id,
+                                decision="approve" if approve else "reject" if reject else None,
+                                overrides={"node_ready_timeout_s": node_timeout, "poll_s": poll})
+
+    _finish(engine, asyncio.run(main()), json_out)
+
+
+@app.command()
+def abort(rollout_id: Annotated[str, typer.Argument(help="Rollout id")], json_out: JsonOpt = False) -> None:
+    """Stop starting stores; stores being reimaged finish their current node safely."""
+    from edgefleet.rollout import operations as ops
+
+    engine = _engine()
+    rec = ops.abort(engine, rollout_id, datetime.now(UTC))
+    if json_out:
+        print_json(rec.to_json())
+    else:
+        console.print(f"{rec.id}: {rec.status.value}" + (" (abort requested; the running executor stops starting "
+                                                           "stores)" if rec.status.value == "running" else ""))
+
+
+def rollback_cmd(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"),
+                 reason: Annotated[str, typer.Option("--reason", help="Why (recorded with the revocation)")] = "",
+                 max_concurrent: MaxOpt = 100, max_per_region: RegionOpt = None, max_per_country: CountryOpt = None,
+                 failure_budget: BudgetOpt = "10%", node_minutes: NodeMinOpt = 20.0,
+                 node_timeout: NodeTimeoutOpt = 1800.0, poll: PollOpt = 2.0, sim: SimOpt = None,
+                 json_out: JsonOpt = False) -> None:
+    """Revoke RELEASE and bring every store on it back to its last known-good release."""
+    from edgefleet.rollout import operations as ops
+
+    fleet, engine = _fleet(inventory), _engine()
+    policy = _policy(None, None, "100%", None, max_concurrent, max_per_region, max_per_country, failure_budget,
+                     node_minutes)
+    settings = ops.settings_for(policy, _settings(node_timeout, 0.0, poll))
+
+    async def main() -> RolloutRecord:
+        ep = await _endpoints(fleet, sim)
+        made = ops.create_rollback(fleet, engine, release, ep.clock(), reason=reason or f"rollback by {_operator()}",
+                                   policy=policy, settings=settings, operator=_operator())
+        for sid, why in made.skipped:
+            console.print(f"[yellow]not rolled back[/yellow] {sid}: {why}")
+        return await ops.run(fleet, edgefleet_home(), engine, ep, made.record.id, settings=settings)
+
+    _finish(engine, asyncio.run(main()), json_out)
+
+
+def provision_cmd(store: Annotated[str, typer.Argument(help="Store id")], release: ReleaseOpt,
+                  inventory: InventoryOpt = Path("inventory"), node_timeout: NodeTimeoutOpt = 1800.0,
+                  poll: PollOpt = 2.0, sim: SimOpt = None, json_out: JsonOpt = False) -> None:
+    """Provision a store on RELEASE: secrets on first use, seeds, reimage every node, bootstrap."""
+    from edgefleet.rollout import operations as ops
+
+    fleet, engine = _fleet(inventory), _engine()
+    settings = _settings(node_timeout, 0.0, poll)
+
+    async def main() -> RolloutRecord:
+        ep = await _endpoints(fleet, sim)
+        made = ops.create_provision(fleet, engine, edgefleet_home(), store, release, ep.clock(), settings=settings,
+                                    operator=_operator())
+        return await ops.run(fleet, edgefleet_home(), engine, ep, made.record.id, settings=settings)
+
+    _finish(engine, asyncio.run(main()), json_out)

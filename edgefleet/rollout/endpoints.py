@@ -1,0 +1,183 @@
+"""Where a rollout reaches each node's BMC, each store's Kubernetes API and the nodes' Talos API,
+and which clock it runs on.
+
+Two sources:
+
+* the inventory (production): BMCs at ``node.bmc.url``, the Kubernetes API at the store's cluster
+  endpoint (``https://<vip or first control plane>:6443``) with the store's Kubernetes CA and an
+  admin client certificate minted from its secrets, the Talos API on each node (port 50000) with
+  the store's OS CA; the clock is the wall clock;
+* a running fleet simulator (``from_simulator``): its ``/sim/endpoints`` lists the BMC and
+  Kubernetes URLs (plain http on 127.0.0.1) and, when it serves the Talos API, that endpoint and
+  the CA to trust; the clock is the simulator's (``/sim/clock``), extrapolated locally with its
+  time scale and re-read now and then.
+
+``StoreApi`` reads a store's ``/readyz`` and node list: through one shared pooled client for plain
+http endpoints (thousands of stores polled), through ``health.probes.fetch_cluster`` (TLS, client
+certificate) otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+
+from edgefleet.errors import InputError, ProbeError
+from edgefleet.health.probes import ClientCert, ClusterAccess, ClusterSnapshot, fetch_cluster, parse_nodes
+from edgefleet.inventory.model import Fleet, Node, Role, Store
+from edgefleet.redfish.connector import bmc_base_url
+
+__all__ = ["Endpoints", "SimClock", "StoreApi", "TalosAccess", "from_inventory", "from_simulator"]
+
+
+@dataclass(frozen=True, slots=True)
+class TalosAccess:
+    """A Talos API endpoint that proxies to every node (the simulator), and the CA it presents."""
+
+    endpoint: str
+    ca_pem: bytes
+    server_name: str = "127.0.0.1"
+
+
+class SimClock:
+    """The simulator's clock: read from ``/sim/clock`` (``await sync()``), then extrapolated locally
+    with its time scale until the next sync."""
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/") + "/sim/clock"
+        self.scale = 1.0
+        self._base = datetime.now(UTC)
+        self._mono = time.monotonic()
+
+    async def sync(self) -> None:
+        try:
+            async with httpx.AsyncClient(trust_env=False, timeout=10) as c:
+                data = (await c.get(self.url)).json()
+            base = datetime.fromisoformat(str(data["now"]).replace("Z", "+00:00")).astimezone(UTC)
+            scale = float(data["time_scale"])
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+            raise ProbeError(f"cannot read the simulator's clock at {self.url}: {e}") from None
+        self._base, self.scale, self._mono = base, scale, time.monotonic()
+
+    def __call__(self) -> datetime:
+        return self._base + timedelta(seconds=(time.monotonic() - self._mono) * self.scale)
+
+
+def _wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Endpoints:
+    bmc_urls: dict[str, str] = field(default_factory=dict)  # node -> BMC base URL (empty: the inventory's)
+    k8s_urls: dict[str, str] = field(default_factory=dict)  # store -> Kubernetes API base URL
+    talos: TalosAccess | None = None  # None: dial each node directly (production)
+    talos_enabled: bool = True
+    clock: Callable[[], datetime] = _wall_clock
+    time_scale: float = 1.0  # simulated seconds per real second
+    simulator: str | None = None
+
+    def bmc(self, node: Node) -> str:
+        return self.bmc_urls.get(node.name) or bmc_base_url(node)
+
+    def k8s(self, store: Store) -> str:
+        url = self.k8s_urls.get(store.id)
+        if url:
+            return url
+        if store.cluster.endpoint:
+            return store.cluster.endpoint.rstrip("/")
+        cp = next((n for n in store.nodes if n.role is Role.controlplane), store.nodes[0])
+        return f"https://{store.cluster.vip or cp.ip}:6443"
+
+    def real_seconds(self, sim_seconds: float) -> float:
+        return sim_seconds / self.time_scale
+
+    async def resync(self) -> None:
+        """Read the simulator's clock again (after it jumped); nothing for the wall clock."""
+        if isinstance(self.clock, SimClock):
+            await self.clock.sync()
+            self.time_scale = self.clock.scale
+
+
+def from_inventory(fleet: Fleet) -> Endpoints:
+    """Production endpoints: everything from the inventory, the wall clock."""
+    del fleet  # every address comes from the Node/Store objects themselves
+    return Endpoints()
+
+
+async def from_simulator(url: str) -> Endpoints:
+    """Endpoints of a running fleet simulator at ``url`` (``http://127.0.0.1:PORT``)."""
+    base = url.rstrip("/")
+    try:
+        async with httpx.AsyncClient(trust_env=False, timeout=30) as c:
+            data = (await c.get(f"{base}/sim/endpoints")).json()
+        clock = SimClock(base)
+        await clock.sync()
+    except (httpx.HTTPError, ValueError, ProbeError) as e:
+        raise InputError(f"--sim {url}: no fleet simulator answers there ({e}); start one with "
+                         "`edgefleet sim serve`") from None
+    talos = None
+    t = data.get("talos") if isinstance(data, dict) else None
+    if isinstance(t, dict) and t.get("endpoint") and t.get("ca_pem"):
+        talos = TalosAccess(str(t["endpoint"]), str(t["ca_pem"]).encode())
+    return Endpoints(bmc_urls=dict(data.get("nodes", {})), k8s_urls=dict(data.get("stores", {})), talos=talos,
+                     talos_enabled=talos is not None, clock=clock, time_scale=clock.scale, simulator=base)
+
+
+class StoreApi:
+    """Reads stores' Kubernetes APIs (see the module docstring). Use as an async context manager."""
+
+    def __init__(self, endpoints: Endpoints, home: Path, *, deadline_s: float = 10.0):
+        self.endpoints = endpoints
+        self.home = home
+        self.deadline_s = deadline_s
+        self._client = httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(deadline_s),
+                                         limits=httpx.Limits(max_connections=256, max_keepalive_connections=256))
+        self._access: dict[str, ClusterAccess] = {}
+
+    async def __aenter__(self) -> StoreApi:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.aclose()
+
+    def _tls_access(self, store: Store, url: str) -> ClusterAccess:
+        got = self._access.get(store.id)
+        if got is None:
+            from edgefleet.secrets import load_secrets
+            from edgefleet.talos.certs import mint_kube_client_cert
+
+            secrets = load_secrets(self.home, store.id)
+            # A reader certificate: the gates only read nodes and /readyz.
+            cert = mint_kube_client_cert(secrets, admin=False, now=datetime.now(UTC), user="edgefleet-rollout",
+                                         store_id=store.id)
+            got = ClusterAccess(url, ca=cert.ca_pem, client_cert=ClientCert(cert.cert_pem, cert.key_pem))
+            self._access[store.id] = got
+        return got
+
+    async def snapshot(self, store: Store, *, readyz: bool = True) -> ClusterSnapshot | None:
+        """The store's API now; None when it does not answer or cannot be read (the caller waits).
+        ``readyz=False`` skips ``/readyz`` on plain-http endpoints (node polls need only the node
+        list; the snapshot then says ``readyz_detail="not read"`` and must not feed a store gate)."""
+        url = self.endpoints.k8s(store)
+        try:
+            if url.startswith("https://"):
+                return await fetch_cluster(self._tls_access(store, url), deadline_s=self.deadline_s)
+            nodes = await self._client.get(f"{url}/api/v1/nodes")
+            if nodes.status_code != 200:
+                return None
+            parsed = parse_nodes(json.loads(nodes.content))
+            if not readyz:
+                return ClusterSnapshot(endpoint=url, readyz_ok=False, readyz_detail="not read", nodes=parsed)
+            rz = await self._client.get(f"{url}/readyz")
+            text = rz.text.strip()
+            return ClusterSnapshot(endpoint=url, readyz_ok=rz.status_code == 200 and text == "ok",
+                                   readyz_detail=f"HTTP {rz.status_code}: {text[:300]}", nodes=parsed)
+        except (ProbeError, httpx.HTTPError, ValueError, OSError):
+            return None

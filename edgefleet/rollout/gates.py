@@ -1,0 +1,171 @@
+"""Gate verdicts: is a node, a store, a control-plane quorum, a wave good enough to go on?
+
+Pure: observations (a ``ClusterSnapshot`` from the store's Kubernetes API, custom probe results,
+etcd members from the Talos API, counts of store outcomes) and instants come in; a verdict comes
+out. The executor decides what to do with it (wait, roll back, halt, pause).
+
+Verdicts:
+
+* ``passed``: go on;
+* ``pending``: not yet (a node still booting); the caller waits, bounded by its own timeout;
+* ``failed``: no, with reasons a person can act on.
+
+Wave gate (the failure budget): more failures than the budget halts the rollout, exactly the
+budget does not. Stores whose outcome could not be determined (``inconclusive``) pause the
+rollout for a person only when they could tip the wave over its budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from edgefleet.health.probes import ClusterSnapshot, ProbeResult, evaluate_cluster, expectation_for_store
+from edgefleet.inventory.model import Role, Store
+
+__all__ = [
+    "RELEASE_LABEL",
+    "NodeBefore",
+    "Verdict",
+    "VerdictKind",
+    "WaveDecision",
+    "evaluate_node",
+    "evaluate_quorum",
+    "evaluate_rollback_node",
+    "evaluate_store",
+    "evaluate_wave",
+    "node_on_release",
+]
+
+RELEASE_LABEL = "edgefleet.io/release"
+
+
+class VerdictKind(StrEnum):
+    passed = "passed"
+    pending = "pending"
+    failed = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    kind: VerdictKind
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.kind is VerdictKind.passed
+
+    def why(self) -> str:
+        return "; ".join(self.reasons) or self.kind.value
+
+
+PASSED = Verdict(VerdictKind.passed)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeBefore:
+    """A node as observed before the operation touched it."""
+
+    release: str | None
+    ready: bool
+
+
+def _pending(*reasons: str) -> Verdict:
+    return Verdict(VerdictKind.pending, tuple(reasons))
+
+
+def node_on_release(snapshot: ClusterSnapshot | None, node: str, release: str, talos_version: str | None) -> bool:
+    """Ready, labelled with ``release`` and (when given) running ``talos_version``: nothing to do."""
+    return evaluate_node(snapshot, node, release, talos_version).passed
+
+
+def evaluate_node(snapshot: ClusterSnapshot | None, node: str, release: str, talos_version: str | None) -> Verdict:
+    """Node gate: the node is registered, Ready, labelled ``edgefleet.io/release=<release>`` and its
+    OS image names ``talos_version``. ``snapshot`` None: the API could not be read (pending)."""
+    if snapshot is None:
+        return _pending("the store's Kubernetes API does not answer")
+    st = next((n for n in snapshot.nodes if n.name == node), None)
+    if st is None:
+        return _pending(f"node {node} is not registered")
+    reasons = []
+    if st.label(RELEASE_LABEL) != release:
+        reasons.append(f"node {node} has {RELEASE_LABEL}={st.label(RELEASE_LABEL)!r}, expected {release!r}")
+    if talos_version and talos_version not in st.os_image:
+        reasons.append(f"node {node} runs {st.os_image!r}, expected Talos {talos_version}")
+    if not st.ready:
+        reasons.append(f"node {node} is NotReady: {st.ready_reason}")
+    return _pending(*reasons) if reasons else PASSED
+
+
+def evaluate_rollback_node(snapshot: ClusterSnapshot | None, node: str, release: str, before: NodeBefore | None,
+                           talos_version: str | None) -> Verdict:
+    """A node brought back to ``release``: as ``evaluate_node``, except that a node which was not
+    Ready before the operation touched it only has to be back on the release (label), not Ready."""
+    v = evaluate_node(snapshot, node, release, talos_version)
+    if v.passed or before is None or before.ready or snapshot is None:
+        return v
+    st = next((n for n in snapshot.nodes if n.name == node), None)
+    if st is not None and st.label(RELEASE_LABEL) == release:
+        return PASSED
+    return v
+
+
+def evaluate_quorum(store: Store, snapshot: ClusterSnapshot | None, node: str,
+                    etcd_members: Sequence[str] | None) -> Verdict:
+    """May control plane ``node`` go down now? Every OTHER control plane must be Ready in
+    Kubernetes and, when the Talos API was asked (``etcd_members`` not None), an etcd member."""
+    others = [n.name for n in store.nodes if n.role is Role.controlplane and n.name != node]
+    if not others:
+        return PASSED  # a single control plane: the store is down during its reimage by design
+    if snapshot is None:
+        return _pending("the store's Kubernetes API does not answer")
+    by_name = {n.name: n for n in snapshot.nodes}
+    reasons = []
+    for o in others:
+        st = by_name.get(o)
+        if st is None or not st.ready:
+            reasons.append(f"control plane {o} is not Ready" + (f" ({st.ready_reason})" if st else ""))
+        elif etcd_members is not None and o not in etcd_members:
+            reasons.append(f"control plane {o} is not an etcd member")
+    return _pending(*reasons) if reasons else PASSED
+
+
+def evaluate_store(store: Store, snapshot: ClusterSnapshot | None, release: str, probes: Sequence[ProbeResult], *,
+                   healthy_since: datetime | None, now: datetime, soak: timedelta,
+                   before: Mapping[str, NodeBefore] | None = None) -> Verdict:
+    """Store gate: ``/readyz`` ok, every node Ready on ``release`` (nodes that were not Ready before
+    the operation, when ``before`` is given, need only be on the release), the custom probes pass,
+    and the store has been healthy for ``soak`` (``healthy_since``: when it was first seen healthy)."""
+    if snapshot is None:
+        return _pending("the store's Kubernetes API does not answer")
+    verdict = evaluate_cluster(snapshot, expectation_for_store(store, labels={RELEASE_LABEL: release}))
+    reasons = list(verdict.problems)
+    if before:
+        excused = {n for n, b in before.items() if not b.ready}
+        reasons = [r for r in reasons if not any(r.startswith(f"node {n} is NotReady") for n in excused)]
+    reasons += [f"probe {p.name}: {p.detail}" for p in probes if not p.ok]
+    if reasons:
+        return _pending(*reasons)
+    if healthy_since is None or now - healthy_since < soak:
+        left = soak - (now - healthy_since) if healthy_since else soak
+        return _pending(f"soaking: healthy for less than {soak} ({left} left)")
+    return PASSED
+
+
+class WaveDecision(StrEnum):
+    proceed = "proceed"
+    halt = "halt"
+    pause = "pause"
+
+
+def evaluate_wave(failed: int, inconclusive: int, budget: int) -> tuple[WaveDecision, str]:
+    """The wave gate: ``failed`` > ``budget`` halts; ``failed`` == ``budget`` goes on; inconclusive
+    stores that could push the failures past the budget pause for a person's decision."""
+    if failed > budget:
+        return WaveDecision.halt, f"{failed} stores failed, more than the wave's failure budget of {budget}"
+    if inconclusive and failed + inconclusive > budget:
+        return WaveDecision.pause, (f"{inconclusive} store(s) inconclusive with {failed} failed (budget {budget}): "
+                                    "approve to go on or reject to halt")
+    return WaveDecision.proceed, f"{failed} failed, within the failure budget of {budget}"

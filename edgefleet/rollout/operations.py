@@ -1,0 +1,239 @@
+"""What users do, as plain functions: plan and run a rollout, roll a release back across the fleet,
+provision a store, resume, abort, and read a rollout's status. The CLI and the Prefect flows call
+these; each records the operation in the ledger first, then runs the executor on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from edgefleet.errors import InputError, StateError
+from edgefleet.inventory.model import Fleet
+from edgefleet.releases.catalog import ReleaseCatalog, ReleaseState
+from edgefleet.rollout.endpoints import Endpoints
+from edgefleet.rollout.executor import EngineSettings, execute
+from edgefleet.rollout.ledger import (
+    FINISHED,
+    Kind,
+    Ledger,
+    RolloutRecord,
+    RolloutStatus,
+    RunStatus,
+    new_rollout_id,
+    stmt_run,
+)
+from edgefleet.rollout.plan import RolloutPlan, RolloutPolicy, budget_allowed, plan_rollout
+
+__all__ = [
+    "Created",
+    "abort",
+    "create_provision",
+    "create_rollback",
+    "create_rollout",
+    "plan",
+    "resume",
+    "run",
+    "settings_for",
+    "status",
+]
+
+
+@dataclass(frozen=True)
+class Created:
+    record: RolloutRecord
+    plan: RolloutPlan | None
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+def settings_for(policy: RolloutPolicy, base: EngineSettings | None = None) -> EngineSettings:
+    """The engine settings of ``base`` with the policy's caps and node duration."""
+    b = base or EngineSettings()
+    return EngineSettings(**{**b.__dict__, "max_concurrent": policy.max_concurrent,
+                             "max_per_region": policy.max_per_region, "max_per_country": policy.max_per_country,
+                             "node_duration": policy.node_duration, "wave_soak": policy.wave_soak})
+
+
+def _policy_json(policy: RolloutPolicy, settings: EngineSettings) -> dict[str, Any]:
+    canary: Any = policy.canary if isinstance(policy.canary, int) else list(policy.canary)
+    return {**settings.to_json(), "canary": canary, "waves": [str(w) for w in policy.waves],
+            "wave_groups": list(policy.wave_groups), "failure_budget": str(policy.failure_budget)}
+
+
+def plan(fleet: Fleet, engine: Engine, release: str, policy: RolloutPolicy, now: datetime, *,
+         stores: Sequence[str] | None = None) -> RolloutPlan:
+    """The plan of rolling ``release`` out now (refuses an unknown or revoked release)."""
+    rel = ReleaseCatalog(engine).get(release)
+    current = {s: c for s, (c, _lkg) in Ledger(engine).store_releases().items()}
+    return plan_rollout(fleet, release, policy, now, current=current, release_state=rel.state.value, stores=stores)
+
+
+def create_rollout(fleet: Fleet, engine: Engine, release: str, policy: RolloutPolicy, now: datetime, *,
+                   settings: EngineSettings | None = None, operator: str = "", stores: Sequence[str] | None = None
+                   ) -> Created:
+    """Plan and record a rollout of ``release`` (status planned)."""
+    catalog = ReleaseCatalog(engine)
+    catalog.require_rollable(release)
+    p = plan(fleet, engine, release, policy, now, stores=stores)
+    st = settings_for(policy, settings)
+    ledger = Ledger(engine)
+    current = {s: c for s, (c, _lkg) in ledger.store_releases().items()}
+    rid = new_rollout_id("rollout", now)
+    waves = [(w.index, w.name, w.failure_budget) for w in p.waves]
+    runs = [(ps.store_id, ps.wave, current.get(ps.store_id), release) for w in p.waves for ps in w.stores]
+    rec = ledger.create_rollout(rollout_id=rid, kind=Kind.rollout, release=release, now=now,
+                                policy=_policy_json(policy, st), plan=p.to_dict(), operator=operator, waves=waves,
+                                runs=runs)
+    for sid, why in p.unschedulable:
+        ledger.event(now, "store_unschedulable", rollout=rid, store=sid, reason=why)
+    return Created(rec, p, p.skipped)
+
+
+def create_rollback(fleet: Fleet, engine: Engine, release: str, now: datetime, *, reason: str,
+                    policy: RolloutPolicy | None = None, settings: EngineSettings | None = None,
+                    operator: str = "") -> Created:
+    """Revoke ``release`` and record a fleet rollback: every store wholly or partly on it goes back
+    to its last known-good release (one wave, the policy's caps and failure budget)."""
+    catalog = ReleaseCatalog(engine)
+    rel = catalog.get(release)
+    if rel.state is not ReleaseState.revoked:
+        catalog.revoke(release, now=now, reason=reason or f"rolled back by {operator or 'edgefleet'}")
+    pol = policy or RolloutPolicy()
+    st = settings_for(pol, settings)
+    ledger = Ledger(engine)
+    known = ledger.store_releases()
+    runs: list[tuple[str, int, str | None, str]] = []
+    skipped: list[tuple[str, str]] = []
+    for sid in ledger.stores_on(release):
+        if sid not in fleet.stores:
+            skipped.append((sid, "not in the inventory any more"))
+            continue
+        _cur, lkg = known.get(sid, (None, None))
+        if lkg is None or lkg == release:
+            skipped.append((sid, f"no known-good release other than {release} is recorded"))
+            continue
+        lkg_rel = catalog.find(lkg)
+        if lkg_rel is None or lkg_rel.state is ReleaseState.revoked:
+            skipped.append((sid, f"its last known-good release {lkg} is missing or revoked"))
+            continue
+        runs.append((sid, 0, release, lkg))
+    rid = new_rollout_id("rollback", now)
+    budget = budget_allowed(pol.failure_budget, len(runs))
+    rec = ledger.create_rollout(rollout_id=rid, kind=Kind.rollback, release=release, now=now,
+                                policy=_policy_json(pol, st), plan={"stores": [r[0] for r in runs],
+                                                                    "skipped": skipped},
+                                operator=operator, waves=[(0, "rollback", budget)] if runs else [], runs=runs)
+    for sid, why in skipped:
+        ledger.event(now, "store_not_rolled_back", rollout=rid, store=sid, reason=why)
+    return Created(rec, None, tuple(skipped))
+
+
+def create_provision(fleet: Fleet, engine: Engine, home: Path, store_id: str, release: str, now: datetime, *,
+                     settings: EngineSettings | None = None, operator: str = "") -> Created:
+    """Record the provisioning of one store on ``release``: its secrets are created now when the
+    ledger has never seen the store (and refused missing otherwise)."""
+    from edgefleet.secrets import ensure_secrets
+
+    if store_id not in fleet.stores:
+        raise InputError(f"no store {store_id!r} in the inventory {fleet.source or ''}".rstrip())
+    ReleaseCatalog(engine).require_rollable(release)
+    ledger = Ledger(engine)
+    seen = ledger.seen_store(store_id)
+    ensure_secrets(home, store_id, cluster_exists=seen, now=now)
+    st = settings or EngineSettings()
+    rid = new_rollout_id("provision", now)
+    rec = ledger.create_rollout(rollout_id=rid, kind=Kind.provision, release=release, now=now,
+                                policy=st.to_json(), plan={"stores": [store_id]}, operator=operator,
+                                waves=[(0, "provision", 0)], runs=[(store_id, 0, None, release)])
+    ledger.write(stmt_run(rid, store_id, detail={"cluster_exists": seen}))
+    return Created(rec, None)
+
+
+async def run(fleet: Fleet, home: Path, engine: Engine, endpoints: Endpoints, rollout_id: str, *,
+              settings: EngineSettings | None = None) -> RolloutRecord:
+    """Execute a recorded rollout (or continue it) to its end, a halt or a pause."""
+    return await execute(fleet=fleet, home=home, engine=engine, endpoints=endpoints, rollout_id=rollout_id,
+                         settings=settings)
+
+
+async def resume(fleet: Fleet, home: Path, engine: Engine, endpoints: Endpoints, rollout_id: str, *,
+                 decision: str | None = None, settings: EngineSettings | None = None,
+                 overrides: dict[str, Any] | None = None) -> RolloutRecord:
+    """Continue a rollout where the ledger says (after a crash, or a pause with ``decision``
+    ``approve``/``reject``). Settings: ``settings``, else the recorded ones with ``overrides``
+    (e.g. ``{"node_ready_timeout_s": 900}``)."""
+    ledger = Ledger(engine)
+    rec = ledger.rollout(rollout_id)
+    if rec.status in FINISHED:
+        raise StateError(f"rollout {rollout_id} is {rec.status.value} ({rec.reason}); nothing to resume")
+    if decision is not None:
+        if decision not in ("approve", "reject"):
+            raise InputError(f"decision {decision!r}: use approve or reject")
+        if rec.status is not RolloutStatus.paused:
+            raise StateError(f"rollout {rollout_id} is {rec.status.value}, not paused: there is nothing to decide")
+        ledger.set_rollout(rollout_id, endpoints.clock(), decision=decision)
+        ledger.event(endpoints.clock(), f"decision_{decision}", rollout=rollout_id)
+    elif rec.status is RolloutStatus.paused:
+        raise StateError(f"rollout {rollout_id} is paused ({rec.reason}); resume it with --approve or --reject")
+    if settings is None:
+        settings = EngineSettings.from_json(rec.policy, **(overrides or {}))
+    return await execute(fleet=fleet, home=home, engine=engine, endpoints=endpoints, rollout_id=rollout_id,
+                         settings=settings)
+
+
+def abort(engine: Engine, rollout_id: str, now: datetime, *, stale_after: timedelta = timedelta(seconds=60)
+          ) -> RolloutRecord:
+    """Ask a running rollout to stop starting stores (running ones finish their current node). A
+    rollout with no live executor (never started, paused, or its heartbeat is stale) is marked
+    aborted at once: its unstarted stores skipped, its store locks released."""
+    ledger = Ledger(engine)
+    rec = ledger.rollout(rollout_id)
+    if rec.status in FINISHED:
+        raise StateError(f"rollout {rollout_id} is already {rec.status.value}")
+    ledger.set_rollout(rollout_id, now, abort_requested=True)
+    ledger.event(now, "abort_requested", rollout=rollout_id)
+    live = (rec.status is RolloutStatus.running and rec.heartbeat_at is not None
+            and datetime.now(rec.heartbeat_at.tzinfo) - rec.heartbeat_at < stale_after)
+    if not live:
+        stmts = []
+        for r in ledger.runs(rollout_id):
+            if r.status is RunStatus.pending:
+                stmts.append(stmt_run(rollout_id, r.store, status=RunStatus.skipped, ended_at=now,
+                                      reason="not started: the rollout was aborted"))
+            elif r.status is RunStatus.running:
+                stmts.append(stmt_run(rollout_id, r.store, status=RunStatus.failed, ended_at=now,
+                                      reason=f"aborted while its run had stopped at step {r.step!r}: check the store"))
+        if stmts:
+            ledger.write(*stmts)
+        for store in ledger.locks_held_by(rollout_id):
+            ledger.release_lock(store, rollout_id)
+        ledger.set_rollout(rollout_id, now, status=RolloutStatus.aborted.value, reason="aborted by a person")
+    return ledger.rollout(rollout_id)
+
+
+def status(engine: Engine, rollout_id: str | None = None) -> dict[str, Any]:
+    """A rollout's record, waves, store runs and counts (the latest rollout when no id is given)."""
+    ledger = Ledger(engine)
+    if rollout_id is None:
+        recent = ledger.rollouts(limit=1)
+        if not recent:
+            raise StateError("the ledger has no rollouts yet")
+        rollout_id = recent[0].id
+    rec = ledger.rollout(rollout_id)
+    runs = ledger.runs(rollout_id)
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.status.value] = counts.get(r.status.value, 0) + 1
+    return {"rollout": rec.to_json(),
+            "waves": [{"index": w.index, "name": w.name, "status": w.status, "budget": w.budget,
+                       "failures": w.failures, "reason": w.reason,
+                       "stores": sum(1 for r in runs if r.wave == w.index),
+                       "done": sum(1 for r in runs if r.wave == w.index and r.status.value not in
+                                   ("pending", "running"))}
+                      for w in ledger.waves(rollout_id)],
+            "counts": counts, "stores": [r.to_json() for r in runs]}

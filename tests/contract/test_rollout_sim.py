@@ -1,0 +1,281 @@
+"""The rollout engine end to end against the fleet simulator on 127.0.0.1: real Redfish over HTTP,
+the simulated Talos API over mutual TLS, the real seed server, real release images built by the
+real Packer template and real NoCloud seeds. Boots are time-scaled so the story takes seconds:
+
+provision five stores on v1 (one-node stores need their Talos bootstrap), roll v2 out as canary +
+waves while one worker never becomes Ready (its store is rolled back automatically and the wave
+budget holds), a second operation on a locked store is refused naming the holder, then v2 is
+rolled back across the fleet. A second world: a rollout cancelled mid-flight and resumed, an
+unreachable canary that pauses the rollout until a person approves, and an abort while running.
+After each step: the simulator's oracle reports zero safety violations and the ledger agrees with
+what the simulator observed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from edgefleet.inventory.model import Fleet
+from edgefleet.releases.catalog import ReleaseCatalog, ReleaseState
+from edgefleet.rollout import operations as ops
+from edgefleet.rollout.endpoints import Endpoints, from_simulator
+from edgefleet.rollout.executor import EngineSettings
+from edgefleet.rollout.ledger import Ledger, RolloutStatus, RunStatus
+from edgefleet.rollout.plan import RolloutPolicy
+from edgefleet.sim.build import build_sim
+from edgefleet.sim.scenario import parse_scenario
+from edgefleet.sim.server import running_server
+from edgefleet.sim.talos_wiring import running_talos_api
+from edgefleet.state.db import create_state_engine
+from tests.contract.rollout_world import (
+    PASSWORD,
+    PASSWORD_ENV,
+    build_releases,
+    get_json,
+    ledger_matches_sim,
+    make_inventory,
+)
+from tests.helpers import require_tool
+
+pytestmark = pytest.mark.slow
+
+START = datetime(2026, 11, 3, 21, 30, tzinfo=UTC)  # Tuesday 22:30 in Copenhagen/Oslo: inside 22:00-05:00
+SETTINGS = EngineSettings(node_ready_timeout_s=4.0, quorum_timeout_s=10.0, store_gate_timeout_s=6.0,
+                          window_wait_max_s=5.0, poll_s=0.05, heartbeat_s=0.5, power_deadline_s=5.0)
+
+
+@dataclass
+class World:
+    fleet: Fleet
+    home: Path
+    url: str
+
+
+async def _violations(url: str) -> dict[str, Any]:
+    data: dict[str, Any] = await get_json(f"{url}/sim/violations")
+    return data
+
+
+def run_world(tmp: Path, body: Callable[[World, Endpoints, Any], Awaitable[None]], monkeypatch: pytest.MonkeyPatch,
+              *, scale: float = 600.0) -> None:
+    require_tool(shutil.which("packer"), "packer (Debian package `packer`)")
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    fleet = make_inventory(tmp / "inventory")
+    home = tmp / "home"
+    home.mkdir()
+    engine = create_state_engine(f"sqlite:///{home / 'edgefleet.db'}")
+    build_releases(home, tmp, ReleaseCatalog(engine), ["v1", "v2", "v3"])
+
+    async def main() -> None:
+        sim = build_sim(fleet, scenario=parse_scenario({"boot_seconds": 60}), time_scale=scale, clock=START,
+                        home=home, environ={PASSWORD_ENV: PASSWORD})
+        async with running_talos_api(sim, ca_out=tmp / "talos-ca.pem") as api:
+            talos = {"endpoint": api.endpoint, "ca_pem": api.ca_pem.decode()}
+            async with running_server(sim, talos=talos) as url:
+                endpoints = await from_simulator(url)
+                assert endpoints.talos is not None and endpoints.talos_enabled
+                await asyncio.wait_for(body(World(fleet, home, url), endpoints, engine), 150)
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.dispose()
+
+
+def test_provision_rollout_with_automatic_rollback_locks_and_fleet_rollback(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(w: World, ep: Endpoints, engine: Any) -> None:
+        ledger = Ledger(engine)
+        now = ep.clock
+        # 1. provision every store on v1
+        created = [ops.create_provision(w.fleet, engine, w.home, sid, "v1", now(), settings=SETTINGS,
+                                        operator="test") for sid in sorted(w.fleet.stores)]
+        recs = await asyncio.gather(*(ops.run(w.fleet, w.home, engine, ep, c.record.id, settings=SETTINGS)
+                                      for c in created))
+        for r in recs:
+            assert r.status is RolloutStatus.succeeded, ops.status(engine, r.id)
+        assert (await _violations(w.url))["total"] == 0
+        boots = (await get_json(f"{w.url}/sim/events?kind=talos_bootstrap"))["events"]
+        # one-node stores lose their only etcd member on reimage: exactly one Bootstrap each
+        assert sorted(e["store"] for e in boots) == ["dk-0002", "dk-0003", "no-0002"]
+        assert {s: c for s, (c, _l) in ledger.store_releases().items()} == {s: "v1" for s in w.fleet.stores}
+        await ledger_matches_sim(w.url, ledger, w.fleet)
+
+        # 2. v2 as canary + waves; one worker of no-0001 never becomes Ready
+        async with httpx.AsyncClient(trust_env=False) as c:
+            resp = await c.post(f"{w.url}/sim/scenario", json={"never_ready": ["no-0001-n4"]})
+            assert resp.status_code == 200, resp.text
+        policy = RolloutPolicy(canary=["dk-0002"], waves=(2, "100%"), failure_budget=1, max_concurrent=3,
+                               node_duration=timedelta(minutes=10), wave_soak=timedelta(minutes=20))
+        made = ops.create_rollout(w.fleet, engine, "v2", policy, now(), settings=SETTINGS, operator="test")
+        assert made.plan is not None
+        assert [s.store_id for s in made.plan.waves[0].stores] == ["dk-0002"]
+        assert [len(wv.stores) for wv in made.plan.waves] == [1, 2, 2]
+        rec = await ops.run(w.fleet, w.home, engine, ep, made.record.id, settings=settings_of(policy))
+        st = ops.status(engine, rec.id)
+        runs = {s["store"]: s for s in st["stores"]}
+        assert runs["no-0001"]["status"] == RunStatus.rolled_back.value, runs["no-0001"]
+        assert "no-0001-n4" in runs["no-0001"]["reason"]
+        assert all(runs[s]["status"] == "succeeded" for s in runs if s != "no-0001"), runs
+        assert rec.status is RolloutStatus.succeeded, st
+        assert all(wv["status"] == "passed" for wv in st["waves"]), st["waves"]
+        assert any(wv["failures"] == 1 and wv["budget"] == 1 for wv in st["waves"])
+        assert (await _violations(w.url))["total"] == 0
+        await ledger_matches_sim(w.url, ledger, w.fleet)
+        by_wave = {wv: [r for r in ledger.runs(rec.id) if r.wave == wv] for wv in (0, 1, 2)}
+        for wv in (1, 2):  # each wave starts after the previous one ended plus the soak
+            prev_end = max(r.ended_at for r in by_wave[wv - 1] if r.ended_at)
+            first = min(r.started_at for r in by_wave[wv] if r.started_at)
+            assert first - prev_end >= timedelta(minutes=20), (wv, prev_end, first)
+        assert len(ledger.events(rec.id, kind="wave_soak")) == 2
+        kinds = [e["kind"] for e in ledger.events(rec.id, store="no-0001")]
+        assert "store_gate_failed" in kinds and "store_rolled_back" in kinds
+
+        # 3. a second operation on a locked store is refused, naming the holder, and touches nothing
+        ledger.acquire_lock("dk-0002", "ro-someone-else", now())
+        blocked = ops.create_provision(w.fleet, engine, w.home, "dk-0002", "v1", now(), settings=SETTINGS)
+        out = await ops.run(w.fleet, w.home, engine, ep, blocked.record.id, settings=SETTINGS)
+        run = ledger.runs(out.id)[0]
+        assert run.status is RunStatus.refused and "ro-someone-else" in run.reason
+        assert out.status is RolloutStatus.failed
+        touched = (await get_json(f"{w.url}/sim/events?limit=100000"))["events"]
+        assert not [e for e in touched if e["operation"] == out.id]
+        assert ledger.release_lock("dk-0002", "ro-someone-else")
+
+        # 4. roll v2 back across the fleet: revoked, every store on it back to v1
+        rb = ops.create_rollback(w.fleet, engine, "v2", now(), reason="test: bad release", policy=policy,
+                                 settings=SETTINGS, operator="test")
+        assert ReleaseCatalog(engine).get("v2").state is ReleaseState.revoked
+        assert sorted(r.store for r in ledger.runs(rb.record.id)) == ["dk-0001", "dk-0002", "dk-0003", "no-0002"]
+        rrec = await ops.run(w.fleet, w.home, engine, ep, rb.record.id, settings=settings_of(policy))
+        assert rrec.status is RolloutStatus.succeeded, ops.status(engine, rrec.id)
+        assert {s: c for s, (c, _l) in ledger.store_releases().items()} == {s: "v1" for s in w.fleet.stores}
+        assert ledger.stores_on("v2") == []
+        assert (await _violations(w.url))["total"] == 0
+        await ledger_matches_sim(w.url, ledger, w.fleet)
+        with pytest.raises(Exception, match="revoked"):
+            ops.create_rollout(w.fleet, engine, "v2", policy, now())
+        # nothing secret in the ledger
+        dump = repr(ledger.events()) + repr([ops.status(engine, r.id) for r in ledger.rollouts(50)])
+        assert PASSWORD not in dump and "PRIVATE KEY" not in dump and "http://" not in dump
+
+    run_world(tmp_path, body, monkeypatch)
+
+
+def settings_of(policy: RolloutPolicy) -> EngineSettings:
+    return ops.settings_for(policy, SETTINGS)
+
+
+def test_interrupted_rollout_resumes_to_completion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(w: World, ep: Endpoints, engine: Any) -> None:
+        ledger = Ledger(engine)
+        now = ep.clock
+        for sid in sorted(w.fleet.stores):
+            prov = ops.create_provision(w.fleet, engine, w.home, sid, "v1", now(), settings=SETTINGS)
+            assert (await ops.run(w.fleet, w.home, engine, ep, prov.record.id, settings=SETTINGS)).status \
+                is RolloutStatus.succeeded
+        policy = RolloutPolicy(canary=0, waves=("100%",), failure_budget=0, max_concurrent=5,
+                               node_duration=timedelta(minutes=10), wave_soak=timedelta(0))
+        made = ops.create_rollout(w.fleet, engine, "v3", policy, now(), settings=SETTINGS)
+        task = asyncio.create_task(ops.run(w.fleet, w.home, engine, ep, made.record.id,
+                                           settings=settings_of(policy)))
+        # interrupt once some node of the 3-control-plane store is mid-reimage
+        for _ in range(400):
+            await asyncio.sleep(0.02)
+            if any(e["kind"] == "reimage_booting" for e in ledger.events(made.record.id, store="no-0001")):
+                break
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        mid = ledger.rollout(made.record.id)
+        assert mid.status is RolloutStatus.running  # the ledger still says what was going on
+        assert any(r.status is RunStatus.running for r in ledger.runs(mid.id))
+        rec = await ops.resume(w.fleet, w.home, engine, ep, mid.id, settings=settings_of(policy))
+        assert rec.status is RolloutStatus.succeeded, ops.status(engine, rec.id)
+        assert {s: c for s, (c, _l) in ledger.store_releases().items()} == {s: "v3" for s in w.fleet.stores}
+        assert (await _violations(w.url))["total"] == 0
+        await ledger_matches_sim(w.url, ledger, w.fleet)
+        with pytest.raises(Exception, match="succeeded"):
+            await ops.resume(w.fleet, w.home, engine, ep, mid.id)
+
+        # An unreachable canary (BMCs and API answer 503) is inconclusive, not a verdict on the
+        # release: the rollout pauses for a person, who approves; the next wave then runs.
+        async with httpx.AsyncClient(trust_env=False) as c:
+            resp = await c.post(f"{w.url}/sim/scenario", json={"offline_stores": ["no-0002"]})
+            assert resp.status_code == 200, resp.text
+        policy = RolloutPolicy(canary=["no-0002"], waves=("100%",), failure_budget=0, max_concurrent=5,
+                               node_duration=timedelta(minutes=10), wave_soak=timedelta(0))
+        made = ops.create_rollout(w.fleet, engine, "v2", policy, now(), settings=SETTINGS)
+        fast = EngineSettings(**{**settings_of(policy).__dict__, "bmc_attempts": 2, "bmc_backoff_s": 0.05})
+        paused = await ops.run(w.fleet, w.home, engine, ep, made.record.id, settings=fast)
+        assert paused.status is RolloutStatus.paused, ops.status(engine, paused.id)
+        assert "inconclusive" in paused.reason
+        assert [r.status for r in ledger.runs(paused.id) if r.wave == 1] == [RunStatus.pending] * 4
+        with pytest.raises(Exception, match="--approve or --reject"):
+            await ops.resume(w.fleet, w.home, engine, ep, paused.id, settings=fast)
+        done = await ops.resume(w.fleet, w.home, engine, ep, paused.id, decision="approve", settings=fast)
+        st = ops.status(engine, done.id)
+        assert [wv["status"] for wv in st["waves"]] == ["passed", "passed"], st["waves"]
+        assert done.status is RolloutStatus.failed  # the offline store is left failed, for a person to see
+        assert {r.store: r.status for r in ledger.runs(done.id)} == {
+            "no-0002": RunStatus.failed, **{s: RunStatus.succeeded for s in w.fleet.stores if s != "no-0002"}}
+        assert (await _violations(w.url))["total"] == 0
+
+        # Abort while running: the executor notices (heartbeat), finishes the node under way and
+        # starts no further store.
+        async with httpx.AsyncClient(trust_env=False) as c:
+            resp = await c.post(f"{w.url}/sim/scenario", json={"offline_stores": []})
+            assert resp.status_code == 200, resp.text
+        policy = RolloutPolicy(canary=0, waves=(1,), failure_budget=0, max_concurrent=1,
+                               node_duration=timedelta(minutes=10), wave_soak=timedelta(0))
+        made = ops.create_rollout(w.fleet, engine, "v1", policy, now(), settings=SETTINGS)
+        task = asyncio.create_task(ops.run(w.fleet, w.home, engine, ep, made.record.id,
+                                           settings=settings_of(policy)))
+        for _ in range(400):
+            await asyncio.sleep(0.02)
+            if ledger.events(made.record.id, kind="reimage_booting"):
+                break
+        assert ops.abort(engine, made.record.id, now()).status is RolloutStatus.running  # live: it only asks
+        aborted = await task
+        assert aborted.status is RolloutStatus.aborted
+        final = ledger.runs(aborted.id)
+        assert not [r for r in final if r.status in (RunStatus.pending, RunStatus.running)]
+        assert sum(r.status is RunStatus.skipped for r in final) >= len(final) - 2
+        assert ledger.locks_held_by(aborted.id) == []
+        assert (await _violations(w.url))["total"] == 0
+        media = {n: v["media"] for n, v in (await get_json(f"{w.url}/sim/state"))["nodes"].items()}
+        assert not any(media.values()), media  # no node left with media inserted
+
+        # Hooks (real ansible-runner, connection: local): the pre hook runs before each store, a
+        # post hook that fails for one store fails its gate and the store is rolled back.
+        pre, post = w.home / "pre.yml", w.home / "post.yml"
+        pre.write_text("- hosts: all\n  gather_facts: false\n  tasks:\n    - copy:\n"
+                       "        content: \"{{ edgefleet_hook_release }}\"\n"
+                       "        dest: \"{{ marker_dir }}/{{ edgefleet_hook_store }}\"\n"
+                       "      run_once: true\n  vars:\n    marker_dir: " + str(w.home) + "\n")
+        post.write_text("- hosts: all\n  gather_facts: false\n  tasks:\n    - assert:\n        that: "
+                        "[edgefleet_hook_store != 'dk-0002']\n        fail_msg: the point of sale refuses\n")
+        before = {s: c for s, (c, _l) in ledger.store_releases(["dk-0002", "dk-0003"]).items()}
+        policy = RolloutPolicy(canary=0, waves=("100%",), failure_budget=1, max_concurrent=2,
+                               node_duration=timedelta(minutes=10), wave_soak=timedelta(0))
+        hooked = EngineSettings(**{**settings_of(policy).__dict__, "pre_hook": str(pre), "post_hook": str(post)})
+        made = ops.create_rollout(w.fleet, engine, "v3", policy, now(), settings=hooked,
+                                  stores=["dk-0002", "dk-0003"])
+        rec = await ops.run(w.fleet, w.home, engine, ep, made.record.id, settings=hooked)
+        runs = {r.store: r for r in ledger.runs(rec.id)}
+        assert runs["dk-0003"].status is RunStatus.succeeded, runs
+        assert runs["dk-0002"].status is RunStatus.rolled_back and "the point of sale refuses" in runs["dk-0002"].reason
+        assert (w.home / "dk-0002").read_text() == (w.home / "dk-0003").read_text() == "v3"
+        assert ledger.store_releases(["dk-0002"])["dk-0002"][0] == before["dk-0002"]
+        assert (await _violations(w.url))["total"] == 0
+
+    run_world(tmp_path, body, monkeypatch)

@@ -1,0 +1,120 @@
+"""Gate verdicts: node, rollback node, control-plane quorum, store (with soak), wave budget."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgefleet.health.probes import ClusterSnapshot, NodeStatus, ProbeResult
+from edgefleet.inventory.model import Store
+from edgefleet.rollout.gates import (
+    RELEASE_LABEL,
+    NodeBefore,
+    VerdictKind,
+    WaveDecision,
+    evaluate_node,
+    evaluate_quorum,
+    evaluate_rollback_node,
+    evaluate_store,
+    evaluate_wave,
+)
+
+NOW = datetime(2026, 11, 3, 22, 0, tzinfo=UTC)
+
+
+def _store(roles: list[str]) -> Store:
+    return Store.model_validate({
+        "id": "s1", "name": "S1", "country": "DK", "region": "nordics", "timezone": "Europe/Copenhagen",
+        "maintenance_windows": [{"days": ["daily"], "start": "22:00", "end": "05:00"}],
+        "network": {"subnet": "10.1.0.0/24", "gateway": "10.1.0.1", "dns": ["10.0.0.53"]},
+        "cluster": {"name": "s1"},
+        "nodes": [{"name": f"n{i + 1}", "role": r, "mac": f"02:00:00:00:00:{i + 1:02x}", "ip": f"10.1.0.{10 + i}"}
+                  for i, r in enumerate(roles)]})
+
+
+def _node(name: str, *, ready: bool = True, release: str = "v2", talos: str = "v1.12.6",
+          cp: bool = False) -> NodeStatus:
+    labels = [(RELEASE_LABEL, release)]
+    if cp:
+        labels.append(("node-role.kubernetes.io/control-plane", ""))
+    return NodeStatus(name, ready, "KubeletReady" if ready else "KubeletNotReady booting", f"Talos ({talos})",
+                      "v1.35.0", tuple(sorted(labels)))
+
+
+def _snap(*nodes: NodeStatus, readyz: bool = True) -> ClusterSnapshot:
+    return ClusterSnapshot("http://k8s", readyz, "HTTP 200: ok" if readyz else "HTTP 503", nodes)
+
+
+def test_node_gate_needs_ready_label_and_version() -> None:
+    assert evaluate_node(_snap(_node("n1")), "n1", "v2", "v1.12.6").passed
+    v = evaluate_node(_snap(_node("n1", release="v1")), "n1", "v2", "v1.12.6")
+    assert v.kind is VerdictKind.pending and "expected 'v2'" in v.why()
+    assert "expected Talos v1.12.7" in evaluate_node(_snap(_node("n1")), "n1", "v2", "v1.12.7").why()
+    assert "NotReady" in evaluate_node(_snap(_node("n1", ready=False)), "n1", "v2", None).why()
+    assert "not registered" in evaluate_node(_snap(_node("n2")), "n1", "v2", None).why()
+    assert evaluate_node(None, "n1", "v2", None).kind is VerdictKind.pending
+
+
+def test_rollback_gate_excuses_only_nodes_that_were_not_ready_before() -> None:
+    snap = _snap(_node("n1", ready=False, release="v1"))
+    assert evaluate_rollback_node(snap, "n1", "v1", NodeBefore("v1", False), None).passed
+    assert not evaluate_rollback_node(snap, "n1", "v1", NodeBefore("v1", True), None).passed
+    assert not evaluate_rollback_node(_snap(_node("n1", ready=False, release="v2")), "n1", "v1",
+                                      NodeBefore("v1", False), None).passed
+
+
+def test_quorum_gate() -> None:
+    store = _store(["controlplane"] * 3 + ["worker"])
+    ok = _snap(_node("n1", cp=True), _node("n2", cp=True), _node("n3", cp=True), _node("n4", ready=False))
+    assert evaluate_quorum(store, ok, "n1", ["n1", "n2", "n3"]).passed
+    assert evaluate_quorum(store, ok, "n1", None).passed  # no Talos API: Kubernetes readiness only
+    v = evaluate_quorum(store, ok, "n1", ["n1", "n2"])
+    assert not v.passed and "n3 is not an etcd member" in v.why()
+    down = _snap(_node("n1", cp=True), _node("n2", cp=True, ready=False), _node("n3", cp=True))
+    assert "control plane n2 is not Ready" in evaluate_quorum(store, down, "n1", None).why()
+    assert evaluate_quorum(store, down, "n2", None).passed  # n2 itself may be the one to fix
+    assert evaluate_quorum(_store(["controlplane"]), None, "n1", None).passed  # one control plane: by design
+
+
+def test_store_gate_with_probes_soak_and_excused_nodes() -> None:
+    store = _store(["controlplane", "worker"])
+    healthy = _snap(_node("n1", cp=True), _node("n2"))
+    soak = timedelta(minutes=5)
+    assert "soaking" in evaluate_store(store, healthy, "v2", (), healthy_since=None, now=NOW, soak=soak).why()
+    assert not evaluate_store(store, healthy, "v2", (), healthy_since=NOW - timedelta(minutes=4), now=NOW,
+                              soak=soak).passed
+    assert evaluate_store(store, healthy, "v2", (), healthy_since=NOW - soak, now=NOW, soak=soak).passed
+    bad_probe = ProbeResult("pos", "http://pos", False, 500, "HTTP 500, expected 200", 0.1)
+    assert "probe pos" in evaluate_store(store, healthy, "v2", (bad_probe,), healthy_since=NOW, now=NOW,
+                                         soak=timedelta(0)).why()
+    assert "API server not ready" in evaluate_store(store, _snap(_node("n1", cp=True), _node("n2"), readyz=False),
+                                                    "v2", (), healthy_since=NOW, now=NOW, soak=timedelta(0)).why()
+    n2_down = _snap(_node("n1", cp=True), _node("n2", ready=False))
+    assert not evaluate_store(store, n2_down, "v2", (), healthy_since=NOW, now=NOW, soak=timedelta(0)).passed
+    assert evaluate_store(store, n2_down, "v2", (), healthy_since=NOW, now=NOW, soak=timedelta(0),
+                          before={"n2": NodeBefore("v2", False)}).passed
+    wrong = _snap(_node("n1", cp=True), _node("n2", release="v1"))
+    assert "expected 'v2'" in evaluate_store(store, wrong, "v2", (), healthy_since=NOW, now=NOW,
+                                             soak=timedelta(0)).why()
+
+
+@pytest.mark.parametrize(("failed", "inconclusive", "budget", "decision"), [
+    (0, 0, 0, WaveDecision.proceed), (1, 0, 1, WaveDecision.proceed), (2, 0, 1, WaveDecision.halt),
+    (1, 0, 0, WaveDecision.halt), (0, 1, 1, WaveDecision.proceed), (1, 1, 1, WaveDecision.pause),
+    (2, 1, 1, WaveDecision.halt), (0, 3, 5, WaveDecision.proceed)])
+def test_wave_gate(failed: int, inconclusive: int, budget: int, decision: WaveDecision) -> None:
+    assert evaluate_wave(failed, inconclusive, budget)[0] is decision
+
+
+@given(st.integers(0, 50), st.integers(0, 50), st.integers(0, 50))
+def test_wave_gate_properties(failed: int, inconclusive: int, budget: int) -> None:
+    decision, why = evaluate_wave(failed, inconclusive, budget)
+    assert (decision is WaveDecision.halt) == (failed > budget)  # exceeding halts, equalling does not
+    if decision is WaveDecision.pause:
+        assert inconclusive > 0 and failed + inconclusive > budget
+    if failed + inconclusive <= budget:
+        assert decision is WaveDecision.proceed
+    assert str(budget) in why

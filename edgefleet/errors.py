@@ -32,7 +32,8 @@ without parsing messages:
         ├── LockHeld               another operation holds the store
         ├── StateError             the ledger / state store refused an operation
         ├── NetworkSeedError       a node's nocloud-net seed cannot be fetched over HTTP
-        └── ScheduleError          the Prefect API is unreachable or refused a scheduling call
+        ├── ScheduleError          the Prefect API is unreachable or refused a scheduling call
+        └── ReportError            the rollout report cannot be written
 """
 
 from __future__ import annotations
@@ -202,3 +203,7 @@ class NetworkSeedError(OperationFailed):
         self.status = status
         self.transient = transient
         super().__init__(message)
+
+
+class ReportError(OperationFailed):
+    """The rollout report could not be written (the message names the path and what to do)."""

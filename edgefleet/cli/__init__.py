@@ -10,6 +10,7 @@ import typer
 
 from edgefleet.cli import inventory as _inventory
 from edgefleet.cli import release as _release
+from edgefleet.cli import report as _report
 from edgefleet.cli import rollout as _rollout
 from edgefleet.cli import schedule as _schedule
 from edgefleet.cli import seed as _seed
@@ -28,6 +29,7 @@ app.add_typer(_schedule.app, name="schedule")
 app.add_typer(_rollout.app, name="rollout")
 app.command("rollback")(_rollout.rollback_cmd)
 app.command("provision")(_rollout.provision_cmd)
+app.command("report")(_report.report_cmd)
 app.command("talosconfig")(_talos.talosconfig_cmd)
 app.command("kubeconfig")(_talos.kubeconfig_cmd)
 

@@ -46,6 +46,7 @@ from sqlalchemy import (
     Text,
     and_,
     delete,
+    func,
     insert,
     or_,
     select,
@@ -455,6 +456,14 @@ class Ledger:
             return [{"id": e.id, "ts": (_utc(e.ts) or e.ts).isoformat(), "rollout": e.rollout, "store": e.store,
                      "node": e.node, "kind": e.kind, "reason": e.reason, "detail": json.loads(e.detail or "{}")}
                     for e in s.scalars(q.limit(limit))]
+
+    def count_events(self, rollout: str | None = None) -> int:
+        """How many events the ledger holds (of ``rollout`` when given); the report says when it cuts."""
+        with session_scope(self.engine) as s:
+            q = select(func.count()).select_from(EventRow)
+            if rollout is not None:
+                q = q.where(EventRow.rollout == rollout)
+            return int(s.scalar(q) or 0)
 
     def event(self, now: datetime, kind: str, *, rollout: str | None = None, store: str | None = None,
               node: str | None = None, reason: str = "", detail: Mapping[str, Any] | None = None) -> None:

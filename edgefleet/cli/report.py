@@ -1,0 +1,35 @@
+"""``edgefleet report``: write the rollout report (one self-contained HTML page) from the ledger.
+
+Exit codes: 0 written, 1 the ledger could not be read or the file not written, 2 bad input (an
+unknown rollout id is a ledger refusal, exit 1, naming the recent ids).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgefleet.cli._common import console, default_state_url
+
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Where to write the HTML page")]
+IdsArg = Annotated[list[str] | None, typer.Argument(help="Operation ids to report on (default: every operation)",
+                                                    show_default=False)]
+MaxEventsOpt = Annotated[int, typer.Option("--max-events", min=0, help="Rows of the event log before it is cut")]
+TitleOpt = Annotated[str, typer.Option("--title", help="The page title")]
+
+
+def report_cmd(rollout_ids: IdsArg = None, out: OutOpt = Path("out/report.html"), max_events: MaxEventsOpt = 1000,
+               title: TitleOpt = "edgefleet rollout report") -> None:
+    """Write an HTML report: operations, stores per release over time, failed stores, event log."""
+    from edgefleet.report import collect_report, render_report, write_report
+    from edgefleet.state.db import open_state
+
+    data = collect_report(open_state(default_state_url()), rollout_ids=rollout_ids or None,
+                          now=datetime.now(UTC), title=title, max_events=max_events)
+    path = write_report(out, render_report(data, max_events=max_events))
+    shown = min(len(data.events), max_events)
+    console.print(f"wrote {path}: {len(data.operations)} operation(s), {len(data.changes)} release change(s), "
+                  f"{shown} of {data.events_total} event(s)")

@@ -1,0 +1,484 @@
+"""The rollout report: one self-contained HTML page (inline CSS, an inline SVG chart, no script)
+telling what the ledger says happened: a summary per operation, stores per release over time, the
+stores that failed or were rolled back, and the event log.
+
+Three parts, kept apart:
+
+* ``collect_report(engine, ...)`` is the only function here that reads the ledger; it returns a
+  plain ``ReportData``.
+* ``render_report(data)`` is pure: ReportData in, HTML text out (no clock: the generation time is
+  in the data). Every string from the ledger is scrubbed (URL query strings, PEM blocks and
+  ``token=...``-like pairs removed, though the ledger promises to hold none) and escaped.
+* ``write_report(path, html)`` writes the file atomically (a temporary file, then a rename).
+
+Stores per release come from the events that change the ``store_release`` table: ``store_succeeded``
+(the store is now on ``detail.release``, the run's target) and ``store_rolled_back`` (the store is
+back on ``detail.release``, its previous release). Replaying them from the stores' initial releases
+(nothing, for the whole ledger; each store's ``from_release`` in the first selected operation, for a
+selection) ends on what ``store_release`` holds.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgefleet.errors import InputError, ReportError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+__all__ = [
+    "RELEASE_CHANGE_KINDS",
+    "OperationSummary",
+    "ReleaseChange",
+    "ReportData",
+    "ReportEvent",
+    "StoreOutcome",
+    "WaveSummary",
+    "collect_report",
+    "release_timeline",
+    "render_report",
+    "write_report",
+]
+
+RELEASE_CHANGE_KINDS = ("store_succeeded", "store_rolled_back")
+"""Event kinds written together with a ``store_release`` row; ``detail.release`` is the store's new release."""
+
+PROBLEM_STATUSES = ("failed", "rolled_back", "refused")
+DEFAULT_MAX_EVENTS = 1000
+
+
+# -- the data -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class WaveSummary:
+    index: int
+    name: str
+    status: str
+    budget: int
+    failures: int
+    stores: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOutcome:
+    rollout: str
+    store: str
+    status: str
+    from_release: str | None
+    to_release: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class OperationSummary:
+    id: str
+    kind: str
+    release: str
+    status: str
+    reason: str
+    operator: str
+    created_at: datetime
+    updated_at: datetime
+    counts: Mapping[str, int]
+    """Store runs by status (succeeded, rolled_back, failed, skipped, ...)."""
+    waves: tuple[WaveSummary, ...]
+    problems: tuple[StoreOutcome, ...]
+    """Store runs that failed, were rolled back or were refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseChange:
+    ts: datetime
+    store: str
+    release: str | None
+    rollout: str | None
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReportEvent:
+    ts: datetime
+    rollout: str | None
+    store: str | None
+    node: str | None
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReportData:
+    title: str
+    generated_at: datetime
+    operations: tuple[OperationSummary, ...]
+    changes: tuple[ReleaseChange, ...]
+    """Release changes in time order."""
+    events: tuple[ReportEvent, ...]
+    """The event log in time order (possibly the first part of it: see ``events_total``)."""
+    events_total: int
+    initial: Mapping[str, str | None] = field(default_factory=dict)
+    """store -> its release before the first change shown (absent: on no release)."""
+    current: Mapping[str, str | None] = field(default_factory=dict)
+    """store -> current release from the ``store_release`` table (what the fleet is on now)."""
+
+
+# -- collecting (the only ledger reader) ------------------------------------------------------------
+
+def _ts(text: str) -> datetime:
+    dt = datetime.fromisoformat(text)
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def collect_report(engine: Engine, *, rollout_ids: Sequence[str] | None = None, now: datetime | None = None,
+                   title: str = "edgefleet rollout report", max_events: int = DEFAULT_MAX_EVENTS,
+                   max_operations: int = 500) -> ReportData:
+    """Read operations, release changes and events from the ledger on ``engine``: every operation
+    (the most recent ``max_operations``) or only ``rollout_ids``. ``now`` is the generation time
+    shown on the page (default: the newest ledger time, so the same ledger gives the same page)."""
+    from edgefleet.rollout.ledger import Ledger
+
+    if max_events < 0:
+        raise InputError(f"max_events must be 0 or more, not {max_events}")
+    ledger = Ledger(engine)
+    if rollout_ids:
+        records = [ledger.rollout(rid) for rid in dict.fromkeys(rollout_ids)]  # StateError names unknown ids
+    else:
+        records = ledger.rollouts(limit=max_operations)
+    records.sort(key=lambda r: (r.created_at, r.id))
+    selected = [r.id for r in records] if rollout_ids else None
+
+    operations: list[OperationSummary] = []
+    initial: dict[str, str | None] = {}
+    for rec in records:
+        runs = ledger.runs(rec.id)
+        counts: dict[str, int] = {}
+        for run in runs:
+            counts[run.status.value] = counts.get(run.status.value, 0) + 1
+            if selected is not None and run.store not in initial:
+                initial[run.store] = run.from_release
+        waves = tuple(WaveSummary(w.index, w.name, w.status, w.budget, w.failures,
+                                  sum(1 for r in runs if r.wave == w.index)) for w in ledger.waves(rec.id))
+        problems = tuple(StoreOutcome(rec.id, r.store, r.status.value, r.from_release, r.to_release, r.reason)
+                         for r in runs if r.status.value in PROBLEM_STATUSES)
+        operations.append(OperationSummary(rec.id, rec.kind.value, rec.release, rec.status.value, rec.reason,
+                                           rec.operator, rec.created_at, rec.updated_at, counts, waves, problems))
+
+    raw_changes: list[dict[str, Any]] = []
+    raw_events: list[dict[str, Any]] = []
+    total = 0
+    for rid in (selected if selected is not None else [None]):
+        for kind in RELEASE_CHANGE_KINDS:
+            raw_changes += ledger.events(rid, kind=kind, limit=10_000_000)
+        raw_events += ledger.events(rid, limit=max_events)
+        total += ledger.count_events(rid)
+    changes = sorted((ReleaseChange(_ts(e["ts"]), str(e["store"]), _release_of(e["detail"]), e["rollout"], e["kind"])
+                      for e in raw_changes if e["store"]), key=lambda c: c.ts)
+    raw_events.sort(key=lambda e: (_ts(e["ts"]), e["id"]))
+    events = tuple(ReportEvent(_ts(e["ts"]), e["rollout"], e["store"], e["node"], e["kind"], e["reason"] or "")
+                   for e in raw_events[:max_events])
+    current = {s: cur for s, (cur, _lkg) in ledger.store_releases().items()}
+    if now is None:
+        stamps = [e.ts for e in events] + [o.updated_at for o in operations]
+        now = max(stamps) if stamps else datetime(1970, 1, 1, tzinfo=UTC)
+    return ReportData(title=title, generated_at=now, operations=tuple(operations), changes=tuple(changes),
+                      events=events, events_total=total, initial=initial, current=current)
+
+
+def _release_of(detail: Any) -> str | None:
+    rel = detail.get("release") if isinstance(detail, dict) else None
+    return str(rel) if rel is not None else None
+
+
+# -- the timeline (pure) ----------------------------------------------------------------------------
+
+def release_timeline(initial: Mapping[str, str | None], changes: Iterable[ReleaseChange], *,
+                     start: datetime | None = None) -> tuple[list[str], list[tuple[datetime, dict[str, int]]]]:
+    """Releases (sorted) and the stores-per-release counts: first the initial counts at ``start``
+    (default: the first change), then the counts after each instant at which a store changed
+    release (changes at the same instant are one point). No changes: no points."""
+    on = dict(initial)
+    ordered = sorted(changes, key=lambda c: c.ts)
+    releases = sorted({r for r in on.values() if r} | {c.release for c in ordered if c.release})
+    if not ordered:
+        return releases, []
+
+    def counts() -> dict[str, int]:
+        out = dict.fromkeys(releases, 0)
+        for rel in on.values():
+            if rel:
+                out[rel] += 1
+        return out
+
+    first = ordered[0].ts if start is None else min(start, ordered[0].ts)
+    points: list[tuple[datetime, dict[str, int]]] = [(first, counts())]
+    for i, c in enumerate(ordered):
+        on[c.store] = c.release
+        if i > 0 and ordered[i - 1].ts == c.ts:
+            points[-1] = (c.ts, counts())
+        else:
+            points.append((c.ts, counts()))
+    return releases, points
+
+
+# -- rendering (pure) -----------------------------------------------------------------------------
+
+_URL_QUERY = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#\"'<>]+)\?[^\s#\"'<>]*")
+_PEM = re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(?:-----END [A-Z0-9 ]+-----|$)", re.DOTALL)
+_SECRET_PAIR = re.compile(r"(?i)\b([\w-]*(?:token|password|passwd|secret|api[_-]?key)[\w-]*)\s*([=:])\s*[^\s,;&]+")
+
+
+def scrub(text: str) -> str:
+    """``text`` without URL query strings, PEM blocks or ``token=...``-like pairs."""
+    text = _PEM.sub("[PEM block removed]", text)
+    text = _URL_QUERY.sub(r"\1?[query removed]", text)
+    return _SECRET_PAIR.sub("[secret removed]", text)
+
+
+def _e(text: object) -> str:
+    return html.escape(scrub("" if text is None else str(text)), quote=True)
+
+
+def _when(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") + "Z"
+
+
+# Okabe-Ito: distinguishable with common colour blindness; dashes tell series apart on grey paper.
+_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+_DASHES = ("", "6 3", "2 3", "8 3 2 3")
+
+_CSS = """
+body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1a1a1a;
+       margin: 2em auto; max-width: 1100px; padding: 0 1em; }
+h1 { font-size: 1.6em; margin-bottom: .2em; }
+h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ccc; padding-bottom: .2em; }
+.meta, .note { color: #555; }
+table { border-collapse: collapse; width: 100%; margin: .5em 0; }
+th, td { border: 1px solid #ddd; padding: .25em .5em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.name { white-space: nowrap; }
+td.time, td.id { white-space: nowrap; font-family: ui-monospace, Menlo, Consolas, monospace; font-size: .9em; }
+tr.problem td { background: #fff4f0; }
+.status-succeeded, .status-passed { color: #006e3b; font-weight: 600; }
+.status-failed, .status-halted, .status-aborted { color: #b00020; font-weight: 600; }
+.status-rolled_back, .status-paused, .status-refused { color: #a05a00; font-weight: 600; }
+ul.waves { margin: 0; padding-left: 1.1em; }
+svg { max-width: 100%; height: auto; }
+@media print { body { margin: 0; max-width: none; font-size: 11px; } h2 { break-after: avoid; }
+  tr { break-inside: avoid; } }
+"""
+
+
+def render_report(data: ReportData, *, max_events: int = DEFAULT_MAX_EVENTS) -> str:
+    """The whole page for ``data``; the event log shows at most ``max_events`` rows."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(data.title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_e(data.title)}</h1>",
+        f'<p class="meta">Generated {_e(_when(data.generated_at))} from the ledger: '
+        f"{len(data.operations)} operation(s), {data.events_total} event(s).</p>",
+        _summary(data),
+        _chart_section(data),
+        _problems(data),
+        _event_log(data, max_events),
+        "</body></html>",
+    ]
+    return "\n".join(parts) + "\n"
+
+
+def _status(text: str) -> str:
+    return f'<span class="status-{_e(text)}">{_e(text)}</span>'
+
+
+def _summary(data: ReportData) -> str:
+    out = ["<h2>Operations</h2>"]
+    if not data.operations:
+        out.append('<p class="note">The ledger has no operations.</p>')
+        return "\n".join(out)
+    out.append('<table class="operations"><thead><tr><th>Operation</th><th>Kind</th><th>Release</th>'
+               "<th>Status</th><th>Reason</th><th>Stores by status</th><th>Waves</th>"
+               "<th>Created</th></tr></thead><tbody>")
+    for op in data.operations:
+        counts = ", ".join(f"{_e(k)}: {n}" for k, n in sorted(op.counts.items())) or "none"
+        waves = "".join(f"<li>{w.index} {_e(w.name)}: {_status(w.status)}, {w.stores} store(s), "
+                        f"{w.failures} failed, budget {w.budget}</li>" for w in op.waves)
+        cls = ' class="problem"' if op.problems or op.status in ("failed", "halted", "aborted") else ""
+        out.append(f'<tr{cls}><td class="id">{_e(op.id)}</td><td>{_e(op.kind)}</td><td>{_e(op.release)}</td>'
+                   f"<td>{_status(op.status)}</td><td>{_e(op.reason)}</td><td>{counts}</td>"
+                   f'<td>{f"<ul class=waves>{waves}</ul>" if waves else "-"}</td>'
+                   f'<td class="time">{_e(_when(op.created_at))}</td></tr>')
+    out.append("</tbody></table>")
+    now: dict[str, int] = {}
+    for rel in data.current.values():
+        key = rel or "(none)"
+        now[key] = now.get(key, 0) + 1
+    if now:
+        out.append('<p class="fleet-now">The fleet now (store_release table): '
+                   + ", ".join(f"{_e(k)}: {n} store(s)" for k, n in sorted(now.items())) + ".</p>")
+    return "\n".join(out)
+
+
+def _problems(data: ReportData) -> str:
+    rows = [p for op in data.operations for p in op.problems]
+    out = ["<h2>Stores that failed or were rolled back</h2>"]
+    if not rows:
+        out.append('<p class="note">None.</p>')
+        return "\n".join(out)
+    out.append('<table class="problems"><thead><tr><th>Operation</th><th>Store</th><th>Status</th><th>From</th>'
+               "<th>To</th><th>Reason</th></tr></thead><tbody>")
+    for p in rows:
+        out.append(f'<tr><td class="id">{_e(p.rollout)}</td><td class="name">{_e(p.store)}</td>'
+                   f"<td>{_status(p.status)}</td>"
+                   f"<td>{_e(p.from_release or '-')}</td><td>{_e(p.to_release)}</td><td>{_e(p.reason)}</td></tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def _event_log(data: ReportData, max_events: int) -> str:
+    shown = data.events[:max(0, max_events)]
+    out = ["<h2>Event log</h2>"]
+    if len(shown) < data.events_total:
+        out.append(f'<p class="note cut">Showing the first {len(shown)} of {data.events_total} events; '
+                   "<code>edgefleet report --max-events N</code> shows more.</p>")
+    if not shown:
+        out.append('<p class="note">No events.</p>')
+        return "\n".join(out)
+    out.append('<table class="events"><thead><tr><th>Time (UTC)</th><th>Operation</th><th>Store</th><th>Node</th>'
+               "<th>Event</th><th>Reason</th></tr></thead><tbody>")
+    for ev in shown:
+        out.append(f'<tr><td class="time">{_e(_when(ev.ts))}</td><td class="id">{_e(ev.rollout or "")}</td>'
+                   f'<td class="name">{_e(ev.store or "")}</td><td class="name">{_e(ev.node or "")}</td>'
+                   f'<td class="name">{_e(ev.kind)}</td>'
+                   f"<td>{_e(ev.reason)}</td></tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+# -- the chart --------------------------------------------------------------------------------------
+
+_W, _H = 960, 360
+_LEFT, _RIGHT, _TOP, _BOTTOM = 60, 20, 20, 60
+
+
+def _time_ticks(t0: datetime, t1: datetime, n: int = 6) -> list[datetime]:
+    span = (t1 - t0).total_seconds()
+    steps = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400,
+             172800, 604800]
+    step = next((s for s in steps if span / s <= n), steps[-1])
+    first = math.ceil(t0.timestamp() / step) * step
+    out = []
+    t = first
+    while t <= t1.timestamp() + 1e-6:
+        out.append(datetime.fromtimestamp(t, UTC))
+        t += step
+    return out
+
+
+def _chart_section(data: ReportData) -> str:
+    begin = [op.created_at for op in data.operations] + [ev.ts for ev in data.events[:1]]
+    releases, points = release_timeline(data.initial, data.changes, start=min(begin) if begin else None)
+    last = [ev.ts for ev in data.events[-1:]] + [op.updated_at for op in data.operations]
+    out = ["<h2>Stores per release over time</h2>"]
+    if not points or not releases:
+        out.append('<p class="note">No store changed release in these operations.</p>')
+        return "\n".join(out)
+    out.append(_svg(releases, points, end=max([points[-1][0], *last])))
+    final = points[-1][1]
+    out.append('<p class="note">Each line is one release: how many stores the ledger records on it '
+               "(from store_succeeded and store_rolled_back events). At the end: "
+               + ", ".join(f"{_e(r)}: {final[r]}" for r in releases) + ".</p>")
+    return "\n".join(out)
+
+
+def _svg(releases: Sequence[str], points: Sequence[tuple[datetime, dict[str, int]]], *, end: datetime) -> str:
+    t0, t1 = points[0][0], max(end, points[-1][0])
+    if t1 - t0 < timedelta(seconds=60):  # a single instant still needs a width to draw on
+        t0, t1 = t0 - timedelta(seconds=30), t1 + timedelta(seconds=30)
+    top = max(1, max(max(c.values(), default=0) for _t, c in points))
+    ystep = max(1, math.ceil(top / 8))
+    ymax = math.ceil(top / ystep) * ystep
+    pw, ph = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
+    span = (t1 - t0).total_seconds()
+
+    def x(t: datetime) -> float:
+        return _LEFT + pw * (t - t0).total_seconds() / span
+
+    def y(v: int) -> float:
+        return _TOP + ph * (1 - v / ymax)
+
+    legend_h = 22 * math.ceil(len(releases) / 4)
+    height = _H + legend_h
+    s = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{height}" '
+         f'viewBox="0 0 {_W} {height}" role="img" aria-label="Stores per release over time">',
+         '<g class="grid" font-size="11" fill="#333">']
+    for v in range(0, ymax + 1, ystep):
+        s.append(f'<line x1="{_LEFT}" y1="{y(v):.1f}" x2="{_W - _RIGHT}" y2="{y(v):.1f}" stroke="#e5e5e5"/>'
+                 f'<text x="{_LEFT - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v}</text>')
+    multi_day = t0.date() != t1.date()
+    for t in _time_ticks(t0, t1):
+        label = t.strftime("%m-%d %H:%M" if multi_day else "%H:%M:%S" if span < 600 else "%H:%M")
+        s.append(f'<line x1="{x(t):.1f}" y1="{_TOP}" x2="{x(t):.1f}" y2="{_TOP + ph}" stroke="#f0f0f0"/>'
+                 f'<text x="{x(t):.1f}" y="{_TOP + ph + 16}" text-anchor="middle">{_e(label)}</text>')
+    s.append(f'<line x1="{_LEFT}" y1="{_TOP + ph}" x2="{_W - _RIGHT}" y2="{_TOP + ph}" stroke="#333"/>'
+             f'<line x1="{_LEFT}" y1="{_TOP}" x2="{_LEFT}" y2="{_TOP + ph}" stroke="#333"/>')
+    s.append(f'<text x="{_LEFT + pw / 2:.1f}" y="{_TOP + ph + 36}" text-anchor="middle" font-size="12">'
+             f"time (UTC, {_e(t0.strftime('%Y-%m-%d'))}{_e(' to ' + t1.strftime('%Y-%m-%d')) if multi_day else ''})"
+             "</text>")
+    s.append(f'<text x="14" y="{_TOP + ph / 2:.1f}" text-anchor="middle" font-size="12" '
+             f'transform="rotate(-90 14 {_TOP + ph / 2:.1f})">stores</text></g>')
+    for i, rel in enumerate(releases):
+        colour, dash = _COLOURS[i % len(_COLOURS)], _DASHES[(i // len(_COLOURS) + i) % len(_DASHES)]
+        (ts0, c0), rest = points[0], points[1:]
+        d = [f"M{x(ts0):.1f},{y(c0[rel]):.1f}"] + [f"H{x(t):.1f}V{y(c[rel]):.1f}" for t, c in rest]
+        d.append(f"H{x(t1):.1f}")
+        # offset overlapping lines by a pixel per series so equal counts stay visible
+        shift = (i - (len(releases) - 1) / 2) * 1.5
+        dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
+        s.append(f'<path class="series" data-release="{_e(rel)}" data-final="{points[-1][1][rel]}" '
+                 f'transform="translate(0 {shift:.1f})" d="{"".join(d)}" fill="none" stroke="{colour}" '
+                 f'stroke-width="2.5"{dash_attr}><title>{_e(rel)}</title></path>')
+    for i, rel in enumerate(releases):
+        colour, dash = _COLOURS[i % len(_COLOURS)], _DASHES[(i // len(_COLOURS) + i) % len(_DASHES)]
+        lx, ly = _LEFT + 220 * (i % 4), _H + 22 * (i // 4) - 8
+        dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
+        s.append(f'<g class="legend-item" font-size="12"><line x1="{lx}" y1="{ly}" x2="{lx + 28}" y2="{ly}" '
+                 f'stroke="{colour}" stroke-width="3"{dash_attr}/><text x="{lx + 34}" y="{ly + 4}">'
+                 f"{_e(rel)}: {points[-1][1][rel]} store(s) at the end</text></g>")
+    s.append("</svg>")
+    return "\n".join(s)
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+def write_report(path: Path, html_text: str) -> Path:
+    """Write ``html_text`` to ``path`` atomically (readers see the old page or the new one)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(html_text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as e:
+        raise ReportError(f"cannot write the report to {path}: {e.strerror or e}; "
+                               "choose another --out or fix the directory's permissions") from e
+    return path
+

@@ -1,0 +1,140 @@
+"""The Prefect flows end to end against the fleet simulator: provision_store, rollout (with an
+automatic store rollback and a pause decided through Prefect's pause/resume with input) and
+rollback. The simulator (BMCs, Kubernetes APIs, Talos API) runs on its own event loop in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+from edgefleet.releases.catalog import ReleaseCatalog, ReleaseState
+from edgefleet.rollout.ledger import Ledger
+from edgefleet.sim.build import build_sim
+from edgefleet.sim.scenario import parse_scenario
+from edgefleet.sim.server import running_server
+from edgefleet.sim.talos_wiring import running_talos_api
+from edgefleet.state.db import create_state_engine
+from tests.contract.rollout_world import PASSWORD, PASSWORD_ENV, build_releases, make_inventory
+from tests.helpers import REPO
+
+START = datetime(2026, 11, 2, 21, 30, tzinfo=UTC)  # Monday evening, inside the stores' 22:00 local windows soon
+
+
+def _flows() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("edgefleet_flows_rollout", REPO / "flows" / "rollout.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class SimThread:
+    """The simulator on its own loop in a thread, for as long as the test needs it."""
+
+    def __init__(self, inventory: Path, home: Path):
+        self.url = ""
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(inventory, home), daemon=True)
+
+    def _run(self, inventory: Path, home: Path) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            sim = build_sim(inventory, scenario=parse_scenario({"boot_seconds": 60}), time_scale=600.0, clock=START,
+                            home=home, environ={PASSWORD_ENV: PASSWORD})
+            async with running_talos_api(sim) as api:
+                talos = {"endpoint": api.endpoint, "ca_pem": api.ca_pem.decode()}
+                async with running_server(sim, talos=talos) as url:
+                    self.url = url
+                    self._ready.set()
+                    await self._stop.wait()
+
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # surfaced to the test by __enter__/__exit__
+            self._error = e
+            self._ready.set()
+
+    def __enter__(self) -> SimThread:
+        self._thread.start()
+        assert self._ready.wait(60), "simulator did not start"
+        if self._error:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop and self._stop:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    def post(self, path: str, body: dict[str, Any]) -> None:
+        r = httpx.post(f"{self.url}{path}", json=body, trust_env=False, timeout=10)
+        assert r.status_code == 200, r.text
+
+    def get(self, path: str) -> Any:
+        return httpx.get(f"{self.url}{path}", trust_env=False, timeout=10).json()
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: Path) -> Iterator[dict[str, Any]]:
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    inv = tmp_path / "inventory"
+    fleet = make_inventory(inv)
+    home = tmp_path / "home"
+    home.mkdir()
+    url = f"sqlite:///{home / 'edgefleet.db'}"
+    engine = create_state_engine(url)
+    build_releases(home, tmp_path, ReleaseCatalog(engine), ["v1", "v2"])
+    with SimThread(inv, home) as sim:
+        yield {"fleet": fleet, "home": home, "engine": engine, "sim": sim,
+               "common": {"sim_url": sim.url, "inventory": str(inv), "home": str(home), "state_url": url,
+                          "poll_s": 0.2, "node_timeout_s": 20.0}}
+    engine.dispose()
+
+
+def test_provision_rollout_pause_and_rollback_flows(world: dict[str, Any]) -> None:
+    flows = _flows()
+    common, sim, engine = world["common"], world["sim"], world["engine"]
+    ledger = Ledger(engine)
+
+    async def provision_all() -> list[Any]:
+        return await asyncio.gather(*(flows.provision_store(store=s, release="v1", return_state=True, **common)
+                                      for s in sorted(world["fleet"].stores)))
+
+    states = asyncio.run(provision_all())
+    assert all(s.is_completed() for s in states), [s.message for s in states]
+    assert {s: c for s, (c, _l) in ledger.store_releases().items()} == {s: "v1" for s in world["fleet"].stores}
+
+    # A rollout of v2 where one worker never becomes Ready: its store is rolled back automatically,
+    # the wave's budget holds, and the flow completes.
+    sim.post("/sim/scenario", {"never_ready": ["no-0001-n4"]})
+    state = asyncio.run(flows.rollout(release="v2", canary_stores=["dk-0002"], waves=["2", "100%"],
+                                      failure_budget="1", max_concurrent=3, node_minutes=10.0, wave_soak_minutes=0.0,
+                                      gate_on_window=False, return_state=True, **common))
+    assert state.is_completed(), state.message
+    data = state.result()
+    runs = {r["store"]: r["status"] for r in data["stores"]}
+    assert runs.pop("no-0001") == "rolled_back"
+    assert set(runs.values()) == {"succeeded"}
+    assert sim.get("/sim/violations")["total"] == 0
+
+    # The flow refuses nothing silently: rolling back v2 revokes it and puts everyone back on v1.
+    sim.post("/sim/scenario", {"never_ready": []})
+    state = asyncio.run(flows.rollback(release="v2", reason="flow test", max_concurrent=5, node_minutes=10.0,
+                                       return_state=True, **common))
+    assert state.is_completed(), state.message
+    assert ReleaseCatalog(engine).get("v2").state is ReleaseState.revoked
+    assert {s: c for s, (c, _l) in ledger.store_releases().items()} == {s: "v1" for s in world["fleet"].stores}
+    assert sim.get("/sim/violations")["total"] == 0

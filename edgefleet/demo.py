@@ -1,24 +1,49 @@
-"""`make demo`: the deepest real slice of edgefleet that exists, end to end on the sample fleet,
-on the embedded defaults (SQLite, no server to start, nothing outside 127.0.0.1 touched).
+"""`make demo`: the whole story on the sample fleet, on the embedded defaults: embedded Prefect (a
+temporary API server), SQLite, and the local fleet simulator on 127.0.0.1. Nothing else is touched.
 
-Everything is written under ``out/demo/`` (started afresh on every run): the edgefleet home with
-cluster secrets, releases and the SQLite state store, and the seed ISOs.
+1. validate the sample inventory;
+2. build releases v1 and v2 with Packer (Prefect flow ``build_release``);
+3. start the fleet simulator (every BMC, Kubernetes API and Talos API of the 24 stores), its clock
+   set to a Tuesday evening outside the freezes and time running 2,000x faster;
+4. provision every store on v1 (flow ``provision_store``, one run per store, concurrently);
+5. roll v2 out as canary + waves (flow ``rollout``) while one node never becomes Ready: its store
+   is reimaged back to v1 automatically and the wave's failure budget holds;
+6. roll v2 back across the fleet (flow ``rollback``): revoked, every store back on v1;
+7. print a summary and write ``out/report.html``.
+
+Everything is written under ``out/`` (started afresh on every run).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import importlib.util
 import os
+import re
 import shutil
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
 
 from edgefleet.cli import app
 from edgefleet.errors import EdgefleetError
 
 OUT = Path("out/demo")
+REPORT = Path("out/report.html")
 TALOS_VERSION = "v1.12.6"
+CLOCK = "2026-12-01T21:00:00+00:00"  # Tuesday evening: European windows open, after Black Friday week
+TIME_SCALE = 2000.0
+FAILING_NODE = "de-002-n3"  # never becomes Ready after its reimage to v2
+DEMO_PASSWORD = "demo-only-bmc-password"  # the simulated BMCs' password, from EDGEFLEET_BMC_PASSWORD
 
 
 def _step(title: str, *args: str) -> None:
@@ -33,6 +58,20 @@ def _step(title: str, *args: str) -> None:
             raise
 
 
+def _title(text: str) -> None:
+    print(f"\n=== {text}", flush=True)
+
+
+def _load_flows(name: str) -> ModuleType:
+    path = Path("flows") / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"edgefleet_demo_flows_{name}", path)
+    if spec is None or spec.loader is None:
+        raise EdgefleetError(f"cannot load {path}")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _installer_image(extension: str) -> str:
     """The installer reference the Talos Image Factory would return for a schematic with this
     extension: its schematic id is the sha256 of the schematic document."""
@@ -40,38 +79,142 @@ def _installer_image(extension: str) -> str:
     return f"factory.talos.dev/installer/{hashlib.sha256(schematic.encode()).hexdigest()}:{TALOS_VERSION}"
 
 
+@contextmanager
+def _simulator(home: Path) -> Iterator[str]:
+    """``edgefleet sim serve`` in its own process, as BMCs are elsewhere in real life."""
+    log = (OUT / "sim.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgefleet.cli", "sim", "serve", "-i", "inventory", "--home", str(home), "--port", "0",
+         "--talos-port", "0", "--time-scale", str(TIME_SCALE), "--clock", CLOCK],
+        stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        url = ""
+        while time.monotonic() < deadline and not url:
+            line = proc.stdout.readline()
+            if not line:
+                raise EdgefleetError(f"the simulator exited: see {OUT / 'sim.log'}")
+            m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
+            url = m.group(1) if m else ""
+        if not url:
+            raise EdgefleetError("the simulator did not start within 60 s")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _sim(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    with httpx.Client(trust_env=False, timeout=10) as c:
+        r = c.post(f"{url}{path}", json=body) if body is not None else c.get(f"{url}{path}")
+        r.raise_for_status()
+        return r.json()
+
+
+def _check(state: Any, what: str) -> dict[str, Any]:
+    if not state.is_completed():
+        raise EdgefleetError(f"{what}: {state.message}")
+    result: dict[str, Any] = state.result()
+    return result
+
+
 def main() -> None:
     t0 = time.perf_counter()
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    home = OUT / "home"
-    os.environ["EDGEFLEET_HOME"] = str(home)
-    os.environ.pop("EDGEFLEET_STATE_URL", None)
-    inventory = "inventory"
-    _step("validate the sample inventory", "inventory", "validate", inventory)
-    _step("the fleet by country, region and ring", "inventory", "graph", "-i", inventory)
-    _step("one store, resolved from all layers", "inventory", "show", "dk-002", "-i", inventory)
+    for p in (OUT, REPORT):
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()
+    OUT.mkdir(parents=True)
+    home = (OUT / "home").resolve()
+    state_url = f"sqlite:///{home / 'edgefleet.db'}"
+    os.environ.update({"EDGEFLEET_HOME": str(home), "EDGEFLEET_STATE_URL": state_url,
+                       "EDGEFLEET_BMC_PASSWORD": DEMO_PASSWORD, "PREFECT_HOME": str((OUT / "prefect").resolve()),
+                       "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+                       "PREFECT_LOGGING_LEVEL": "WARNING"})
+    _step("validate the sample inventory", "inventory", "validate", "inventory")
+    _step("the fleet by country, region and ring", "inventory", "graph", "-i", "inventory")
 
     upstream = OUT / "upstream" / f"talos-{TALOS_VERSION}.iso"
     _step("a Talos-like upstream boot ISO (no network here: a real one comes from the Image Factory)",
           "release", "fake-upstream", "--talos-version", TALOS_VERSION, "--out", str(upstream))
     from edgefleet.releases.upstream import sha256_file
 
+    build = _load_flows("build_release")
+    rollout_flows = _load_flows("rollout")
     digest = sha256_file(upstream)
     for name, ext in (("v1", "siderolabs/iscsi-tools"), ("v2", "siderolabs/util-linux-tools")):
-        _step(f"build release {name} with Packer", "release", "build", name, "--talos-version", TALOS_VERSION,
-              "--upstream", str(upstream), "--upstream-sha256", digest, "--kernel-arg", "talos.platform=nocloud",
-              "--extension", ext, "--installer-image", _installer_image(ext))
+        _title(f"build release {name} with Packer (Prefect flow build_release; embedded Prefect)")
+        rel = _check(build.build_release(name=name, talos_version=TALOS_VERSION, upstream_iso=str(upstream),
+                                         upstream_sha256=digest, kernel_args=["talos.platform=nocloud"],
+                                         extensions=[ext], installer_image=_installer_image(ext),
+                                         return_state=True), f"build {name}")
+        print(f"release {rel['name']}: {rel['sha256'][:16]}... {rel['size']} bytes", flush=True)
     _step("the release catalog", "release", "list")
 
-    seeds = OUT / "seeds"
-    _step("NoCloud seeds for every node of every store (secrets generated once per store)",
-          "seed", "build", "--release", "v1", "--talos-version", TALOS_VERSION, "--all", "--out", str(seeds),
-          "-i", inventory)
-    _step("rebuilding with nothing changed touches nothing", "seed", "build", "--release", "v1",
-          "--talos-version", TALOS_VERSION, "--all", "--out", str(seeds), "-i", inventory)
-    _step("what one node boots from", "seed", "inspect", str(seeds / "dk-002" / "dk-002-n1.iso"))
-    print(f"\ndemo finished in {time.perf_counter() - t0:.1f} s; files under {OUT}/", flush=True)
+    common = {"inventory": "inventory", "home": str(home), "state_url": state_url, "poll_s": 0.2,
+              "node_timeout_s": 20.0}
+    with _simulator(home) as url:
+        _title(f"fleet simulator on {url}: clock {CLOCK}, {TIME_SCALE:.0f}x")
+        from edgefleet.inventory.load import load_fleet
+
+        stores = sorted(load_fleet("inventory").stores)
+
+        _title(f"provision all {len(stores)} stores on v1 (flow provision_store per store; waits for windows)")
+
+        async def provision_all() -> list[Any]:
+            return list(await asyncio.gather(*(
+                rollout_flows.provision_store(store=s, release="v1", sim_url=url, return_state=True, **common)
+                for s in stores)))
+
+        for s, st in zip(stores, asyncio.run(provision_all()), strict=True):
+            _check(st, f"provision {s}")
+        print(f"{len(stores)} stores provisioned on v1; simulator clock now {_sim(url, '/sim/clock')['now']}",
+              flush=True)
+
+        _title(f"roll v2 out: canary + waves; {FAILING_NODE} never becomes Ready (simulator scenario)")
+        _sim(url, "/sim/scenario", {"never_ready": [FAILING_NODE]})
+        ro = _check(asyncio.run(rollout_flows.rollout(
+            release="v2", canary=2, waves=["5", "100%"], failure_budget="1", max_concurrent=10, node_minutes=15.0,
+            wave_soak_minutes=30.0, gate_on_window=False, sim_url=url, return_state=True, **common)), "rollout v2")
+        for w in ro["waves"]:
+            print(f"  wave {w['index']} {w['name']}: {w['status']}, {w['done']}/{w['stores']} stores, "
+                  f"{w['failures']} failed (budget {w['budget']})", flush=True)
+        for s in ro["stores"]:
+            if s["status"] != "succeeded":
+                print(f"  {s['store']}: {s['status']}: {s['reason']}", flush=True)
+
+        _title("roll v2 back across the fleet (flow rollback): v2 revoked, every store back on v1")
+        _sim(url, "/sim/scenario", {"never_ready": []})
+        rb = _check(asyncio.run(rollout_flows.rollback(release="v2", reason="demo: bad release", max_concurrent=10,
+                                                       node_minutes=15.0, sim_url=url, return_state=True,
+                                                       **common)), "rollback v2")
+        print(f"  rollback {rb['rollout']['id']}: {rb['rollout']['status']} ({rb['rollout']['reason']})", flush=True)
+        violations = _sim(url, "/sim/violations")
+        sim_now = datetime.fromisoformat(_sim(url, "/sim/clock")["now"])
+
+    _step("the release catalog after the rollback", "release", "list")
+    from edgefleet.report import collect_report, render_report, write_report
+    from edgefleet.rollout.ledger import Ledger
+    from edgefleet.state.db import open_state
+
+    engine = open_state(state_url)
+    write_report(REPORT, render_report(collect_report(engine, now=sim_now.astimezone(UTC))))
+    on: dict[str | None, int] = {}
+    for _s, (current, _lkg) in Ledger(engine).store_releases().items():
+        on[current] = on.get(current, 0) + 1
+    _title("summary")
+    print(f"stores per release: {on}", flush=True)
+    print(f"simulator safety violations: {violations['total']}", flush=True)
+    print(f"report: {REPORT}; ledger: {home / 'edgefleet.db'}; simulator log: {OUT / 'sim.log'}", flush=True)
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s", flush=True)
+    if violations["total"]:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

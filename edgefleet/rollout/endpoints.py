@@ -10,7 +10,9 @@ Two sources:
 * a running fleet simulator (``from_simulator``): its ``/sim/endpoints`` lists the BMC and
   Kubernetes URLs (plain http on 127.0.0.1) and, when it serves the Talos API, that endpoint and
   the CA to trust; the clock is the simulator's (``/sim/clock``), extrapolated locally with its
-  time scale and re-read now and then.
+  time scale and re-read now and then. Nodes of ``wipe_method: talos-api`` stores learn their
+  nocloud-net seed URL from the simulator's registration (``register_netseeds``: ``POST
+  /sim/netseed``), where a real node reads it from its SMBIOS serial or kernel command line.
 
 ``StoreApi`` reads a store's ``/readyz`` and node list: through one shared pooled client for plain
 http endpoints (thousands of stores polled), through ``health.probes.fetch_cluster`` (TLS, client
@@ -30,7 +32,7 @@ import httpx
 
 from edgefleet.errors import InputError, ProbeError
 from edgefleet.health.probes import ClientCert, ClusterAccess, ClusterSnapshot, fetch_cluster, parse_nodes
-from edgefleet.inventory.model import Fleet, Node, Role, Store
+from edgefleet.inventory.model import Fleet, Node, Probe, Role, Store
 from edgefleet.redfish.connector import bmc_base_url
 
 __all__ = ["Endpoints", "SimClock", "StoreApi", "TalosAccess", "from_inventory", "from_simulator"]
@@ -82,21 +84,59 @@ class Endpoints:
     clock: Callable[[], datetime] = _wall_clock
     time_scale: float = 1.0  # simulated seconds per real second
     simulator: str | None = None
+    probes_url: str | None = None  # the simulator's stand-in for stores' custom probes
+
+    def probes(self, store: Store) -> list[Probe]:
+        """The store's custom probes as this run must call them. Against a simulator every probe is
+        answered by the simulator: a run in simulation never sends a request to an inventory
+        address (they are real stores' addresses)."""
+        if self.simulator is None:
+            return list(store.probes)
+        if self.probes_url is None:
+            raise ProbeError(f"the simulator at {self.simulator} does not serve custom probes; store {store.id} "
+                             "has some: use a newer simulator")
+        return [p.model_copy(update={"url": f"{self.probes_url}/{store.id}/{p.name}"}) for p in store.probes]
 
     def bmc(self, node: Node) -> str:
-        return self.bmc_urls.get(node.name) or bmc_base_url(node)
+        url = self.bmc_urls.get(node.name)
+        if url:
+            return url
+        self._not_simulated(f"node {node.name}'s BMC")
+        return bmc_base_url(node)
 
     def k8s(self, store: Store) -> str:
         url = self.k8s_urls.get(store.id)
         if url:
             return url
+        self._not_simulated(f"store {store.id}'s Kubernetes API")
         if store.cluster.endpoint:
             return store.cluster.endpoint.rstrip("/")
         cp = next((n for n in store.nodes if n.role is Role.controlplane), store.nodes[0])
         return f"https://{store.cluster.vip or cp.ip}:6443"
 
+    def _not_simulated(self, what: str) -> None:
+        """In simulation, never fall back to an inventory address: those are real stores."""
+        if self.simulator is not None:
+            raise ProbeError(f"the simulator at {self.simulator} does not serve {what}; refusing to use the "
+                             "inventory's address in a simulated run")
+
     def real_seconds(self, sim_seconds: float) -> float:
         return sim_seconds / self.time_scale
+
+    async def register_netseeds(self, urls: dict[str, str]) -> None:
+        """Tell the simulator the nocloud-net URLs of nodes (node name -> ``s=`` URL), as a real
+        node's serial number or kernel command line would hold them. Nothing to do for real nodes
+        (their URL was fixed when they were provisioned); ``ProbeError`` when the simulator refuses."""
+        if self.simulator is None or not urls:
+            return
+        try:
+            async with httpx.AsyncClient(trust_env=False, timeout=10) as c:
+                r = await c.post(f"{self.simulator}/sim/netseed", content=json.dumps(urls))
+        except httpx.HTTPError as e:
+            raise ProbeError(f"cannot register nocloud-net URLs with the simulator at {self.simulator}: {e}") from None
+        if r.status_code != 200:
+            raise ProbeError(f"the simulator at {self.simulator} refused the nocloud-net URLs of "
+                             f"{', '.join(sorted(urls))}: HTTP {r.status_code}: {r.text[:300]}")
 
     async def resync(self) -> None:
         """Read the simulator's clock again (after it jumped); nothing for the wall clock."""
@@ -126,8 +166,10 @@ async def from_simulator(url: str) -> Endpoints:
     t = data.get("talos") if isinstance(data, dict) else None
     if isinstance(t, dict) and t.get("endpoint") and t.get("ca_pem"):
         talos = TalosAccess(str(t["endpoint"]), str(t["ca_pem"]).encode())
+    probes = data.get("probes") if isinstance(data.get("probes"), str) else None
     return Endpoints(bmc_urls=dict(data.get("nodes", {})), k8s_urls=dict(data.get("stores", {})), talos=talos,
-                     talos_enabled=talos is not None, clock=clock, time_scale=clock.scale, simulator=base)
+                     talos_enabled=talos is not None, clock=clock, time_scale=clock.scale, simulator=base,
+                     probes_url=probes)
 
 
 class StoreApi:

@@ -27,9 +27,50 @@ Order of things:
 * wave gate: failures beyond the budget halt the rollout; inconclusive stores that could tip it
   pause it for a person (``rollout resume --approve|--reject``).
 
+Stores without a BMC (``wipe_method: talos-api``) are reimaged in band instead, per node: the
+same seeds, the node's seed published on the run's seed server under the nocloud-net route
+(``edgefleet.seeds.netseed.NetSeeds``), the node's nocloud-net URL made known to it (see below),
+the window re-checked, then ``talos.inband.reimage_in_band`` with an ``os:admin`` client (Talos
+``Reset`` wiping STATE and EPHEMERAL; the node boots from disk, fetches its seed from the URL and
+joins on the release its machine config names); Bootstrap, the Ready wait, the quorum gate and
+the ledger's steps and events are those of the BMC path (no media, so no eject). Afterwards the
+node's Talos ``Version`` must be the release's: the reset keeps the BOOT partition, so a node
+that came back on another Talos version fails its store (which is then rolled back) with a
+message saying it needs a Talos upgrade to the release's installer image.
+
+How a node knows its nocloud-net URL. A wiped node reads ``ds=nocloud-net;s=URL/`` from its SMBIOS
+serial number or its kernel command line; both are set once, when the node is first installed,
+and must stay valid for as long as the node lives. So the URL must not change between runs:
+
+* the seed server's HMAC key is persistent: ``<home>/seed-server.key`` (32 random bytes, mode
+  0600, created on first use; ``load_seed_server_key``). Every run's seed server uses it, so URLs
+  minted by one run are valid in the next. Rotating the key (delete the file) invalidates every
+  node's URL: each talos-api node then needs its serial / kernel argument set again;
+* the per-node token does not expire in practice: its expiry is fixed at ``NETSEED_EXPIRES``
+  (2100-01-01) and its scope is the node's three nocloud files only (``nocloud_scope``), so the
+  URL is a stable function of the key, the store, the node and the base URL;
+* the base URL is the store's ``seed_url`` (the address the store's nodes reach the seed server
+  under, e.g. through the store's VPN), else ``seed_public_url``; against the simulator, the
+  run's own 127.0.0.1 address. A real talos-api store with neither fails with a message saying so.
+
+``nocloud_urls(home, store, base_url)`` computes the URLs (and ``nocloud_datasource`` the
+``ds=`` strings) for the person or tool that installs a node. They are not put into the machine
+config: Talos 1.12's config schema has no ``machine.install.extraKernelArgs`` any more (the
+kernel command line comes from the boot assets), so the string goes into the SMBIOS serial
+(hypervisors, many edge boxes) or the boot assets' kernel arguments at installation. Against
+the simulator the engine registers each node's URL (``POST /sim/netseed``) before its reset.
+
+Provisioning a talos-api store in band needs nodes that already run Talos with a machine config
+of the store (installed once by hand from the release image and the node's seed, with the ``ds=``
+string set): the engine then finds them unformed or on another release and wipes them in band;
+a 1-node store loses its only etcd member and gets its Bootstrap exactly once.
+
 Resume: store runs that are not finished run again; the per-node desired-vs-actual check skips
 what is already done, a store run whose recorded step is in its rollback phase continues the
-rollback, and Bootstrap is only ever sent to a control plane whose etcd holds no data.
+rollback, and Bootstrap is only ever sent to a control plane whose etcd holds no data. An
+in-band node whose recorded step is ``booting`` (or ``bootstrap``) was reset before the
+interruption: it is not wiped again; its seed is published and its URL registered again (the node
+may be waiting for it) and the engine waits for it as usual.
 """
 
 from __future__ import annotations
@@ -37,7 +78,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -52,13 +95,16 @@ from edgefleet.errors import (
     BmcError,
     EdgefleetError,
     LockHeld,
+    NetworkSeedError,
+    ProbeError,
     SecretsError,
+    SeedError,
     StateError,
     TalosCallFailed,
     TalosRefused,
 )
 from edgefleet.health.probes import ClusterSnapshot, run_probes
-from edgefleet.inventory.model import Fleet, Node, Role, Store
+from edgefleet.inventory.model import Fleet, Node, Role, Store, WipeMethod
 from edgefleet.redfish.connector import BmcClients, RetryPolicy, connector_for_node
 from edgefleet.redfish.driver import PowerState, RedfishDriver, choose_slots, eject_reimage_media
 from edgefleet.releases.catalog import Release, ReleaseCatalog, verify_artifact
@@ -92,9 +138,15 @@ from edgefleet.rollout.ledger import (
     stmt_wave,
 )
 from edgefleet.schedule.windows import next_allowed_start
+from edgefleet.seeds.netseed import NetSeeds, nocloud_net_url
 from edgefleet.seeds.server import SeedServer
 
-__all__ = ["EngineSettings", "Executor", "execute", "redact", "seeds_dir"]
+__all__ = ["NETSEED_EXPIRES", "SEED_KEY_FILE", "EngineSettings", "Executor", "execute", "load_seed_server_key",
+           "nocloud_urls", "redact", "seeds_dir"]
+
+SEED_KEY_FILE = "seed-server.key"
+SEED_KEY_BYTES = 32
+NETSEED_EXPIRES = 4102444800  # 2100-01-01T00:00:00Z: nocloud-net URLs live as long as the node's serial
 
 log = logging.getLogger("edgefleet.rollout")
 
@@ -133,6 +185,7 @@ class EngineSettings:
     hook_timeout_s: float = 300.0
     bmc_attempts: int = 4
     bmc_backoff_s: float = 0.5
+    inband_deadline_s: float = 120.0  # a talos-api node's Version, seed check and Reset, together
 
     def to_json(self) -> dict[str, Any]:
         return {"max_concurrent": self.max_concurrent, "max_per_region": self.max_per_region,
@@ -143,13 +196,14 @@ class EngineSettings:
                 "window_wait_max_s": self.window_wait_max_s, "poll_s": self.poll_s,
                 "bmc_attempts": self.bmc_attempts, "bmc_backoff_s": self.bmc_backoff_s,
                 "step_margin_s": self.step_margin.total_seconds(), "pre_hook": self.pre_hook,
-                "post_hook": self.post_hook, "hook_timeout_s": self.hook_timeout_s}
+                "post_hook": self.post_hook, "hook_timeout_s": self.hook_timeout_s,
+                "inband_deadline_s": self.inband_deadline_s}
 
     @classmethod
     def from_json(cls, data: dict[str, Any], **override: Any) -> EngineSettings:
         names = ("max_concurrent", "max_per_region", "max_per_country", "node_ready_timeout_s", "quorum_timeout_s",
                  "store_gate_timeout_s", "window_wait_max_s", "poll_s", "bmc_attempts", "bmc_backoff_s", "pre_hook",
-                 "post_hook", "hook_timeout_s")
+                 "post_hook", "hook_timeout_s", "inband_deadline_s")
         known: dict[str, Any] = {k: data[k] for k in names if k in data}
         if "node_duration_s" in data:
             known["node_duration"] = timedelta(seconds=float(data["node_duration_s"]))
@@ -161,6 +215,51 @@ class EngineSettings:
             known["soak"] = timedelta(seconds=float(data["soak_s"]))
         known.update({k: v for k, v in override.items() if v is not None})
         return cls(**known)
+
+
+def load_seed_server_key(home: Path) -> bytes:
+    """The seed server's persistent HMAC key, ``<home>/seed-server.key`` (created 0600 on first use)."""
+    path = home / SEED_KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise SeedError(f"cannot create the seed server key {path}: {e.strerror}; check that the edgefleet home "
+                        f"{home} exists and is writable") from None
+    else:
+        try:
+            os.write(fd, secrets.token_bytes(SEED_KEY_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    try:
+        key = path.read_bytes()
+        mode = path.stat().st_mode & 0o777
+    except OSError as e:
+        raise SeedError(f"cannot read the seed server key {path}: {e.strerror}") from None
+    if len(key) != SEED_KEY_BYTES:
+        raise SeedError(f"the seed server key {path} has {len(key)} bytes, not {SEED_KEY_BYTES}: restore it from a "
+                        "backup (deleting it invalidates every talos-api node's nocloud-net URL)")
+    if mode & 0o077:
+        raise SeedError(f"the seed server key {path} is readable by others (mode {mode:o}): chmod 600 it")
+    return key
+
+
+def nocloud_urls(home: Path, store: Store, base_url: str) -> dict[str, str]:
+    """Node name -> the long-lived nocloud-net ``s=`` URL of each node of ``store`` (see the module
+    docstring): signed with the persistent key, expiring at ``NETSEED_EXPIRES``, under the store's
+    ``seed_url`` when set, else ``base_url``."""
+    server = SeedServer(home, secret=load_seed_server_key(home), public_url=base_url)
+    return {n.name: _nocloud_url(server, store, n) for n in store.nodes}
+
+
+def _nocloud_url(server: SeedServer, store: Store, node: Node) -> str:
+    return nocloud_net_url(server, store, node, datetime.fromtimestamp(0, UTC), ttl_s=float(NETSEED_EXPIRES))
+
+
+def _in_band(store: Store) -> bool:
+    return store.wipe_method is WipeMethod.talos_api
 
 
 def seeds_dir(home: Path, release: str, store_id: str) -> Path:
@@ -274,13 +373,15 @@ class Executor:
         if rec.status is RolloutStatus.paused and rec.decision not in ("approve", "reject"):
             raise StateError(f"rollout {self.id} is paused for a decision ({rec.reason}); run "
                              f"`edgefleet rollout resume {self.id} --approve` or `--reject`")
+        seed_key = load_seed_server_key(self.home)  # before the rollout is marked running: fix and run again
         self.ledger.set_rollout(self.id, self.now(), status=RolloutStatus.running.value, heartbeat_at=self.wall(),
                                 abort_requested=rec.abort_requested)
         self._abort = rec.abort_requested
         async with self.journal, BmcClients() as clients, StoreApi(self.endpoints, self.home) as api, \
-                SeedServer(self.home, token_ttl_s=self.s.seed_token_ttl_s, public_url=self.s.seed_public_url) \
-                as seeds:
+                SeedServer(self.home, token_ttl_s=self.s.seed_token_ttl_s, public_url=self.s.seed_public_url,
+                           secret=seed_key) as seeds:
             self.clients, self.api, self.seeds = clients, api, seeds
+            self.netseeds = NetSeeds.attach(seeds)
             beat = asyncio.create_task(self._heartbeat())
             try:
                 status, reason = await self._waves(rec)
@@ -430,7 +531,7 @@ class Executor:
                 return "failed"
         if not rollback_phase:
             try:
-                await self._converge(store, run.to_release, rollback=False, before=before,
+                await self._converge(store, run.to_release, rollback=False, before=before, resume_step=run.step,
                                      cluster_exists=bool(detail.get("cluster_exists", True)))
                 await self._store_gate(store, run.to_release, before=None)
                 if self.s.post_hook:
@@ -489,7 +590,8 @@ class Executor:
             return "failed"
         await self._event("store_rollback_started", store=store.id, reason=why, detail={"to": from_release})
         try:
-            await self._converge(store, from_release, rollback=True, before=before, cluster_exists=True)
+            await self._converge(store, from_release, rollback=True, before=before, cluster_exists=True,
+                                 resume_step=run.step)
             await self._store_gate(store, from_release, before=before)
         except (_StoreFailed, _Aborted) as f2:
             await self.journal.write(stmt_run(self.id, store.id, status=RunStatus.failed, ended_at=self.now(),
@@ -520,7 +622,7 @@ class Executor:
     # -- nodes ----------------------------------------------------------------------------------
 
     async def _converge(self, store: Store, release: str, *, rollback: bool, before: dict[str, NodeBefore],
-                        cluster_exists: bool) -> None:
+                        cluster_exists: bool, resume_step: str = "") -> None:
         phase = "rollback" if rollback else "forward"
         rel = self._release(release)
         seeds_ready = False
@@ -536,9 +638,13 @@ class Executor:
                                   reason=f"already on {release} and Ready",
                                   extra=tuple(stmt_node(node.name, store.id, release, True, self.now())))
                 continue
-            if node.bmc is None:
-                raise _StoreFailed(f"node {node.name} has no BMC; in-band (talos-api) reimaging is not supported by "
-                                   "the rollout engine yet")
+            in_band = _in_band(store)
+            if not in_band and node.bmc is None:
+                raise _StoreFailed(f"node {node.name} has no BMC and store {store.id} has wipe_method bmc; give it a "
+                                   "bmc in the inventory or set the store's wipe_method to talos-api")
+            if in_band and not self.endpoints.talos_enabled:
+                raise _StoreFailed(f"store {store.id} is reimaged in band (wipe_method talos-api) but this run has no "
+                                   "Talos API access (a simulator without --talos-port?)")
             if node.role is Role.controlplane:
                 snap = await self._wait_quorum(store, node, phase)
             others_up = snap is not None and any(
@@ -552,7 +658,15 @@ class Executor:
             try:
                 while True:
                     try:
-                        await self._reimage(store, node, rel, phase)
+                        if in_band and resume_step in (f"{phase}:{node.name}:booting",
+                                                       f"{phase}:{node.name}:bootstrap"):
+                            # Reset before the interruption: the node may be waiting for its seed
+                            # (from the previous run's server); serve it again rather than wipe twice.
+                            await self._republish(store, node, rel)
+                        elif in_band:
+                            bootstrap = await self._reimage_in_band(store, node, rel, phase) or bootstrap
+                        else:
+                            await self._reimage(store, node, rel, phase)
                         break
                     except _WindowClosed:
                         await self._eject(store, node)
@@ -574,6 +688,10 @@ class Executor:
                 st = next((n for n in snap.nodes if n.name == node.name), None) if snap else None
                 await self.journal.write(*stmt_node(node.name, store.id, st.label(RELEASE_LABEL) if st else None,
                                                     bool(st and st.ready), self.now()))
+                if in_band and st is not None and st.ready:
+                    # Before the gate's verdict: a node that joined on another Talos version is
+                    # better explained by the Version it reports than by its OS image string.
+                    await self._check_talos_version(store, node, rel)
                 if not verdict.passed:
                     await self._event("node_gate_failed", store=store.id, node=node.name, reason=verdict.why())
                     raise _StoreFailed(f"node {node.name} not healthy on {release}: {verdict.why()}")
@@ -619,6 +737,79 @@ class Executor:
                                  stmt_event(self.now(), "reimage_booting", rollout=self.id, store=store.id,
                                             node=node.name, detail={"release": rel.name, **res}))
 
+    async def _reimage_in_band(self, store: Store, node: Node, rel: Release, phase: str) -> bool:
+        """Wipe ``node`` through the Talos API so it boots from its network seed (module docstring);
+        True when it was its store's last etcd member (it needs its Bootstrap once it is up)."""
+        from edgefleet.seeds.build import seed_path
+        from edgefleet.talos.inband import reimage_in_band
+
+        if store.seed_url is None and self.s.seed_public_url is None and self.endpoints.simulator is None:
+            raise _StoreFailed(f"store {store.id} is reimaged in band but has no seed_url (the address its nodes "
+                               "reach the seed server under); set seed_url in the inventory or --seed-public-url")
+        seed_file = seed_path(seeds_dir(self.home, rel.name, store.id), store.id, node.name)
+        step = f"{phase}:{node.name}:reimage"
+        await self.journal.write(stmt_run(self.id, store.id, step=step),
+                                 stmt_event(self.now(), "reimage_started", rollout=self.id, store=store.id,
+                                            node=node.name, detail={"release": rel.name, "phase": phase,
+                                                                    "method": WipeMethod.talos_api.value}))
+        try:
+            self.netseeds.publish(store.id, node.name, seed_file)
+            url = _nocloud_url(self.seeds, store, node)
+            await self.endpoints.register_netseeds({node.name: url})
+        except (SeedError, ProbeError) as e:
+            await self._event("reimage_failed", store=store.id, node=node.name, reason=str(e))
+            raise _StoreFailed(f"publishing the network seed of {node.name} for {rel.name} failed: {e}") from None
+        self._guard(store)  # the Reset is the step the store notices
+        try:
+            async with self._talos(store, node) as c:
+                res = await reimage_in_band(c, node, seed_url=url, deadline_s=self.s.inband_deadline_s)
+        except (TalosCallFailed, NetworkSeedError, SecretsError) as e:
+            await self._event("reimage_failed", store=store.id, node=node.name, reason=str(e))
+            # A node that does not answer (or a seed server it cannot be checked against) says
+            # nothing about the release.
+            raise _StoreFailed(f"reimaging {node.name} in band to {rel.name} failed: {e}",
+                               inconclusive=bool(getattr(e, "transient", False))) from None
+        await self.journal.write(stmt_run(self.id, store.id, step=f"{phase}:{node.name}:booting"),
+                                 stmt_event(self.now(), "reimage_booting", rollout=self.id, store=store.id,
+                                            node=node.name,
+                                            detail={"release": rel.name, "method": WipeMethod.talos_api.value,
+                                                    "graceful": res.graceful, "wiped": list(res.wiped),
+                                                    "etcd_members": list(res.etcd_members),
+                                                    "needs_bootstrap": res.needs_bootstrap,
+                                                    "talos_before": res.talos_version}))
+        return res.needs_bootstrap
+
+    async def _republish(self, store: Store, node: Node, rel: Release) -> None:
+        from edgefleet.seeds.build import seed_path
+
+        try:
+            self.netseeds.publish(store.id, node.name, seed_path(seeds_dir(self.home, rel.name, store.id), store.id,
+                                                                 node.name))
+            await self.endpoints.register_netseeds({node.name: _nocloud_url(self.seeds, store, node)})
+        except (SeedError, ProbeError) as e:
+            raise _StoreFailed(f"publishing the network seed of {node.name} for {rel.name} again failed: {e}") from None
+        await self._event("reimage_resumed", store=store.id, node=node.name,
+                          reason="the node was reset before the interruption: its seed is served again, no second "
+                                 "wipe", detail={"release": rel.name, "method": WipeMethod.talos_api.value})
+
+    async def _check_talos_version(self, store: Store, node: Node, rel: Release) -> None:
+        """After an in-band reimage: the node must run the release's Talos (the reset kept BOOT)."""
+        try:
+            async with self._talos(store, node) as c:
+                got = (await c.version(node=str(node.ip))).tag
+        except (TalosCallFailed, SecretsError) as e:
+            raise _StoreFailed(f"node {node.name}: its Talos version cannot be read after the in-band reimage: {e}",
+                               inconclusive=bool(getattr(e, "transient", False))) from None
+        want = rel.talos_version
+        if got.lstrip("v") != want.lstrip("v"):
+            why = (f"node {node.name} came back on Talos {got}, but release {rel.name} is Talos {want}: an in-band "
+                   "reimage keeps the boot partition; upgrade the node to the release's installer image "
+                   f"({rel.installer_image}) with a Talos upgrade")
+            await self._event("talos_version_mismatch", store=store.id, node=node.name, reason=why,
+                              detail={"running": got, "release": want})
+            raise _StoreFailed(why)
+        await self._event("talos_version_checked", store=store.id, node=node.name, detail={"running": got})
+
     def _guard(self, store: Store) -> None:
         """Raise _WindowClosed unless ``[now, now + step_margin)`` lies in a window, outside freezes."""
         t = self.now()
@@ -646,6 +837,8 @@ class Executor:
         return {"reset": list(resets), "boot_slot": plan.boot.id, "seed_slot": plan.seed.id}
 
     async def _eject(self, store: Store, node: Node) -> None:
+        if _in_band(store):
+            return  # no virtual media in band
         try:
             ejected = await eject_reimage_media(self._driver(node))
             await self._event("media_ejected", store=store.id, node=node.name, detail={"slots": list(ejected)})
@@ -757,7 +950,7 @@ class Executor:
         healthy_since: datetime | None = None
         while True:
             snap = await self.api.snapshot(store, readyz=True)
-            probes = await run_probes(store.probes) if store.probes else ()
+            probes = await run_probes(self.endpoints.probes(store)) if store.probes else ()
             v = evaluate_store(store, snap, release, probes, healthy_since=healthy_since, now=self.now(),
                                soak=self.s.soak, before=before)
             if v.passed:

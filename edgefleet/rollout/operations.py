@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -144,7 +144,9 @@ def create_provision(fleet: Fleet, engine: Engine, home: Path, store_id: str, re
     ReleaseCatalog(engine).require_rollable(release)
     ledger = Ledger(engine)
     seen = ledger.seen_store(store_id)
-    ensure_secrets(home, store_id, cluster_exists=seen, now=now)
+    # The CAs' validity starts at the real time, not the rollout's clock: real TLS stacks (and the
+    # simulator's) check certificates against the wall clock, and a simulated clock may run ahead.
+    ensure_secrets(home, store_id, cluster_exists=seen, now=datetime.now(UTC))
     st = settings or EngineSettings()
     rid = new_rollout_id("provision", now)
     rec = ledger.create_rollout(rollout_id=rid, kind=Kind.provision, release=release, now=now,

@@ -6,6 +6,7 @@ Routes::
     /bmc/<node>/redfish/v1/...        Redfish (edgefleet.sim.redfish), with the scenario's faults
     /k8s/<store>/readyz               200 "ok" / 503
     /k8s/<store>/api/v1/nodes         NodeList / 503
+    /probes/<store>/<probe name>      the store's custom HTTP probes: their expected status / 503
     /sim/endpoints                    {"nodes": {node: bmc base URL}, "stores": {store: k8s base URL}} and,
                                       when the Talos API is served, "talos": {"endpoint", "ca_pem"}
     /sim/clock                        GET {"now", "time_scale"}; POST {"now": ISO 8601} jumps the clock
@@ -165,7 +166,8 @@ def build_app(sim: SimFleet, talos: Mapping[str, str] | None = None) -> Starlett
     async def endpoints(request: Request) -> Response:
         b = base(request)
         data: dict[str, Any] = {"nodes": {n: f"{b}/bmc/{n}" for n in sim.nodes},
-                                "stores": {s: f"{b}/k8s/{s}" for s in sim.store_nodes}}
+                                "stores": {s: f"{b}/k8s/{s}" for s in sim.store_nodes},
+                                "probes": f"{b}/probes"}
         if talos:
             data["talos"] = dict(talos)
         return Response(_dumps(data), media_type="application/json")
@@ -255,6 +257,19 @@ def build_app(sim: SimFleet, talos: Mapping[str, str] | None = None) -> Starlett
         code, text = readyz(sim, sid)
         return PlainTextResponse(text, code)
 
+    async def store_probe(request: Request) -> Response:
+        """The store's custom HTTP probes (inventory ``probes``): a store's systems answer while its
+        cluster serves; an offline store answers 503."""
+        sid, name = request.path_params["store"], request.path_params["name"]
+        sim.requests["store probe"] += 1
+        store = sim.fleet.stores.get(sid)
+        probe = next((p for p in store.probes if p.name == name), None) if store else None
+        if probe is None:
+            return PlainTextResponse(f"no probe {name} in store {sid}\n", 404)
+        if not sim.store_up(sid):
+            return PlainTextResponse("store systems unavailable\n", 503)
+        return PlainTextResponse("ok\n", probe.expect_status)
+
     async def k8s_nodes(request: Request) -> Response:
         sid = request.path_params["store"]
         sim.requests["k8s nodes"] += 1
@@ -271,6 +286,7 @@ def build_app(sim: SimFleet, talos: Mapping[str, str] | None = None) -> Starlett
         Route("/bmc/{node}/{rest:path}", BmcEndpoint(sim), methods=["GET", "POST", "PATCH", "DELETE", "PUT"]),
         Route("/k8s/{store}/readyz", k8s_readyz),
         Route("/k8s/{store}/api/v1/nodes", k8s_nodes),
+        Route("/probes/{store}/{name}", store_probe),
         Route("/sim/endpoints", endpoints),
         Route("/sim/clock", clock, methods=["GET", "POST"]),
         Route("/sim/state", state),

@@ -20,13 +20,19 @@ PASSWORD_ENV = "ROLLOUT_TEST_BMC_PASSWORD"
 PASSWORD = "rollout-bmc-pw-7f3a"
 
 
-def _store(sid: str, cc: str, index: int, roles: list[str]) -> dict[str, Any]:
+def _store(sid: str, cc: str, index: int, roles: list[str], *, in_band: bool = False,
+           creds: bool = False) -> dict[str, Any]:
+    """A store; ``in_band``: no BMCs, ``wipe_method: talos-api`` (reimaged through the Talos API);
+    ``creds``: BMC credentials on each node (instead of from node_defaults)."""
     prefix = f"10.{16 + index // 256}.{index % 256}"
     return {"id": sid, "name": f"Store {sid}", "country": cc, "region": "nordics",
             "network": {"subnet": f"{prefix}.0/24", "gateway": f"{prefix}.1"},
             "cluster": {"name": sid, **({"vip": f"{prefix}.9"} if roles.count("controlplane") > 1 else {})},
+            **({"wipe_method": "talos-api"} if in_band else {}),
             "nodes": [{"name": f"{sid}-n{k + 1}", "role": role, "mac": f"02:ef:00:01:{index:02x}:{k + 1:02x}",
-                       "ip": f"{prefix}.{10 + k}", "bmc": {"url": f"https://{prefix}.{100 + k}"}}
+                       "ip": f"{prefix}.{10 + k}",
+                       **({} if in_band else {"bmc": {"url": f"https://{prefix}.{100 + k}", **(
+                           {"credentials": {"username": "admin", "password_env": PASSWORD_ENV}} if creds else {})}})}
                       for k, role in enumerate(roles)]}
 
 
@@ -42,6 +48,20 @@ def make_inventory(root: Path) -> Fleet:
     stores = {"dk": [_store("dk-0001", "DK", 1, cp3), _store("dk-0002", "DK", 2, ["controlplane"]),
                      _store("dk-0003", "DK", 3, ["controlplane", "worker"])],
               "no": [_store("no-0001", "NO", 4, [*cp3, "worker"]), _store("no-0002", "NO", 5, ["controlplane"])]}
+    return load_fleet(write_inventory(root, fleet, gv, stores))
+
+
+def make_mixed_inventory(root: Path) -> Fleet:
+    """One store with BMCs and two without (``wipe_method: talos-api``): a 1-node store (its only
+    etcd member is wiped: Bootstrap) and a 3-control-plane store (quorum gate, graceful resets)."""
+    fleet = {"fleet": {"name": "inbandtest"},
+             "defaults": {"maintenance_windows": [{"days": ["daily"], "start": "22:00", "end": "05:00"}],
+                          "network": {"dns": ["10.0.0.53"]}},
+             "freezes": [{"name": "black-friday", "start": "2026-11-23", "end": "2026-11-30", "reason": "trading"}]}
+    gv = {"country_dk": {"timezone": "Europe/Copenhagen"}}
+    stores = {"dk": [_store("dk-0001", "DK", 1, ["controlplane"], creds=True),
+                     _store("dk-0101", "DK", 11, ["controlplane"], in_band=True),
+                     _store("dk-0102", "DK", 12, ["controlplane"] * 3, in_band=True)]}
     return load_fleet(write_inventory(root, fleet, gv, stores))
 
 

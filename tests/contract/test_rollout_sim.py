@@ -7,6 +7,8 @@ waves while one worker never becomes Ready (its store is rolled back automatical
 budget holds), a second operation on a locked store is refused naming the holder, then v2 is
 rolled back across the fleet. A second world: a rollout cancelled mid-flight and resumed, an
 unreachable canary that pauses the rollout until a person approves, and an abort while running.
+A third world mixes a store with BMCs and two without (``wipe_method: talos-api``), reimaged in
+band through the Talos API and network seeds: provisioned, rolled out and rolled back.
 After each step: the simulator's oracle reports zero safety violations and the ledger agrees with
 what the simulator observed.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,10 +28,12 @@ import httpx
 import pytest
 
 from edgefleet.inventory.model import Fleet
+from edgefleet.releases.build import ReleaseSpec, build_release
 from edgefleet.releases.catalog import ReleaseCatalog, ReleaseState
+from edgefleet.releases.upstream import write_fake_upstream
 from edgefleet.rollout import operations as ops
 from edgefleet.rollout.endpoints import Endpoints, from_simulator
-from edgefleet.rollout.executor import EngineSettings
+from edgefleet.rollout.executor import NETSEED_EXPIRES, SEED_KEY_FILE, EngineSettings, nocloud_urls
 from edgefleet.rollout.ledger import Ledger, RolloutStatus, RunStatus
 from edgefleet.rollout.plan import RolloutPolicy
 from edgefleet.sim.build import build_sim
@@ -43,6 +48,7 @@ from tests.contract.rollout_world import (
     get_json,
     ledger_matches_sim,
     make_inventory,
+    make_mixed_inventory,
 )
 from tests.helpers import require_tool
 
@@ -66,10 +72,10 @@ async def _violations(url: str) -> dict[str, Any]:
 
 
 def run_world(tmp: Path, body: Callable[[World, Endpoints, Any], Awaitable[None]], monkeypatch: pytest.MonkeyPatch,
-              *, scale: float = 600.0) -> None:
+              *, scale: float = 600.0, inventory: Callable[[Path], Fleet] = make_inventory) -> None:
     require_tool(shutil.which("packer"), "packer (Debian package `packer`)")
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
-    fleet = make_inventory(tmp / "inventory")
+    fleet = inventory(tmp / "inventory")
     home = tmp / "home"
     home.mkdir()
     engine = create_state_engine(f"sqlite:///{home / 'edgefleet.db'}")
@@ -279,3 +285,141 @@ def test_interrupted_rollout_resumes_to_completion(tmp_path: Path, monkeypatch: 
         assert (await _violations(w.url))["total"] == 0
 
     run_world(tmp_path, body, monkeypatch)
+
+
+def test_stores_without_bmc_are_provisioned_rolled_out_and_back_in_band(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    in_band = {"dk-0101-n1", "dk-0102-n1", "dk-0102-n2", "dk-0102-n3"}
+
+    async def sim_events(w: World, kind: str) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = (await get_json(f"{w.url}/sim/events?kind={kind}&limit=100000"))["events"]
+        return events
+
+    async def check(w: World, engine: Any, rid: str, release: str, resets_before: int) -> int:
+        ledger = Ledger(engine)
+        rec = ledger.rollout(rid)
+        assert rec.status is RolloutStatus.succeeded, ops.status(engine, rid)
+        assert {s: c for s, (c, _l) in ledger.store_releases().items()} == {s: release for s in w.fleet.stores}
+        assert (await _violations(w.url))["total"] == 0, await _violations(w.url)
+        await ledger_matches_sim(w.url, ledger, w.fleet)
+        # the same steps as the BMC path, marked in band, and the Talos version checked afterwards
+        booting = {e["node"]: e["detail"] for e in ledger.events(rid, kind="reimage_booting")}
+        assert {n for n, d in booting.items() if d.get("method") == "talos-api"} == in_band, booting
+        assert booting["dk-0001-n1"].get("method") is None and "boot_slot" in booting["dk-0001-n1"]
+        assert booting["dk-0101-n1"]["needs_bootstrap"] and not booting["dk-0101-n1"]["graceful"]
+        assert all(booting[n]["graceful"] and not booting[n]["needs_bootstrap"] for n in in_band - {"dk-0101-n1"})
+        assert {e["node"] for e in ledger.events(rid, kind="talos_version_checked")} == in_band
+        assert {e["node"] for e in ledger.events(rid, kind="node_done")} == in_band | {"dk-0001-n1"}
+        # exactly one Bootstrap per one-node store; none for the store whose etcd kept quorum
+        assert sorted(e["store"] for e in ledger.events(rid, kind="bootstrapped")) == ["dk-0001", "dk-0101"]
+        # the simulator saw Talos API resets (wiping STATE and EPHEMERAL), no virtual media, and
+        # each wiped node read its seed over the network and joined
+        resets = await sim_events(w, "talos_reset")
+        fresh = resets[resets_before:]
+        assert sorted(e["node"] for e in fresh) == sorted(in_band), fresh
+        assert all(e["detail"]["wipe"] == ["EPHEMERAL", "STATE"] for e in fresh)
+        assert not [e for e in await sim_events(w, "insert") if e["node"] in in_band]
+        reads = [e for e in await sim_events(w, "seed_read") if e["detail"].get("release") == release]
+        assert {e["node"] for e in reads if e["detail"]["source"] == "network" and e["detail"]["joined"]} == in_band
+        return len(resets)
+
+    async def body(w: World, ep: Endpoints, engine: Any) -> None:
+        ledger = Ledger(engine)
+        now = ep.clock
+        # 1. provision every store on v1 (the in-band stores' nodes run Talos already)
+        created = [ops.create_provision(w.fleet, engine, w.home, sid, "v1", now(), settings=SETTINGS,
+                                        operator="test") for sid in sorted(w.fleet.stores)]
+        await asyncio.gather(*(ops.run(w.fleet, w.home, engine, ep, c.record.id, settings=SETTINGS)
+                               for c in created))
+        resets = 0
+        for c in created:
+            sid = ledger.runs(c.record.id)[0].store
+            rec = ledger.rollout(c.record.id)
+            assert rec.status is RolloutStatus.succeeded, ops.status(engine, rec.id)
+            if sid != "dk-0001":
+                assert {e["node"] for e in ledger.events(rec.id, kind="talos_version_checked")} == {
+                    n.name for n in w.fleet.stores[sid].nodes}
+        assert (await _violations(w.url))["total"] == 0
+        assert sorted(e["store"] for e in await sim_events(w, "talos_bootstrap")) == ["dk-0001", "dk-0101"]
+        resets = len(await sim_events(w, "talos_reset"))
+        assert resets == 4
+        await ledger_matches_sim(w.url, ledger, w.fleet)
+
+        # 2. roll v2 out: the one-node in-band store as canary, then the rest
+        policy = RolloutPolicy(canary=["dk-0101"], waves=("100%",), failure_budget=0, max_concurrent=3,
+                               node_duration=timedelta(minutes=10), wave_soak=timedelta(0))
+        made = ops.create_rollout(w.fleet, engine, "v2", policy, now(), settings=SETTINGS, operator="test")
+        rec = await ops.run(w.fleet, w.home, engine, ep, made.record.id, settings=settings_of(policy))
+        resets = await check(w, engine, rec.id, "v2", resets)
+        # the three control planes went down one at a time, each after the previous one was back
+        order = [e for e in ledger.events(rec.id, store="dk-0102") if e["kind"] in ("reimage_started", "node_done")]
+        assert [e["kind"] for e in order] == ["reimage_started", "node_done"] * 3, order
+
+        # 3. fleet rollback of v2: every store back on v1, in band where there is no BMC
+        rb = ops.create_rollback(w.fleet, engine, "v2", now(), reason="test: bad release", policy=policy,
+                                 settings=SETTINGS, operator="test")
+        rrec = await ops.run(w.fleet, w.home, engine, ep, rb.record.id, settings=settings_of(policy))
+        await check(w, engine, rrec.id, "v1", resets)
+        assert ledger.stores_on("v2") == []
+
+        # 4. a release whose installer image carries another Talos version: the in-band reset keeps
+        # the boot partition, the node comes back on that version; its store fails with the reason
+        # and is rolled back (in band too)
+        up = w.home / "upstream-old.iso"
+        build_release(ReleaseSpec(name="v9", talos_version="v1.12.6", upstream_iso=str(up),
+                                  upstream_sha256=write_fake_upstream(up, "v1.12.6"),
+                                  installer_image="ghcr.io/siderolabs/installer:v1.12.5",
+                                  kernel_args=("talos.platform=nocloud",)), home=w.home, catalog=ReleaseCatalog(engine))
+        made = ops.create_rollout(w.fleet, engine, "v9", policy, now(), settings=SETTINGS, stores=["dk-0101"])
+        rec = await ops.run(w.fleet, w.home, engine, ep, made.record.id, settings=settings_of(policy))
+        run = ledger.runs(rec.id)[0]
+        assert run.status is RunStatus.rolled_back, run
+        assert "came back on Talos v1.12.5, but release v9 is Talos v1.12.6" in run.reason, run.reason
+        assert "ghcr.io/siderolabs/installer:v1.12.5" in run.reason
+        assert [e["detail"] for e in ledger.events(rec.id, kind="talos_version_mismatch")] == [
+            {"running": "v1.12.5", "release": "v1.12.6"}]
+        assert ledger.store_releases(["dk-0101"])["dk-0101"][0] == "v1"
+        assert (await get_json(f"{w.url}/sim/state"))["nodes"]["dk-0101-n1"]["talos_version"] == "v1.12.6"
+        assert (await _violations(w.url))["total"] == 0
+        await ledger_matches_sim(w.url, ledger, w.fleet)
+
+        # 5. interrupted while an in-band node boots (slowly), then resumed: the node's seed is
+        # served again by the new run (the old run's server is gone), and it is not wiped twice
+        async with httpx.AsyncClient(trust_env=False) as http:
+            resp = await http.post(f"{w.url}/sim/scenario", json={
+                "boot_seconds": 60, "slow_boot": {"nodes": ["dk-0102-n1"], "factor": 20}})
+            assert resp.status_code == 200, resp.text
+        made = ops.create_rollout(w.fleet, engine, "v3", policy, now(), settings=SETTINGS, stores=["dk-0102"])
+        task = asyncio.create_task(ops.run(w.fleet, w.home, engine, ep, made.record.id,
+                                           settings=settings_of(policy)))
+        for _ in range(400):
+            await asyncio.sleep(0.02)
+            if ledger.events(made.record.id, kind="reimage_booting"):
+                break
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert ledger.runs(made.record.id)[0].step == "forward:dk-0102-n1:booting"
+        resets = len(await sim_events(w, "talos_reset"))
+        rec = await ops.resume(w.fleet, w.home, engine, ep, made.record.id, settings=settings_of(policy))
+        assert rec.status is RolloutStatus.succeeded, ops.status(engine, rec.id)
+        assert [e["node"] for e in ledger.events(rec.id, kind="reimage_resumed")] == ["dk-0102-n1"]
+        assert sorted(e["node"] for e in (await sim_events(w, "talos_reset"))[resets:]) == ["dk-0102-n2",
+                                                                                             "dk-0102-n3"]
+        assert ledger.store_releases(["dk-0102"])["dk-0102"][0] == "v3"
+        assert (await _violations(w.url))["total"] == 0
+        await ledger_matches_sim(w.url, ledger, w.fleet)
+
+        # the nodes' URLs stay valid across runs: a persistent 0600 key, a fixed expiry
+        key = w.home / SEED_KEY_FILE
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32
+        store = w.fleet.stores["dk-0102"]
+        urls = nocloud_urls(w.home, store, "https://seeds.example.net")
+        assert urls == nocloud_urls(w.home, store, "https://seeds.example.net")
+        assert all(u.startswith("https://seeds.example.net/") and f".{NETSEED_EXPIRES}." in u
+                   and u.endswith(f"/nocloud/dk-0102/{n}/") for n, u in urls.items())
+        # no token or URL in the ledger
+        dump = repr(ledger.events()) + repr([ops.status(engine, r.id) for r in ledger.rollouts(50)])
+        assert PASSWORD not in dump and "PRIVATE KEY" not in dump and "http://" not in dump
+
+    run_world(tmp_path, body, monkeypatch, inventory=make_mixed_inventory)

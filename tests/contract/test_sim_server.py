@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from edgefleet.errors import ProbeError
 from edgefleet.inventory.generate import write_inventory
 from edgefleet.inventory.load import load_fleet
 from edgefleet.inventory.model import Fleet
@@ -579,3 +580,32 @@ def test_missing_password_is_a_clear_error(artifacts: Artifacts) -> None:
 
     with pytest.raises(InputError, match=PASSWORD_ENV):
         build_sim(artifacts.fleet, scenario=Scenario(), clock=INSIDE, home=artifacts.home, environ={})
+
+
+def test_store_probes_are_served_by_the_simulator_never_the_inventory_address(tmp_path: Path) -> None:
+    """In simulation a store's custom probes go to the simulator: the inventory holds real stores'
+    addresses, which a simulated run must never contact."""
+    from edgefleet.inventory.model import Probe
+    from edgefleet.rollout.endpoints import from_simulator
+
+    fleet = make_inventory(tmp_path / "inv")
+    sid = sorted(fleet.stores)[0]
+    store = fleet.stores[sid].model_copy(update={"probes": [Probe(name="pos", url="https://10.99.0.50/healthz",
+                                                                  expect_status=204)]})
+    fleet = fleet.model_copy(update={"stores": {**fleet.stores, sid: store}})
+    sim = build_sim(fleet, scenario=parse_scenario({}), time_scale=1.0, clock=INSIDE, home=None,
+                    environ={PASSWORD_ENV: PASSWORD})
+
+    async def body() -> None:
+        async with running_server(sim) as url:
+            ep = await from_simulator(url)
+            (probe,) = ep.probes(store)
+            assert probe.url == f"{url}/probes/{sid}/pos"
+            async with httpx.AsyncClient(trust_env=False) as c:
+                assert (await c.get(probe.url)).status_code == 204
+                assert (await c.get(f"{url}/probes/{sid}/nope")).status_code == 404
+            other = fleet.stores[sorted(fleet.stores)[1]].nodes[0].model_copy(update={"name": "not-simulated"})
+            with pytest.raises(ProbeError, match="refusing to use the inventory's address"):
+                ep.bmc(other)
+
+    asyncio.run(body())

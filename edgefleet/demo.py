@@ -4,7 +4,7 @@ temporary API server), SQLite, and the local fleet simulator on 127.0.0.1. Nothi
 1. validate the sample inventory;
 2. build releases v1 and v2 with Packer (Prefect flow ``build_release``);
 3. start the fleet simulator (every BMC, Kubernetes API and Talos API of the 24 stores), its clock
-   set to a Tuesday evening outside the freezes and time running 2,000x faster;
+   set to a Sunday evening outside the freezes and time running 3,600x faster;
 4. provision every store on v1 (flow ``provision_store``, one run per store, concurrently);
 5. roll v2 out as canary + waves (flow ``rollout``) while one node never becomes Ready: its store
    is reimaged back to v1 automatically and the wave's failure budget holds;
@@ -40,9 +40,9 @@ from edgefleet.errors import EdgefleetError
 OUT = Path("out/demo")
 REPORT = Path("out/report.html")
 TALOS_VERSION = "v1.12.6"
-CLOCK = "2026-12-01T21:00:00+00:00"  # Tuesday evening: European windows open, after Black Friday week
-TIME_SCALE = 2000.0
-FAILING_NODE = "de-002-n3"  # never becomes Ready after its reimage to v2
+CLOCK = "2026-11-01T21:00:00+00:00"  # a Sunday evening: European windows open, three weeks before Black Friday
+TIME_SCALE = 3600.0  # a simulated hour per second
+FAILING_NODE = "us-003-w1"  # a worker that never becomes Ready (from the moment the scenario says so)
 DEMO_PASSWORD = "demo-only-bmc-password"  # the simulated BMCs' password, from EDGEFLEET_BMC_PASSWORD
 
 
@@ -157,8 +157,9 @@ def main() -> None:
         print(f"release {rel['name']}: {rel['sha256'][:16]}... {rel['size']} bytes", flush=True)
     _step("the release catalog", "release", "list")
 
+    # Real seconds: at 3,600x a node boots in 25 ms and 8 s are eight simulated hours.
     common = {"inventory": "inventory", "home": str(home), "state_url": state_url, "poll_s": 0.2,
-              "node_timeout_s": 20.0}
+              "node_timeout_s": 8.0, "gate_timeout_s": 10.0}
     with _simulator(home) as url:
         _title(f"fleet simulator on {url}: clock {CLOCK}, {TIME_SCALE:.0f}x")
         from edgefleet.inventory.load import load_fleet
@@ -180,7 +181,7 @@ def main() -> None:
         _title(f"roll v2 out: canary + waves; {FAILING_NODE} never becomes Ready (simulator scenario)")
         _sim(url, "/sim/scenario", {"never_ready": [FAILING_NODE]})
         ro = _check(asyncio.run(rollout_flows.rollout(
-            release="v2", canary=2, waves=["5", "100%"], failure_budget="1", max_concurrent=10, node_minutes=15.0,
+            release="v2", canary=2, waves=["5", "100%"], failure_budget="1", max_concurrent=12, node_minutes=15.0,
             wave_soak_minutes=30.0, gate_on_window=False, sim_url=url, return_state=True, **common)), "rollout v2")
         for w in ro["waves"]:
             print(f"  wave {w['index']} {w['name']}: {w['status']}, {w['done']}/{w['stores']} stores, "
@@ -191,7 +192,7 @@ def main() -> None:
 
         _title("roll v2 back across the fleet (flow rollback): v2 revoked, every store back on v1")
         _sim(url, "/sim/scenario", {"never_ready": []})
-        rb = _check(asyncio.run(rollout_flows.rollback(release="v2", reason="demo: bad release", max_concurrent=10,
+        rb = _check(asyncio.run(rollout_flows.rollback(release="v2", reason="demo: bad release", max_concurrent=12,
                                                        node_minutes=15.0, sim_url=url, return_state=True,
                                                        **common)), "rollback v2")
         print(f"  rollback {rb['rollout']['id']}: {rb['rollout']['status']} ({rb['rollout']['reason']})", flush=True)
@@ -213,7 +214,8 @@ def main() -> None:
     print(f"simulator safety violations: {violations['total']}", flush=True)
     print(f"report: {REPORT}; ledger: {home / 'edgefleet.db'}; simulator log: {OUT / 'sim.log'}", flush=True)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s", flush=True)
-    if violations["total"]:
+    if violations["total"] or set(on) != {"v1"}:
+        print("demo FAILED: the fleet should be back on v1 with no safety violation", file=sys.stderr, flush=True)
         raise SystemExit(1)
 
 

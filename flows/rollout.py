@@ -167,10 +167,10 @@ async def rollout(release: str, stores: list[str] | None = None, canary: int = 1
                   canary_stores: list[str] | None = None, waves: list[str] | None = None,
                   wave_groups: list[str] | None = None, max_concurrent: int = 100, max_per_region: int | None = None,
                   max_per_country: int | None = None, failure_budget: str = "10%", node_minutes: float = 20.0,
-                  node_timeout_s: float = 1800.0, poll_s: float = 2.0, soak_s: float = 0.0,
-                  wave_soak_minutes: float = 30.0, gate_on_window: bool = True, max_wait_hours: float = 12.0,
-                  sim_url: str | None = None, inventory: str | None = None, home: str | None = None,
-                  state_url: str | None = None) -> State[Any]:
+                  node_timeout_s: float = 1800.0, gate_timeout_s: float = 600.0, poll_s: float = 2.0,
+                  soak_s: float = 0.0, wave_soak_minutes: float = 30.0, gate_on_window: bool = True,
+                  max_wait_hours: float = 12.0, sim_url: str | None = None, inventory: str | None = None,
+                  home: str | None = None, state_url: str | None = None) -> State[Any]:
     """Roll ``release`` out to ``stores`` (default: the whole fleet) as canary + waves.
 
     ``gate_on_window``: first wait (at most ``max_wait_hours``) until every store of the run is inside
@@ -193,7 +193,9 @@ async def rollout(release: str, stores: list[str] | None = None, canary: int = 1
         if skip is not None:
             return Cancelled(message=f"skipped: {skip}")
     settings = ops.settings_for(policy, EngineSettings(node_ready_timeout_s=node_timeout_s, poll_s=poll_s,
-                                                       soak=timedelta(seconds=soak_s)))
+                                                       soak=timedelta(seconds=soak_s),
+                                                       store_gate_timeout_s=gate_timeout_s,
+                                                       quorum_timeout_s=gate_timeout_s))
     made = ops.create_rollout(fleet, engine, release, policy, endpoints.clock(), settings=settings,
                               operator="prefect", stores=stores)
     if made.plan is not None:
@@ -205,7 +207,8 @@ async def rollout(release: str, stores: list[str] | None = None, canary: int = 1
 @flow(name="rollback", retries=0)
 async def rollback(release: str, reason: str = "", max_concurrent: int = 100, max_per_region: int | None = None,
                    max_per_country: int | None = None, failure_budget: str = "10%", node_minutes: float = 20.0,
-                   node_timeout_s: float = 1800.0, poll_s: float = 2.0, sim_url: str | None = None,
+                   node_timeout_s: float = 1800.0, gate_timeout_s: float = 600.0, poll_s: float = 2.0,
+                   sim_url: str | None = None,
                    inventory: str | None = None, home: str | None = None,
                    state_url: str | None = None) -> State[Any]:
     """Revoke ``release`` and bring every store on it (wholly or partly) back to its last known-good
@@ -216,7 +219,9 @@ async def rollback(release: str, reason: str = "", max_concurrent: int = 100, ma
     policy = RolloutPolicy(canary=0, waves=("100%",), max_concurrent=max_concurrent, max_per_region=max_per_region,
                            max_per_country=max_per_country, failure_budget=_budget(failure_budget),
                            node_duration=timedelta(minutes=node_minutes))
-    settings = ops.settings_for(policy, EngineSettings(node_ready_timeout_s=node_timeout_s, poll_s=poll_s))
+    settings = ops.settings_for(policy, EngineSettings(node_ready_timeout_s=node_timeout_s, poll_s=poll_s,
+                                                       store_gate_timeout_s=gate_timeout_s,
+                                                       quorum_timeout_s=gate_timeout_s))
     made = ops.create_rollback(fleet, engine, release, endpoints.clock(), reason=reason or "rollback flow",
                                policy=policy, settings=settings, operator="prefect")
     for sid, why in made.skipped:
@@ -225,7 +230,8 @@ async def rollback(release: str, reason: str = "", max_concurrent: int = 100, ma
 
 
 @flow(name="provision_store", retries=0)
-async def provision_store(store: str, release: str, node_timeout_s: float = 1800.0, poll_s: float = 2.0,
+async def provision_store(store: str, release: str, node_timeout_s: float = 1800.0, gate_timeout_s: float = 600.0,
+                          poll_s: float = 2.0,
                           sim_url: str | None = None, inventory: str | None = None, home: str | None = None,
                           state_url: str | None = None) -> State[Any]:
     """Provision ``store`` on ``release``: cluster secrets on first use, seeds, every node reimaged,
@@ -234,7 +240,8 @@ async def provision_store(store: str, release: str, node_timeout_s: float = 1800
     engine = open_state(state_url or default_state_url())
     home_dir = Path(home) if home else edgefleet_home()
     endpoints = await _endpoints(fleet, sim_url)
-    settings = EngineSettings(node_ready_timeout_s=node_timeout_s, poll_s=poll_s)
+    settings = EngineSettings(node_ready_timeout_s=node_timeout_s, poll_s=poll_s, store_gate_timeout_s=gate_timeout_s,
+                              quorum_timeout_s=gate_timeout_s)
     made = ops.create_provision(fleet, engine, home_dir, store, release, endpoints.clock(), settings=settings,
                                 operator="prefect")
     return await _drive(fleet, home_dir, engine, endpoints, made.record.id, settings)

@@ -138,3 +138,53 @@ def test_provision_rollout_pause_and_rollback_flows(world: dict[str, Any]) -> No
     assert ReleaseCatalog(engine).get("v2").state is ReleaseState.revoked
     assert {s: c for s, (c, _l) in ledger.store_releases().items()} == {s: "v1" for s in world["fleet"].stores}
     assert sim.get("/sim/violations")["total"] == 0
+
+
+def test_inconclusive_wave_pauses_the_flow_until_a_person_resumes_it(world: dict[str, Any]) -> None:
+    """An unreachable canary is inconclusive, not a verdict: the flow run pauses (Prefect pause with
+    input) and goes on only when someone resumes it with a decision."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_runs import aresume_flow_run
+
+    from edgefleet.rollout import operations as ops
+
+    flows = _flows()
+    common, sim, engine = world["common"], world["sim"], world["engine"]
+
+    async def provision() -> list[Any]:
+        return await asyncio.gather(*(flows.provision_store(store=s, release="v1", return_state=True, **common)
+                                      for s in ("no-0002", "dk-0002")))
+
+    assert all(s.is_completed() for s in asyncio.run(provision()))
+    sim.post("/sim/scenario", {"offline_stores": ["no-0002"]})
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        outcome["state"] = asyncio.run(flows.rollout(
+            release="v2", stores=["no-0002", "dk-0002"], canary_stores=["no-0002"], waves=["100%"],
+            failure_budget="0", max_concurrent=2, node_minutes=10.0, wave_soak_minutes=0.0, gate_on_window=False,
+            return_state=True, **common))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    async def approve_when_paused() -> str:
+        async with get_client() as client:
+            for _ in range(600):
+                for fr in await client.read_flow_runs(limit=50):
+                    if fr.state is not None and fr.state.is_paused():
+                        await aresume_flow_run(fr.id, run_input={"approve": True, "note": "checked the store"})
+                        return str(fr.id)
+                await asyncio.sleep(0.2)
+        raise AssertionError("the rollout flow never paused")
+
+    assert asyncio.run(approve_when_paused())
+    thread.join(180)
+    assert not thread.is_alive(), "the flow did not finish after it was resumed"
+    state = outcome["state"]
+    assert state.is_failed()  # the unreachable store is left failed, for a person to see
+    rid = Ledger(engine).rollouts(1)[0].id
+    st = ops.status(engine, rid)
+    assert [w["status"] for w in st["waves"]] == ["passed", "passed"], st["waves"]
+    assert {s["store"]: s["status"] for s in st["stores"]} == {"no-0002": "failed", "dk-0002": "succeeded"}
+    assert [e["kind"] for e in Ledger(engine).events(rid) if e["kind"].startswith("decision")] == ["decision_approve"]

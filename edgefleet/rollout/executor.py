@@ -144,6 +144,8 @@ from edgefleet.seeds.server import SeedServer
 __all__ = ["NETSEED_EXPIRES", "SEED_KEY_FILE", "EngineSettings", "Executor", "execute", "load_seed_server_key",
            "nocloud_urls", "redact", "seeds_dir"]
 
+WINDOW_SHUT = "its maintenance window did not open"  # the reason of a store skipped for want of a window
+
 SEED_KEY_FILE = "seed-server.key"
 SEED_KEY_BYTES = 32
 NETSEED_EXPIRES = 4102444800  # 2100-01-01T00:00:00Z: nocloud-net URLs live as long as the node's serial
@@ -462,8 +464,14 @@ class Executor:
         bad = [r for r in final_runs if r.status in (RunStatus.failed, RunStatus.refused)]
         rolled = [r for r in final_runs if r.status is RunStatus.rolled_back]
         ok = [r for r in final_runs if r.status is RunStatus.succeeded]
+        # A store whose window never opened (a freeze, say) was not done: the operation did not
+        # reach its goal, even though nothing went wrong on the stores it did touch.
+        shut = [r for r in final_runs if r.status is RunStatus.skipped and r.reason.startswith(WINDOW_SHUT)]
         summary = f"{len(ok)} succeeded, {len(rolled)} rolled back, {len(bad)} failed or refused"
-        return (RolloutStatus.failed if bad else RolloutStatus.succeeded), summary
+        if shut:
+            summary += f", {len(shut)} not done: {WINDOW_SHUT} ({', '.join(r.store for r in shut[:10])}" + (
+                ", ...)" if len(shut) > 10 else ")")
+        return (RolloutStatus.failed if bad or shut else RolloutStatus.succeeded), summary
 
     async def _skip_rest(self, runs: list[StoreRunRecord], reason: str) -> None:
         current = {r.store: r for r in self.ledger.runs(self.id)}
@@ -486,7 +494,7 @@ class Executor:
             return "skipped"
         if not await self._wait_window(store, self.s.node_duration):
             await self.journal.write(stmt_run(self.id, store.id, status=RunStatus.skipped, ended_at=self.now(),
-                                              reason="its maintenance window did not open (outside freezes) within "
+                                              reason=f"{WINDOW_SHUT} (outside freezes) within "
                                                      f"{self.s.window_wait_max_s:g} s"))
             return "skipped"
         async with caps.hold(store):

@@ -423,3 +423,28 @@ def test_stores_without_bmc_are_provisioned_rolled_out_and_back_in_band(tmp_path
         assert PASSWORD not in dump and "PRIVATE KEY" not in dump and "http://" not in dump
 
     run_world(tmp_path, body, monkeypatch, inventory=make_mixed_inventory)
+
+
+def test_stores_whose_window_never_opens_leave_the_operation_failed_not_succeeded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside a freeze nothing is touched; an operation whose stores could not be done must not
+    report success (a fleet rollback that rolled back nothing would otherwise look finished)."""
+
+    async def body(w: World, ep: Endpoints, engine: Any) -> None:
+        async with httpx.AsyncClient(trust_env=False) as c:  # into the Black Friday freeze
+            resp = await c.post(f"{w.url}/sim/clock", json={"now": "2026-11-24T21:30:00+00:00"})
+            assert resp.status_code == 200, resp.text
+        await ep.resync()
+        policy = RolloutPolicy(canary=0, waves=("100%",), failure_budget=0, max_concurrent=5,
+                               node_duration=timedelta(minutes=10), wave_soak=timedelta(0))
+        settings = EngineSettings(**{**settings_of(policy).__dict__, "window_wait_max_s": 1.0})
+        made = ops.create_rollout(w.fleet, engine, "v2", policy, ep.clock(), settings=settings,
+                                  stores=["dk-0002"])
+        rec = await ops.run(w.fleet, w.home, engine, ep, made.record.id, settings=settings)
+        assert rec.status is RolloutStatus.failed, rec
+        assert "1 not done: its maintenance window did not open (dk-0002)" in rec.reason
+        (run,) = Ledger(engine).runs(rec.id)
+        assert run.status is RunStatus.skipped
+        assert (await get_json(f"{w.url}/sim/events?kind=reset"))["events"] == []
+
+    run_world(tmp_path, body, monkeypatch)

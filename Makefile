@@ -16,7 +16,7 @@ export EDGEFLEET_SUSHY_VENV := $(CURDIR)/.cache/sushy-venv
 # seed builds validate every document against it (without it they merge patches unchecked, and say so).
 export EDGEFLEET_TALOS_SCHEMA ?= $(abspath $(CURDIR)/../shared/conformance/talos-v1.12.6/config.schema.json)
 
-.PHONY: setup debs test lint typecheck pytest demo bench soak clean
+.PHONY: setup debs test lint typecheck pytest demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -53,9 +53,6 @@ demo: setup
 
 bench: setup
 	$(PY) -m bench
-
-soak: setup
-	$(VENV)/bin/pytest -q -m soak tests
 
 clean:
 	rm -rf out .prefect .edgefleet .pytest_cache .mypy_cache .ruff_cache

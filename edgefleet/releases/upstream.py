@@ -38,11 +38,8 @@ UPSTREAM_KERNEL_ARGS = ("talos.platform=metal", "console=ttyS0", "console=tty0",
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _placeholder(label: str, size: int) -> bytes:

@@ -222,11 +222,8 @@ def _volume_label(image: bytes, where: str) -> str:
 
 
 def _sha256_of_file(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _make_private_dirs(directory: Path) -> None:

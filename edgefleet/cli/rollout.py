@@ -17,7 +17,15 @@ import typer
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from edgefleet.cli._common import InventoryOpt, JsonOpt, console, default_state_url, edgefleet_home, print_json
+from edgefleet.cli._common import (
+    InventoryOpt,
+    JsonOpt,
+    console,
+    default_state_url,
+    edgefleet_home,
+    parse_instant,
+    print_json,
+)
 from edgefleet.errors import InputError, OperationFailed
 
 if TYPE_CHECKING:
@@ -121,18 +129,6 @@ def _operator() -> str:
         return "unknown"
 
 
-def _parse_now(value: str | None) -> datetime:
-    if value is None:
-        return datetime.now(UTC)
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InputError(f"--now {value!r} is not ISO 8601; write e.g. 2026-11-02T23:30:00Z") from None
-    if when.tzinfo is None:
-        raise InputError(f"--now {value!r} has no UTC offset; write e.g. 2026-11-02T23:30:00Z")
-    return when.astimezone(UTC)
-
-
 def _plan_table(p: RolloutPlan) -> Table:
     t = Table("wave", "store", "earliest start (UTC)", "local", "from", title=f"rollout plan: {p.release}")
     for w in p.waves:
@@ -189,7 +185,7 @@ def plan(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), canar
 
     p = ops.plan(_fleet(inventory), _engine(), release,
                  _policy(canary, canary_stores, waves, wave_groups, max_concurrent, max_per_region, max_per_country,
-                         failure_budget, node_minutes), _parse_now(now))
+                         failure_budget, node_minutes), parse_instant(now, "--now"))
     if json_out:
         print_json(p.to_dict())
         return

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from edgefleet.cli._common import InventoryOpt, edgefleet_home
+from edgefleet.cli._common import InventoryOpt, edgefleet_home, parse_instant
 
 app = typer.Typer(no_args_is_help=True, help="The fleet simulator: simulated BMCs and Kubernetes APIs.")
 
@@ -35,10 +34,10 @@ def serve(inventory: InventoryOpt = Path("inventory"),
                                                   help="Port of the nodes' Talos API (gRPC, mTLS) on "
                                                        "127.0.0.1; 0: any; -1: no Talos API")] = 8701) -> None:
     """Serve the simulator until interrupted; prints its base URL first."""
-    from edgefleet.sim.build import build_sim, load_scenario, parse_clock
+    from edgefleet.sim.build import build_sim, load_scenario
     from edgefleet.sim.server import serve as serve_sim
 
     sim = build_sim(inventory, scenario=load_scenario(scenario), time_scale=time_scale,
-                    clock=parse_clock(clock, datetime.now(UTC)), home=home or edgefleet_home())
+                    clock=parse_instant(clock, "--clock"), home=home or edgefleet_home())
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve_sim(sim, port, talos_port=None if talos_port < 0 else talos_port))

@@ -17,7 +17,7 @@ from edgefleet.sim.media import MediaFetcher
 from edgefleet.sim.scenario import Scenario, parse_scenario
 from edgefleet.sim.server import new_media_client
 
-__all__ = ["build_sim", "load_scenario", "parse_clock"]
+__all__ = ["build_sim", "load_scenario"]
 
 
 def load_scenario(path: Path | None) -> Scenario:
@@ -32,19 +32,6 @@ def load_scenario(path: Path | None) -> Scenario:
     except yaml.YAMLError as e:
         raise InputError(f"scenario file {path} is not valid YAML: {e}") from None
     return parse_scenario(data, source=str(path))
-
-
-def parse_clock(value: str | None, now: datetime) -> datetime:
-    """``--clock``: an ISO 8601 instant with offset (``Z`` allowed); None: ``now``."""
-    if value is None:
-        return now
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise InputError(f"--clock {value!r} is not ISO 8601; write e.g. 2026-11-02T23:30:00Z") from None
-    if when.tzinfo is None:
-        raise InputError(f"--clock {value!r} has no UTC offset; write e.g. 2026-11-02T23:30:00Z")
-    return when.astimezone(UTC)
 
 
 def build_sim(fleet: Fleet | Path, *, scenario: Scenario | None = None, time_scale: float = 1.0,

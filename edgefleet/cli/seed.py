@@ -135,3 +135,44 @@ def inspect(
     for name, data in files.items():
         console.print(f"--- {name} ({len(data)} bytes)", markup=False)
         console.print(data.decode("utf-8", "replace").rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("nocloud-url")
+def nocloud_url(
+    store: Annotated[str, typer.Argument(help="Store id (a store with wipe_method: talos-api)")],
+    node: Annotated[str | None, typer.Option("--node", help="Only this node (default: every node)")] = None,
+    base_url: Annotated[str | None, typer.Option("--base-url", help="Seed server base URL the store's nodes reach "
+                                                 "(default: the store's seed_url from the inventory)")] = None,
+    inventory: InventoryOpt = Path("inventory"),
+    json_out: JsonOpt = False,
+) -> None:
+    """Print each node's ``ds=nocloud-net;s=URL`` string: set it once, at a node's first install, as
+    its SMBIOS serial number or a kernel argument of its boot assets. In-band reimages
+    (``wipe_method: talos-api``) wipe the node and let it fetch its new seed from that URL, so the
+    URL is stable: signed with the persistent key in the edgefleet home, which this creates on first
+    use (deleting that key invalidates every such URL)."""
+    from edgefleet.inventory.load import load_fleet
+    from edgefleet.rollout.executor import nocloud_urls
+    from edgefleet.seeds.netseed import nocloud_datasource
+
+    fleet = load_fleet(inventory)
+    s = fleet.stores.get(store)
+    if s is None:
+        raise InputError(f"unknown store {store!r} in {inventory}")
+    if node is not None and node not in {n.name for n in s.nodes}:
+        raise InputError(f"store {store} has no node {node!r} (nodes: {', '.join(n.name for n in s.nodes)})")
+    if s.seed_url is None and base_url is None:
+        raise InputError(f"store {store} has no seed_url in the inventory: set it there (the address its nodes "
+                         "reach the seed server under) or pass --base-url")
+    home = edgefleet_home()
+    home.mkdir(parents=True, exist_ok=True)
+    urls = nocloud_urls(home, s, base_url or s.seed_url or "")
+    rows = {name: nocloud_datasource(url) for name, url in urls.items() if node is None or name == node}
+    if json_out:
+        print_json({"store": store, "nodes": rows})
+        return
+    if s.wipe_method.value != "talos-api":
+        err_console.print(f"note: store {store} is reimaged through its BMCs (wipe_method {s.wipe_method.value}); "
+                          "these strings matter only for in-band (talos-api) reimages", markup=False)
+    for name, ds in rows.items():
+        console.print(f"{name}  {ds}", markup=False, soft_wrap=True)

@@ -309,7 +309,11 @@ def _summary(data: ReportData) -> str:
     out.append('<table class="operations"><thead><tr><th>Operation</th><th>Kind</th><th>Release</th>'
                "<th>Status</th><th>Reason</th><th>Stores by status</th><th>Waves</th>"
                "<th>Created</th></tr></thead><tbody>")
-    for op in data.operations:
+    for item in _fold_provisions(data.operations):
+        if isinstance(item, list):
+            out.append(_provision_row(item))
+            continue
+        op = item
         counts = ", ".join(f"{_e(k)}: {n}" for k, n in sorted(op.counts.items())) or "none"
         waves = "".join(f"<li>{w.index} {_e(w.name)}: {_status(w.status)}, {w.stores} store(s), "
                         f"{w.failures} failed, budget {w.budget}</li>" for w in op.waves)
@@ -327,6 +331,51 @@ def _summary(data: ReportData) -> str:
         out.append('<p class="fleet-now">The fleet now (store_release table): '
                    + ", ".join(f"{_e(k)}: {n} store(s)" for k, n in sorted(now.items())) + ".</p>")
     return "\n".join(out)
+
+
+FOLD_PROVISIONS_AT = 3
+"""This many or more clean one-store provisionings in a row show as one row of the table."""
+
+
+def _clean_provision(op: OperationSummary) -> bool:
+    return op.kind == "provision" and op.status == "succeeded" and not op.problems
+
+
+def _fold_provisions(ops: Sequence[OperationSummary]) -> list[OperationSummary | list[OperationSummary]]:
+    """Runs of ``FOLD_PROVISIONS_AT`` or more consecutive succeeded provisionings of one release
+    become one list each (a fleet's first day would otherwise push the rollouts off the page);
+    anything failed or with a problem keeps its own row."""
+    out: list[OperationSummary | list[OperationSummary]] = []
+    run: list[OperationSummary] = []
+
+    def flush() -> None:
+        if len(run) >= FOLD_PROVISIONS_AT:
+            out.append(list(run))
+        else:
+            out.extend(run)
+        run.clear()
+
+    for op in ops:
+        if _clean_provision(op) and (not run or run[0].release == op.release):
+            run.append(op)
+            continue
+        flush()
+        if _clean_provision(op):
+            run.append(op)
+        else:
+            out.append(op)
+    flush()
+    return out
+
+
+def _provision_row(ops: list[OperationSummary]) -> str:
+    first, last = min(o.created_at for o in ops), max(o.created_at for o in ops)
+    stores = sum(sum(o.counts.values()) for o in ops)
+    ids = " ".join(f'<span class="id">{_e(o.id)}</span>' for o in ops)
+    return (f'<tr class="folded"><td><details><summary>{len(ops)} provisionings</summary> {ids}</details></td>'
+            f"<td>provision</td><td>{_e(ops[0].release)}</td><td>{_status('succeeded')}</td>"
+            f"<td>each one store, all succeeded</td><td>succeeded: {stores}</td><td>-</td>"
+            f'<td class="time">{_e(_when(first))} to {_e(_when(last))}</td></tr>')
 
 
 def _problems(data: ReportData) -> str:

@@ -178,6 +178,25 @@ def test_render_has_summary_chart_problems_and_log() -> None:
     assert render_report(_data()) == page  # pure: same data, same page
 
 
+def test_clean_provisionings_in_a_row_fold_into_one_row() -> None:
+    def prov(i: int, status: str = "succeeded", release: str = "v1") -> OperationSummary:
+        problems = () if status == "succeeded" else (StoreOutcome(f"pr-{i}", f"s{i}", "failed", None, release, "x"),)
+        return OperationSummary(f"pr-{i}", "provision", release, status, "", "ops", T0 + timedelta(minutes=i),
+                                T0 + timedelta(minutes=i), {status: 1}, (), problems)
+
+    ro = _data().operations[0]
+    ops = (*(prov(i) for i in range(4)), prov(4, "failed"), prov(5), prov(6), ro,
+           *(prov(i, release="v2") for i in range(7, 10)))
+    rows = parse(render_report(_data(operations=ops))).rows["operations"][1:]
+    assert [r[:4] for r in rows] == [
+        ["4 provisionings pr-0 pr-1 pr-2 pr-3", "provision", "v1", "succeeded"],
+        ["pr-4", "provision", "v1", "failed"],  # a failure keeps its own row
+        ["pr-5", "provision", "v1", "succeeded"], ["pr-6", "provision", "v1", "succeeded"],  # two: not folded
+        ["ro-1", "rollout", "v2", "succeeded"],
+        ["3 provisionings pr-7 pr-8 pr-9", "provision", "v2", "succeeded"]]
+    assert rows[0][5] == "succeeded: 4" and "2026-11-03 21:30" in rows[0][7] and "2026-11-03 21:33" in rows[0][7]
+
+
 def test_render_escapes_and_scrubs_every_string() -> None:
     nasty = ('<script>alert("x")</script> fetch http://10.0.0.1:8080/seed/s1?token=abc&sig=1 failed; '
              f"password=hunter2 {PEM}")
@@ -302,7 +321,7 @@ def test_collected_ledger_renders_what_store_release_holds(engine: Engine) -> No
     assert len(log) == data.events_total == ledger.count_events() == len(ledger.events())
     times = [r[0] for r in log]
     assert times == sorted(times) and times != [r[0] for r in _by_id(ledger)]  # ordered by time, not by id
-    assert [r[0] for r in p.rows["operations"][1:]] == ["pr-s1", "pr-s2", "pr-s3", "pr-s4", "ro-v2", "rb-v2"]
+    assert [r[0] for r in p.rows["operations"][1:]] == ["4 provisionings pr-s1 pr-s2 pr-s3 pr-s4", "ro-v2", "rb-v2"]
     ro = next(r for r in p.rows["operations"][1:] if r[0] == ids["ro"])
     assert ro[3] == "failed" and "rolled_back: 2" in ro[5] and "failed: 1" in ro[5]
     assert "0 all: passed, 5 store(s), 2 failed, budget 2" in ro[6]

@@ -8,6 +8,10 @@ task runs per store or per node. The engine runs a whole rollout in one task, un
 retries and ledger: on this machine a Prefect task run costs 10-20 ms and its event queue drops
 messages past a few thousand task runs, so a task per store would slow a 3,400-store rollout down
 and lose its record. Per-store progress lives in the ledger and in the progress artifact.
+
+Where a run reads and writes: parameters ``inventory``, ``home`` and ``state_url`` when given, else the
+worker's ``EDGEFLEET_INVENTORY``, ``EDGEFLEET_HOME`` and ``EDGEFLEET_STATE_URL`` (as the CLI); with
+``sim_url`` the run drives that fleet simulator (and its clock) instead of the inventory's addresses.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from prefect.flow_runs import apause_flow_run
 from prefect.input import RunInput
 from prefect.states import Cancelled, Completed, Failed
 
-from edgefleet.cli._common import default_state_url, edgefleet_home
+from edgefleet.cli._common import default_inventory, default_state_url, edgefleet_home
 from edgefleet.inventory.load import load_fleet
 from edgefleet.inventory.model import Fleet
 from edgefleet.rollout import operations as ops
@@ -54,6 +58,12 @@ def _serial(entries: list[str]) -> tuple[int | str, ...]:
 
 def _budget(text: str) -> int | str:
     return int(text) if text.strip().isdigit() else text.strip()
+
+
+def _fleet(inventory: str | None) -> Fleet:
+    """The ``inventory`` parameter, else the worker's EDGEFLEET_INVENTORY (else ./inventory), as the CLI:
+    a scheduled run carries no inventory path, and the worker's working directory is the checkout."""
+    return load_fleet(inventory or default_inventory())
 
 
 async def _endpoints(fleet: Fleet, sim_url: str | None) -> Endpoints:
@@ -177,7 +187,7 @@ async def rollout(release: str, stores: list[str] | None = None, canary: int = 1
     its maintenance window and in no freeze, or skip the run (ends Cancelled with the reason, so
     scheduling again retries it). That is what a scheduled window-group run wants; a manual run
     over stores in many time zones sets it false and lets the engine time each store."""
-    fleet = load_fleet(inventory or "inventory")
+    fleet = _fleet(inventory)
     engine = open_state(state_url or default_state_url())
     home_dir = Path(home) if home else edgefleet_home()
     endpoints = await _endpoints(fleet, sim_url)
@@ -213,7 +223,7 @@ async def rollback(release: str, reason: str = "", max_concurrent: int = 100, ma
                    state_url: str | None = None) -> State[Any]:
     """Revoke ``release`` and bring every store on it (wholly or partly) back to its last known-good
     release, with the same gates and caps as a rollout."""
-    fleet = load_fleet(inventory or "inventory")
+    fleet = _fleet(inventory)
     engine = open_state(state_url or default_state_url())
     endpoints = await _endpoints(fleet, sim_url)
     policy = RolloutPolicy(canary=0, waves=("100%",), max_concurrent=max_concurrent, max_per_region=max_per_region,
@@ -236,7 +246,7 @@ async def provision_store(store: str, release: str, node_timeout_s: float = 1800
                           state_url: str | None = None) -> State[Any]:
     """Provision ``store`` on ``release``: cluster secrets on first use, seeds, every node reimaged,
     the cluster bootstrapped once and gated, recorded in the ledger."""
-    fleet = load_fleet(inventory or "inventory")
+    fleet = _fleet(inventory)
     engine = open_state(state_url or default_state_url())
     home_dir = Path(home) if home else edgefleet_home()
     endpoints = await _endpoints(fleet, sim_url)

@@ -11,14 +11,22 @@ the rollout flow's parameters deployed with ``from_source``, one ``prefect worke
   due groups start inside every member's local window; a freeze declared after scheduling is seen
   at run time; a group whose window is hours away stays scheduled until ``schedule cancel``;
   scheduling again creates nothing new;
-* 30 window groups are scheduled, listed and cancelled (the small version of bench_schedule).
+* 30 window groups are scheduled, listed and cancelled (the small version of bench_schedule);
+* ``edgefleet schedule rollout --sim`` over six stores in six time zones: the worker runs the real
+  ``rollout`` deployment against a fleet simulator process (real time, maintenance windows enforced
+  by its oracle); every run Completed at or after its group's start, every store on the new release
+  in the ledger and the simulator, each reimage inside the store's local window, no violation.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +35,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -35,8 +44,13 @@ from edgefleet.errors import InputError
 from edgefleet.inventory.load import load_fleet
 from edgefleet.releases.catalog import Release, ReleaseCatalog, ReleaseState
 from edgefleet.releases.upstream import sha256_file, write_fake_upstream
+from edgefleet.rollout import operations as ops
+from edgefleet.rollout.endpoints import from_simulator
+from edgefleet.rollout.executor import EngineSettings
+from edgefleet.rollout.ledger import Ledger, RolloutStatus
 from edgefleet.schedule.windows import freeze_at, in_window
 from edgefleet.state.db import create_state_engine
+from tests.contract.rollout_world import PASSWORD, PASSWORD_ENV, build_releases, ledger_matches_sim
 from tests.helpers import REPO, require_tool
 from tests.integration.prefect_server import PrefectServer
 from tests.pg import require_postgres, start_postgres
@@ -58,11 +72,12 @@ class Stack:
     work: Path
 
 
-def _write_inventory(inv: Path, stores: list[dict[str, Any]], freezes: list[dict[str, Any]] | None = None) -> None:
+def _write_inventory(inv: Path, stores: list[dict[str, Any]], freezes: list[dict[str, Any]] | None = None, *,
+                     wipe_method: str = "talos-api") -> None:
     (inv / "stores").mkdir(parents=True, exist_ok=True)
     (inv / "fleet.yml").write_text(yaml.safe_dump({"fleet": {"name": "integration"},
                                                    "defaults": {"network": {"dns": ["10.0.0.53"]},
-                                                                "wipe_method": "talos-api"},
+                                                                "wipe_method": wipe_method},
                                                    "freezes": freezes or []}, sort_keys=False))
     (inv / "stores" / "all.yml").write_text(yaml.safe_dump({"stores": stores}, sort_keys=False))
 
@@ -100,9 +115,11 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
                 probe = Flow.from_source(source=str(REPO), entrypoint="tests/integration/probe_flow.py:schedule_probe")
                 probe.deploy(name="probe", work_pool_name=POOL, print_next_steps=False)  # type: ignore[union-attr]
+                # The BMC password of the simulated stores' inventory (password_env), as a real worker
+                # gets its BMC credentials: from its environment.
                 server.start_worker(POOL, EDGEFLEET_REPO=str(REPO), EDGEFLEET_INVENTORY=str(inventory),
                                     EDGEFLEET_STATE_URL=state_url, EDGEFLEET_HOME=str(work / "edgefleet-home"),
-                                    EDGEFLEET_PROBE_OUT=str(work / "probe"))
+                                    EDGEFLEET_PROBE_OUT=str(work / "probe"), **{PASSWORD_ENV: PASSWORD})
                 with pytest.MonkeyPatch.context() as mp:
                     mp.setenv("EDGEFLEET_STATE_URL", state_url)
                     mp.setenv("EDGEFLEET_HOME", str(work / "edgefleet-home"))
@@ -338,3 +355,183 @@ def test_rollout_deployment_from_prefect_yaml(stack: Stack) -> None:
     assert "'entrypoint': 'flows/rollout.py:rollout'" in out
     assert "'release'" in out and "'stores'" in out  # the parameters `edgefleet schedule rollout` passes
 
+
+
+# -- a scheduled rollout run by the worker against the fleet simulator ---------------------------------
+
+SIM_ZONES = [("cph-1", "Europe/Copenhagen", "DK"), ("nyc-1", "America/New_York", "US"), ("dxb-1", "Asia/Dubai", "AE"),
+             ("del-1", "Asia/Kolkata", "IN"), ("syd-1", "Australia/Sydney", "AU"), ("gru-1", "America/Sao_Paulo", "BR")]
+SIM_LEAD = timedelta(seconds=40)  # releases, simulator start, provisioning and scheduling fit in this
+SIM_WINDOW = timedelta(hours=1)
+SIM_SETTINGS = EngineSettings(node_ready_timeout_s=60.0, quorum_timeout_s=60.0, store_gate_timeout_s=60.0,
+                              poll_s=0.1, heartbeat_s=0.5, power_deadline_s=10.0)
+REIMAGE_KINDS = ("insert", "boot_override", "reset", "power_off")  # the simulator's events of disruptive steps
+
+
+def _sim_store(i: int, sid: str, tz: str, country: str, window: dict[str, Any]) -> dict[str, Any]:
+    """A one-node store with a BMC (Redfish virtual media): its credentials come from PASSWORD_ENV."""
+    return {"id": sid, "name": sid, "country": country, "region": "r1", "timezone": tz, "maintenance_windows": [window],
+            "network": {"subnet": f"10.30.{i}.0/24", "gateway": f"10.30.{i}.1"}, "cluster": {"name": sid},
+            "nodes": [{"name": f"{sid}-n1", "role": "controlplane", "mac": f"02:ef:00:02:{i:02x}:01",
+                       "ip": f"10.30.{i}.10", "bmc": {"url": f"https://10.30.{i}.100", "credentials": {
+                           "username": "admin", "password_env": PASSWORD_ENV}}}]}
+
+
+def _start_simulator(inventory: Path, home: Path, clock: datetime, scenario: Path, log: Path
+                     ) -> tuple[subprocess.Popen[str], str]:
+    """``edgefleet sim serve`` as its own process (BMCs, Kubernetes and Talos APIs on 127.0.0.1); its URL."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEFLEET_", "PREFECT_"))}
+    env.update({PASSWORD_ENV: PASSWORD, "PYTHONPATH": str(REPO)})
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "edgefleet.cli", "sim", "serve", "-i", str(inventory),
+                                 "--port", "0", "--talos-port", "0", "--time-scale", "1", "--clock", clock.isoformat(),
+                                 "--home", str(home), "--scenario", str(scenario)],
+                                env=env, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # the first line names the URL (or the process ended)
+    m = re.search(r"http://127\.0\.0\.1:\d+", line)
+    if not m:
+        proc.kill()
+        proc.wait(10)
+        raise AssertionError(f"simulator did not start: {line!r}\n{log.read_text()[-3000:]}")
+    url = m.group(0)
+    for _ in range(200):  # the Talos API starts after the HTTP line; /sim/endpoints lists it then
+        if "talos" in httpx.get(f"{url}/sim/endpoints", trust_env=False, timeout=5).json():
+            return proc, url
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(10)
+    raise AssertionError(f"simulator at {url} never served the Talos API\n{log.read_text()[-3000:]}")
+
+
+def _stop_simulator(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_scheduled_rollout_runs_on_the_worker_against_the_simulator_in_six_time_zones(stack: Stack) -> None:
+    """``edgefleet schedule rollout --sim`` over six stores in six zones whose windows open at two
+    distinct instants a minute apart, all closed when the runs are scheduled: the worker runs the real
+    ``rollout`` deployment against a simulator (its own process, real time), every store ends on v2
+    inside its local window, and the simulator's oracle (maintenance windows enforced) finds nothing.
+
+    Provisioning on v1 must itself happen inside the windows: the simulator starts one week back, at
+    an instant inside every store's (weekly) window, the stores are provisioned there, and its clock
+    is then set to the real time, before any window opens."""
+    require_tool(shutil.which("packer"), "packer (Debian package `packer`)")
+    t_begin = time.monotonic()
+    home = stack.work / "edgefleet-home"
+    engine = create_state_engine(stack.state_url)
+    sim: subprocess.Popen[str] | None = None
+    try:
+        build_releases(home, stack.work, ReleaseCatalog(engine), ["v1", "v2"])
+        stack.server.prefect("--no-prompt", "deploy", "--prefect-file", "flows/prefect.yaml", "--name", "rollout")
+
+        # Windows: three stores open at m0, three at m0 + 1 min; a minute boundary far enough ahead.
+        m0 = (datetime.now(UTC) + SIM_LEAD + timedelta(seconds=59)).replace(second=0, microsecond=0)
+        opens = {sid: m0 + timedelta(minutes=k // 3) for k, (sid, _, _) in enumerate(SIM_ZONES)}
+        stores = [_sim_store(k + 1, sid, tz, cc, _window_around(tz, opens[sid], timedelta(0), SIM_WINDOW))
+                  for k, (sid, tz, cc) in enumerate(SIM_ZONES)]
+        _write_inventory(stack.inventory, stores, wipe_method="bmc")
+        fleet = load_fleet(stack.inventory)
+        last_open = max(opens.values())
+        provision_at = last_open + timedelta(seconds=5) - timedelta(days=7)  # inside every window, a week back
+        assert all(in_window(s, provision_at) for s in fleet.stores.values()), "windows do not recur weekly"
+        scenario = stack.work / "sim-scenario.yaml"
+        scenario.write_text("boot_seconds: 2\nenforce_maintenance: true\n")
+        sim, url = _start_simulator(stack.inventory, home, provision_at, scenario, stack.work / "sim.log")
+
+        ledger = Ledger(engine)
+
+        async def provision() -> None:
+            ep = await from_simulator(url)
+            made = [ops.create_provision(fleet, engine, home, sid, "v1", ep.clock(), settings=SIM_SETTINGS,
+                                         operator="test") for sid in sorted(fleet.stores)]
+            recs = await asyncio.wait_for(asyncio.gather(*(ops.run(fleet, home, engine, ep, c.record.id,
+                                                                   settings=SIM_SETTINGS) for c in made)), 90)
+            for r in recs:
+                assert r.status is RolloutStatus.succeeded, ops.status(engine, r.id)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(PASSWORD_ENV, PASSWORD)
+            asyncio.run(provision())
+        assert {s: c for s, (c, _) in ledger.store_releases().items()} == {s: "v1" for s in fleet.stores}
+        provisioned_s = time.monotonic() - t_begin
+
+        # The simulator's clock to the real time: every window is shut now, so a run started now would
+        # be an oracle violation.
+        jump = httpx.post(f"{url}/sim/clock", json={"now": datetime.now(UTC).isoformat()}, trust_env=False)
+        assert jump.status_code == 200, jump.text
+        sim_now = datetime.fromisoformat(jump.json()["now"])
+        assert abs(sim_now - datetime.now(UTC)) < timedelta(seconds=2)
+        assert sim_now < m0 - timedelta(seconds=5), f"setup took {provisioned_s:.0f} s: longer than SIM_LEAD"
+        assert not any(in_window(s, sim_now) for s in fleet.stores.values())
+        jumped_seq = httpx.get(f"{url}/sim/events?kind=clock_set", trust_env=False).json()["events"][-1]["seq"]
+
+        args = ["rollout", "--release", "v2", "--sim", url, "--param", "poll_s=0.2", "--param", "node_timeout_s=60",
+                "--param", "gate_timeout_s=60", "-i", str(stack.inventory), "--json"]
+        result = _cli(*args)
+        assert result.exit_code == 0, result.output
+        groups = json.loads(result.stdout)["groups"]
+        assert sorted(s for g in groups for s in g["stores"]) == sorted(fleet.stores)
+        assert len(groups) == 6  # one zone each
+        start_of = {g["stores"][0]: datetime.fromisoformat(g["start_utc"]) for g in groups}
+        assert start_of == opens  # each group at its own window's opening
+        assert all(g["run"]["created"] and g["run"]["state"] == "SCHEDULED" for g in groups)
+        run_ids = [g["run"]["id"] for g in groups]
+
+        timeout = (last_open - datetime.now(UTC)).total_seconds() + 120
+        runs = _wait_final(stack, run_ids, timeout=timeout)
+        rollout_of: dict[str, str] = {}
+        for g in groups:
+            fr = runs[g["run"]["id"]]
+            sid = g["stores"][0]
+            assert fr.state.is_completed(), f"{sid}: {fr.state}\n{stack.server.worker_logs()}"
+            assert fr.parameters == {"release": "v2", "stores": [sid], "sim_url": url, "poll_s": 0.2,
+                                     "node_timeout_s": 60, "gate_timeout_s": 60}
+            assert fr.start_time >= start_of[sid] - timedelta(seconds=1), (sid, fr.start_time, start_of[sid])
+            m = re.match(r"rollout (\S+): succeeded", fr.state.message or "")
+            assert m, fr.state.message
+            rollout_of[sid] = m.group(1)
+        assert len(set(rollout_of.values())) == 6  # one rollout per group run
+
+        # The ledger: every store on v2, and it agrees with the simulator.
+        assert {s: c for s, (c, _) in ledger.store_releases().items()} == {s: "v2" for s in fleet.stores}
+        for sid, rid in rollout_of.items():
+            assert [(r.store, r.status.value) for r in ledger.runs(rid)] == [(sid, "succeeded")]
+        asyncio.run(ledger_matches_sim(url, ledger, fleet))
+        violations = httpx.get(f"{url}/sim/violations", trust_env=False).json()
+        assert violations["total"] == 0, violations
+
+        # Each store's disruptive steps after the clock was set: the rollout's own, inside its window.
+        events = httpx.get(f"{url}/sim/events?since={jumped_seq}&limit=100000", trust_env=False).json()["events"]
+        for sid in fleet.stores:
+            steps = [e for e in events if e["store"] == sid and e["kind"] in REIMAGE_KINDS]
+            assert {e["kind"] for e in steps} >= {"insert", "reset"}, (sid, steps)
+            for e in steps:
+                at = datetime.fromisoformat(e["time"])
+                assert at >= start_of[sid] and in_window(fleet.stores[sid], at), (sid, e)
+                assert e["operation"] in (None, rollout_of[sid]), (sid, e)
+            assert any(e["operation"] == rollout_of[sid] for e in steps), (sid, steps)
+
+        # Scheduling again creates nothing new: every store has its completed run.
+        again = _cli(*args)
+        assert again.exit_code == 0, again.output
+        assert sorted((g["run"]["id"], g["run"]["created"]) for g in json.loads(again.stdout)["groups"]) == sorted(
+            (i, False) for i in run_ids)
+        # ... also with other parameters: the runs are kept as they were, and the command says so.
+        other = _cli(*args, "--param", "soak_s=1")
+        assert other.exit_code == 0, other.output
+        assert all(not g["run"]["created"] for g in json.loads(other.stdout)["groups"])
+        assert sorted(re.findall(r"kept run (\S+) .* scheduled with soak_s=null", other.stderr)) == sorted(run_ids)
+        print(f"simulated rollout: provisioned {provisioned_s:.0f} s after start, "
+              f"whole test {time.monotonic() - t_begin:.0f} s")
+    finally:
+        if sim is not None:
+            _stop_simulator(sim)
+        engine.dispose()

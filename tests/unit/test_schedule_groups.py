@@ -383,11 +383,43 @@ def test_cli_dry_run_groups_the_sample_fleet_without_importing_prefect(tmp_path:
     (["--release", "r1", "--group", "zz"], "unknown window group"),
     (["--release", "r1", "--from", "2026-11-03T12:00:00"], "no UTC offset"),
     (["--release", "r1", "--from", "soon"], "not an ISO 8601 instant"),
+    (["--release", "r1", "--sim", "127.0.0.1:8700"], "is not a simulator URL"),
+    (["--release", "r1", "--param", "poll_s"], "write KEY=VALUE"),
+    (["--release", "r1", "--param", "stores=[\"dk-001\"]"], "the scheduler sets release and stores itself"),
+    (["--release", "r1", "--sim", "http://127.0.0.1:8700", "--param", "sim_url=x"], "not both"),
 ])
 def test_cli_bad_input_is_refused_with_a_reason(tmp_path: Path, args: list[str], message: str) -> None:
     _catalog_with(f"sqlite:///{tmp_path / 'state.db'}", tmp_path, "r1")
     r = _dry(tmp_path, "rollout", *args, "--dry-run", "-i", str(SAMPLE_INVENTORY))
     assert r["error"] is not None and message in r["error"], r
+
+
+def test_cli_sim_and_params_reach_every_run_without_prefect(tmp_path: Path) -> None:
+    _catalog_with(f"sqlite:///{tmp_path / 'state.db'}", tmp_path, "r1")
+    common = ["rollout", "--release", "r1", "--dry-run", "-i", str(SAMPLE_INVENTORY), "--from", "2026-11-03T12:00:00Z",
+              "--sim", "http://127.0.0.1:8700/", "--param", "poll_s=0.2", "--param", "canary_stores=[\"dk-001\"]",
+              "--param", "failure_budget=5%", "--param", "gate_on_window=false"]
+    r = _dry(tmp_path, *common, "--json")
+    assert r["code"] == 0 and r["error"] is None and r["prefect"] is False, r
+    assert json.loads(r["stdout"])["parameters"] == {"poll_s": 0.2, "canary_stores": ["dk-001"],
+                                                     "failure_budget": "5%", "gate_on_window": False,
+                                                     "sim_url": "http://127.0.0.1:8700"}
+    r = _dry(tmp_path, *common)  # the table says so too
+    assert r["code"] == 0 and 'sim_url="http://127.0.0.1:8700"' in r["stdout"] and "poll_s=0.2" in r["stdout"], r
+
+
+def test_parse_params_reads_json_values_and_refuses_duplicates() -> None:
+    from edgefleet.cli.schedule import parse_params
+
+    assert parse_params(None) == {}
+    assert parse_params(["a=1", "b=x y", "c=", "d=null", "e={\"k\": 1}"]) == {"a": 1, "b": "x y", "c": "", "d": None,
+                                                                          "e": {"k": 1}}
+    with pytest.raises(InputError, match=r"--param a given twice"):
+        parse_params(["a=1", "a=2"])
+    with pytest.raises(InputError, match=r"write KEY=VALUE"):
+        parse_params(["not a name=1"])
+    with pytest.raises(InputError, match=r"not a simulator URL"):
+        parse_params([], "ftp://127.0.0.1")
 
 
 def test_cli_reports_unschedulable_groups_and_exits_1(tmp_path: Path) -> None:

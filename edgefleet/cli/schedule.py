@@ -12,7 +12,7 @@ parameters without talking to Prefect; only the commands that do talk to it impo
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
@@ -21,7 +21,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from edgefleet.cli._common import InventoryOpt, JsonOpt, console, default_state_url, err_console, print_json
+from edgefleet.cli._common import (
+    InventoryOpt,
+    JsonOpt,
+    console,
+    default_state_url,
+    err_console,
+    parse_instant,
+    print_json,
+)
 from edgefleet.errors import InputError
 
 if TYPE_CHECKING:
@@ -62,19 +70,6 @@ def parse_params(items: list[str] | None, sim: str | None = None) -> dict[str, A
                              "(as `edgefleet sim serve` prints it)")
         out["sim_url"] = sim.rstrip("/")
     return out
-
-
-def _parse_from(text: str | None) -> datetime:
-    if not text:
-        return datetime.now(UTC)
-    try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        raise InputError(f"--from {text!r} is not an ISO 8601 instant like 2026-11-03T22:00:00+01:00") from None
-    if t.tzinfo is None:
-        raise InputError(f"--from {text!r} has no UTC offset; add one (…+01:00 or …Z), local to no store in "
-                         "particular")
-    return t.astimezone(UTC)
 
 
 def _check_release(release: str) -> None:
@@ -124,7 +119,7 @@ def rollout(release: Annotated[str, typer.Option("--release", help="Release to r
     store_ids = [s.strip() for s in stores.split(",") if s.strip()] if stores else None
     if stores is not None and not store_ids:
         raise InputError("--stores is empty; give store ids like dk-001,dk-002")
-    after = _parse_from(from_)
+    after = parse_instant(from_, "--from")
     extra = parse_params(param, sim)
     by_region = "{region}" in deployment
     _check_release(release)

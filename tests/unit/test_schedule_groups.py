@@ -382,7 +382,7 @@ def test_cli_dry_run_groups_the_sample_fleet_without_importing_prefect(tmp_path:
     (["--release", "r1", "--stores", "zz-999"], "stores not in inventory"),
     (["--release", "r1", "--group", "zz"], "unknown window group"),
     (["--release", "r1", "--from", "2026-11-03T12:00:00"], "no UTC offset"),
-    (["--release", "r1", "--from", "soon"], "not an ISO 8601 instant"),
+    (["--release", "r1", "--from", "soon"], "is not ISO 8601"),
     (["--release", "r1", "--sim", "127.0.0.1:8700"], "is not a simulator URL"),
     (["--release", "r1", "--param", "poll_s"], "write KEY=VALUE"),
     (["--release", "r1", "--param", "stores=[\"dk-001\"]"], "the scheduler sets release and stores itself"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from edgefleet.cli import inventory as _inventory
 from edgefleet.cli import release as _release
@@ -38,7 +39,8 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except EdgefleetError as e:
-        err_console.print(f"[red]error:[/red] {e}", markup=True, soft_wrap=True)
+        # escaped: messages carry brackets of their own ("[nodes.1.talos_patches]") that rich would eat
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", markup=True, soft_wrap=True)
         sys.exit(e.exit_code)
     except typer.Abort:
         err_console.print("aborted")

@@ -38,6 +38,9 @@ from edgefleet.releases.upstream import SHA256_RE, TALOS_VERSION_RE, fetch_upstr
 
 RELEASE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 K8S_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+# An OCI image reference: [registry[:port]/]repository[:tag][@sha256:digest], repository in lower case.
+IMAGE_REF_RE = re.compile(r"^[a-z0-9][a-z0-9._/-]*(?::[0-9]+/[a-z0-9][a-z0-9._/-]*)?"
+                          r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$")
 DEFAULT_KUBERNETES_VERSION = "1.35.0"
 DEFAULT_TIMEOUT_S = 600.0
 
@@ -77,13 +80,13 @@ def default_installer_image(talos_version: str, extensions: Sequence[str]) -> st
 def check_spec(spec: ReleaseSpec) -> ReleaseSpec:
     """The spec with defaults filled in; ReleaseInputError listing every problem. Pure."""
     problems: list[str] = []
-    if not RELEASE_NAME_RE.match(spec.name):
+    if not RELEASE_NAME_RE.fullmatch(spec.name):
         problems.append(f"name {spec.name!r}: use 1-63 of a-z 0-9 . _ - starting with a letter or digit")
-    if not TALOS_VERSION_RE.match(spec.talos_version):
+    if not TALOS_VERSION_RE.fullmatch(spec.talos_version):
         problems.append(f"talos_version {spec.talos_version!r}: must look like v1.12.6")
-    if not K8S_VERSION_RE.match(spec.kubernetes_version):
+    if not K8S_VERSION_RE.fullmatch(spec.kubernetes_version):
         problems.append(f"kubernetes_version {spec.kubernetes_version!r}: must look like 1.35.0")
-    if not SHA256_RE.match(spec.upstream_sha256.strip().lower()):
+    if not SHA256_RE.fullmatch(spec.upstream_sha256.strip().lower()):
         problems.append(f"upstream_sha256 {spec.upstream_sha256!r}: 64 hex digits required "
                         "(the checksum published next to the ISO)")
     if not spec.upstream_iso:
@@ -99,6 +102,9 @@ def check_spec(spec: ReleaseSpec) -> ReleaseSpec:
     for ext in spec.extensions:
         if not ext or any(c.isspace() for c in ext) or "," in ext:
             problems.append(f"extension {ext!r}: must be one name like siderolabs/iscsi-tools")
+    if spec.installer_image and (len(spec.installer_image) > 255 or not IMAGE_REF_RE.fullmatch(spec.installer_image)):
+        problems.append(f"installer_image {spec.installer_image!r}: must be an image reference like "
+                        "ghcr.io/siderolabs/installer:v1.12.6")
     if problems:
         raise ReleaseInputError(f"release {spec.name!r} has bad input:\n" + "\n".join("  " + p for p in problems))
     installer = spec.installer_image or default_installer_image(spec.talos_version, spec.extensions)

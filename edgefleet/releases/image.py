@@ -255,16 +255,35 @@ def _remaster_from_spec(spec_json: str, out: Path) -> ReleaseManifest:
 
     try:
         spec = json.loads(spec_json)
-        upstream_ref = str(spec["upstream_iso"])
-        sha256 = str(spec["upstream_sha256"])
-        cache_dir = Path(spec.get("cache_dir") or out.parent / ".cache")
-        upstream = fetch_upstream(upstream_ref, sha256, cache_dir)
-        return remaster(upstream, out, release=str(spec["release_name"]), talos_version=str(spec["talos_version"]),
-                        kubernetes_version=str(spec["kubernetes_version"]),
-                        installer_image=str(spec["installer_image"]),
-                        extensions=[str(x) for x in spec["extensions"]],
-                        kernel_args=[str(x) for x in spec["kernel_args"]], upstream_sha256=sha256,
-                        epoch=float(spec.get("source_date_epoch", DEFAULT_EPOCH)))
+        if not isinstance(spec, dict):
+            raise TypeError(f"expected a JSON object of the template's variables, got {type(spec).__name__}")
+
+        def text(key: str) -> str:
+            value = spec[key]
+            if not isinstance(value, str):
+                raise TypeError(f"{key} must be a string, got {type(value).__name__}")
+            return value
+
+        def texts(key: str) -> list[str]:
+            value = spec[key]
+            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                raise TypeError(f"{key} must be a list of strings, got {value!r}")
+            return value
+
+        # Every value is checked before anything is fetched or written.
+        epoch = spec.get("source_date_epoch", DEFAULT_EPOCH)
+        if isinstance(epoch, bool) or not isinstance(epoch, int | float) or not 0 <= epoch < 2**32:
+            raise ValueError(f"source_date_epoch {epoch!r}: seconds since 1970, before 2106")
+        cache = spec.get("cache_dir")
+        if cache is not None and not isinstance(cache, str):
+            raise TypeError(f"cache_dir must be a string, got {type(cache).__name__}")
+        sha256, upstream_ref = text("upstream_sha256"), text("upstream_iso")
+        release, talos, k8s = text("release_name"), text("talos_version"), text("kubernetes_version")
+        installer, extensions, kernel_args = text("installer_image"), texts("extensions"), texts("kernel_args")
+        upstream = fetch_upstream(upstream_ref, sha256, Path(cache or out.parent / ".cache"))
+        return remaster(upstream, out, release=release, talos_version=talos, kubernetes_version=k8s,
+                        installer_image=installer, extensions=extensions, kernel_args=kernel_args,
+                        upstream_sha256=sha256, epoch=float(epoch))
     except (KeyError, TypeError, ValueError) as e:
         raise ReleaseInputError(f"remaster spec is incomplete or malformed: {e!r}") from e
 

@@ -92,7 +92,7 @@ def parse_manifest(path: Path, run_uuid: str | None = None) -> ManifestBuild:
                              custom_data={str(k): str(v) for k, v in (b.get("custom_data") or {}).items()})
     except FileNotFoundError as e:
         raise PackerError(f"packer wrote no manifest at {path}: is the manifest post-processor in the template?") from e
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:  # any shape: a dict, a list, ...
         raise PackerError(f"packer manifest {path} is malformed: {e!r}") from e
 
 

@@ -356,7 +356,11 @@ def render_machine_config(store: Store, node: Node, release: ReleaseRef, secrets
     v1 = next((d for d in docs if "kind" not in d), None)
     if v1 is None:
         raise ConfigRenderError(f"store {store.id} node {node.name}: a patch removed the v1alpha1 config")
-    labels = v1.get("machine", {}).get("nodeLabels", {})
+    machine = v1.get("machine", {})
+    if not isinstance(machine, dict):
+        raise ConfigRenderError(f"store {store.id} node {node.name}: talos_patches made machine a "
+                                f"{type(machine).__name__} ({machine!r:.40}), not a mapping; fix that patch")
+    labels = machine.get("nodeLabels", {})
     if not isinstance(labels, dict) or labels.get(LABEL_RELEASE) != release.name or \
             labels.get(LABEL_STORE) != store.id:
         raise ConfigRenderError(f"store {store.id} node {node.name}: talos_patches changed machine.nodeLabels "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from edgefleet.sim.talos_wiring import running_talos_api
 from edgefleet.state.db import create_state_engine
 from tests.contract.rollout_world import PASSWORD, PASSWORD_ENV, build_releases, make_inventory
 from tests.helpers import REPO
+from tests.hygiene import dump_state, find_secrets, run_secrets
 
 START = datetime(2026, 11, 2, 21, 30, tzinfo=UTC)  # Monday evening, inside the stores' 22:00 local windows soon
 
@@ -104,7 +106,75 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: Path
     engine.dispose()
 
 
-def test_provision_rollout_pause_and_rollback_flows(world: dict[str, Any]) -> None:
+def _prefect_texts() -> dict[str, str]:
+    """Everything the Prefect API holds about the runs: artifacts, flow and task runs (parameters,
+    state messages and result data) and every log line."""
+    from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)  # logs are shipped in batches: wait for the last ones
+
+    async def read() -> dict[str, str]:
+        out: dict[str, str] = {}
+        async with get_client() as client:
+            for offset in range(0, 100_000, 200):
+                artifacts = await client.read_artifacts(limit=200, offset=offset)
+                for a in artifacts:
+                    out[f"artifact {a.key or a.id} ({a.type})"] = json.dumps([a.data, a.description], default=str)
+                if len(artifacts) < 200:
+                    break
+            for offset in range(0, 100_000, 200):
+                runs = await client.read_flow_runs(limit=200, offset=offset)
+                for fr in runs:
+                    out[f"flow run {fr.name}"] = json.dumps(fr.model_dump(mode="json"), default=str)
+                if len(runs) < 200:
+                    break
+            for offset in range(0, 100_000, 200):
+                tasks = await client.read_task_runs(limit=200, offset=offset)
+                for tr in tasks:
+                    out[f"task run {tr.name}"] = json.dumps(tr.model_dump(mode="json"), default=str)
+                if len(tasks) < 200:
+                    break
+            for offset in range(0, 1_000_000, 200):
+                logs = await client.read_logs(limit=200, offset=offset)
+                for lg in logs:
+                    out[f"log {lg.id} of flow run {lg.flow_run_id}"] = f"{lg.name} {lg.message}"
+                if len(logs) < 200:
+                    break
+        return out
+
+    return asyncio.run(read())
+
+
+def _assert_no_secrets(world: dict[str, Any], results: dict[str, Any], capfd: pytest.CaptureFixture[str]) -> None:
+    """Secret hygiene of the flow runs above: neither the BMC password nor any key or token of the
+    stores' clusters, nor the seed server's key, anywhere a person or a tool can read; seed and
+    secret files readable by their owner only."""
+    from edgefleet.report import collect_report, render_report
+
+    home, engine = world["home"], world["engine"]
+    secrets = run_secrets(home, [PASSWORD])
+    assert len([s for s in secrets if "PEM line" in s.label]) >= 5 * len(world["fleet"].stores), len(secrets)
+    prefect = _prefect_texts()
+    assert any(k.startswith("artifact summary-") for k in prefect) and any(k.startswith("log ") for k in prefect)
+    texts: dict[str, str | bytes] = {**prefect, **dump_state(engine),
+                                     "report": render_report(collect_report(engine, now=datetime.now(UTC))),
+                                     **{f"result of {k}": json.dumps(v, default=str) for k, v in results.items()}}
+    captured = capfd.readouterr()
+    texts |= {"stdout": captured.out, "stderr": captured.err}
+    for log in [*home.rglob("*.log"), *home.rglob("*.jsonl")]:
+        texts[str(log.relative_to(home))] = log.read_bytes()
+    assert find_secrets(texts, secrets) == []
+    # the scan can fail: one of those secrets planted in a copy of the texts is found
+    planted = next(s for s in secrets if "PEM line 2" in s.label)
+    assert find_secrets({**texts, "report": f"{texts['report']}{planted.value}"}, secrets) == [
+        f"report: {planted.label}"]
+    private = [*home.glob("seeds/engine/**/*.iso"), *home.glob("secrets/*"), home / "seed-server.key"]
+    assert len(private) > len(world["fleet"].stores)
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in private} == {p.name: "0o600" for p in private}
+
+
+def test_provision_rollout_pause_and_rollback_flows(world: dict[str, Any], capfd: pytest.CaptureFixture[str]) -> None:
     flows = _flows()
     common, sim, engine = world["common"], world["sim"], world["engine"]
     ledger = Ledger(engine)
@@ -125,6 +195,7 @@ def test_provision_rollout_pause_and_rollback_flows(world: dict[str, Any]) -> No
                                       gate_on_window=False, return_state=True, **common))
     assert state.is_completed(), state.message
     data = state.result()
+    results = {"provision": [s.message for s in states], "rollout": [state.message, data]}
     runs = {r["store"]: r["status"] for r in data["stores"]}
     assert runs.pop("no-0001") == "rolled_back"
     assert set(runs.values()) == {"succeeded"}
@@ -138,6 +209,8 @@ def test_provision_rollout_pause_and_rollback_flows(world: dict[str, Any]) -> No
     assert ReleaseCatalog(engine).get("v2").state is ReleaseState.revoked
     assert {s: c for s, (c, _l) in ledger.store_releases().items()} == {s: "v1" for s in world["fleet"].stores}
     assert sim.get("/sim/violations")["total"] == 0
+    results["rollback"] = [state.message, state.result()]
+    _assert_no_secrets(world, results, capfd)
 
 
 def test_inconclusive_wave_pauses_the_flow_until_a_person_resumes_it(world: dict[str, Any]) -> None:

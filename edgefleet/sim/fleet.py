@@ -228,6 +228,9 @@ class SimFleet:
         self.violations: list[Violation] = []
         self.violation_counts: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
+        # BMC requests per (operation, store), by the X-Edgefleet-Operation header: proves which
+        # operations reached a store's BMCs at all (a refused operation must reach none).
+        self.operation_requests: Counter[tuple[str, str]] = Counter()
         self.faults: Counter[str] = Counter()
         self.boots = Counter[str]()
         self._timers: set[asyncio.TimerHandle] = set()
@@ -551,6 +554,13 @@ class SimFleet:
                 "media": {k: {"image": m.url, "sha256": m.sha256, "kind": m.kind} for k, m in ns.media.items()},
                 "seed_instance_id": ns.seed_instance_id, "operation": ns.operation}
 
+    def operation_request_counts(self) -> dict[str, dict[str, int]]:
+        """operation id -> store -> BMC requests that carried it (any method, faults included)."""
+        out: dict[str, dict[str, int]] = {}
+        for (op, store), n in self.operation_requests.items():
+            out.setdefault(op, {})[store] = n
+        return out
+
     def report(self) -> dict[str, Any]:
         ready = sum(1 for ns in self.nodes.values() if self.readiness(ns)[0])
         releases = Counter(ns.release for ns in self.nodes.values())
@@ -560,6 +570,7 @@ class SimFleet:
             "not_ready": len(self.nodes) - ready, "rebooting": len(self.rebooting),
             "releases": dict(releases.most_common()), "boots": dict(self.boots),
             "requests": dict(self.requests), "faults_injected": dict(self.faults),
+            "operation_requests": self.operation_request_counts(),
             "media": {"downloads": self.fetcher.downloads, "bytes": self.fetcher.bytes,
                       "images_parsed": self.fetcher.parses, "release_images_cached": len(self.fetcher.releases)},
             "events": dict(self.event_counts),

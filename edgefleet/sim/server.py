@@ -13,7 +13,8 @@ Routes::
     /sim/state                        per node state (?store=ID or ?node=NAME narrows it)
     /sim/events                       the event log (?since=SEQ&limit=N&store=&node=&kind=)
     /sim/violations                   the oracle's violations
-    /sim/report                       summary + violations
+    /sim/report                       summary + violations (and BMC requests per operation and store)
+    /sim/operations                   {operation id: {store: BMC requests carrying that operation id}}
     /sim/scenario                     GET the scenario; POST a JSON object of changes
     /sim/netseed                      GET the registered nocloud-net URLs (redacted); POST {node: URL or null}
                                       (edgefleet.sim.netseed)
@@ -46,13 +47,14 @@ from starlette.types import Receive, Scope, Send
 from edgefleet.errors import InputError
 from edgefleet.sim.fleet import SimFleet
 from edgefleet.sim.k8s import node_list, readyz
-from edgefleet.sim.redfish import Reply, error_reply, handle
+from edgefleet.sim.redfish import OPERATION_HEADER, Reply, error_reply, handle
 from edgefleet.sim.scenario import update_scenario
 
 __all__ = ["build_app", "listen_socket", "running_server", "serve"]
 
 log = logging.getLogger("edgefleet.sim")
 _MAX_BODY = 1024 * 1024
+_OPERATION_HEADER = OPERATION_HEADER.encode()
 
 
 def _dumps(data: Any) -> bytes:
@@ -118,6 +120,9 @@ class BmcEndpoint:
             return
         method = scope["method"]
         sim.requests[f"bmc {method}"] += 1
+        op = next((v for k, v in scope["headers"] if k == _OPERATION_HEADER), None)
+        if op:
+            sim.operation_requests[(op.decode("latin-1"), ns.store.id)] += 1
         if ns.store.id in sim.offline:
             await _send_reply(send, error_reply(503, f"store {ns.store.id} is offline (simulated)",
                                                 "Base.1.8.ServiceTemporarilyUnavailable"))
@@ -222,6 +227,9 @@ def build_app(sim: SimFleet, talos: Mapping[str, str] | None = None) -> Starlett
                                 "violations": [v.as_dict() for v in sim.violations]}),
                         media_type="application/json")
 
+    async def operations(request: Request) -> Response:
+        return Response(_dumps(sim.operation_request_counts()), media_type="application/json")
+
     async def report(request: Request) -> Response:
         return Response(_dumps(sim.report()), media_type="application/json")
 
@@ -293,6 +301,7 @@ def build_app(sim: SimFleet, talos: Mapping[str, str] | None = None) -> Starlett
         Route("/sim/events", events),
         Route("/sim/violations", violations),
         Route("/sim/report", report),
+        Route("/sim/operations", operations),
         Route("/sim/scenario", scenario, methods=["GET", "POST"]),
         Route("/sim/netseed", netseed, methods=["GET", "POST"]),
     ]

@@ -122,14 +122,16 @@ class ArtifactError(OperationFailed):
 
 
 class BmcError(OperationFailed):
-    """A Redfish call failed. ``transient`` says whether retrying may help."""
+    """A Redfish call failed. ``transient`` says whether retrying may help; ``attempts``: how often
+    the request was sent (1 for an action the connector would not repeat, e.g. a reset answered 500)."""
 
     def __init__(self, message: str, *, bmc: str = "", operation: str = "", transient: bool = False,
-                 status: int | None = None):
+                 status: int | None = None, attempts: int = 1):
         self.bmc = bmc
         self.operation = operation
         self.transient = transient
         self.status = status
+        self.attempts = attempts
         prefix = f"BMC {bmc}: {operation}: " if bmc or operation else ""
         super().__init__(prefix + message)
 

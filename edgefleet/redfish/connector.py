@@ -829,7 +829,8 @@ class Connector:
                 return await self._attempts(method, url, operation, headers, content, idempotent, auth, timeout)
         except TimeoutError:
             raise BmcError(f"{method} {url}: no answer within the call deadline of {deadline:g} s",
-                           bmc=self.bmc, operation=operation, transient=True) from None
+                           bmc=self.bmc, operation=operation, transient=True,
+                           attempts=self.retry.attempts) from None  # the call's time is used up
 
     async def _attempts(self, method: str, url: str, operation: str, headers: dict[str, str],
                         content: bytes | None, idempotent: bool, auth: bool,
@@ -861,11 +862,13 @@ class Connector:
                                    operation=operation) from None
             except httpx.TimeoutException as e:
                 err = self._transport_error(method, url, operation, "timed out", e)
+                err.attempts = attempt
                 if not idempotent and not isinstance(e, httpx.ConnectTimeout | httpx.PoolTimeout):
                     raise err from None  # the action may have been applied: do not repeat it
             except (httpx.TransportError, ssl.SSLError, OSError) as e:
                 # ssl.SSLError / OSError: a TLS alert or reset surfacing on a read, unmapped by httpcore
                 err = self._transport_error(method, url, operation, "transport error", e)
+                err.attempts = attempt
                 if not idempotent:
                     raise err from None
             else:
@@ -873,12 +876,14 @@ class Connector:
                     return self._parse_ok(r, method, url, operation)
                 err = error_from_response(r.status_code, r.content, bmc=self.bmc, operation=operation,
                                           method=method, url=url)
+                err.attempts = attempt
                 if r.status_code == 503:
                     wait = _parse_retry_after(r.headers.get("retry-after"), time.time())
                     if wait is not None:
                         wait = min(wait, self.retry.retry_after_cap_s)
                 elif not err.transient or not idempotent:
                     raise err
+            err.attempts = attempt
             if attempt >= self.retry.attempts:
                 raise err
             delay = wait if wait is not None else self.retry.delay(attempt)

@@ -181,6 +181,7 @@ class RedfishDriver:
     quirks: VendorQuirks = field(default=GENERIC, init=False)
     _system: str | None = field(default=None, init=False, repr=False)
     _system_body: dict[str, Any] | None = field(default=None, init=False, repr=False)
+    _slot_paths: list[str] | None = field(default=None, init=False, repr=False)  # found once per driver
 
     @property
     def bmc(self) -> str:
@@ -231,8 +232,12 @@ class RedfishDriver:
 
     async def media_slots(self) -> list[MediaSlot]:
         """Every VirtualMedia slot of the node: the System's collection and its Managers'
-        collections (ManagedBy links, else every Manager), deduplicated by @odata.id."""
+        collections (ManagedBy links, else every Manager), deduplicated by @odata.id. The slots'
+        paths are found once per driver (a node's reimage and its eject); their state is read
+        afresh on every call."""
         op = "list virtual media"
+        if self._slot_paths is not None:
+            return [await self._read_slot(member, op) for member in self._slot_paths]
         sys_path = await self.system_path()
         sysbody = self._system_body or {}
         collections: list[str] = []
@@ -252,18 +257,18 @@ class RedfishDriver:
                 collections.append(vm)
         if not collections:
             raise self._err(f"neither {sys_path} nor its managers link a VirtualMedia collection", op)
-        seen: set[str] = set()
-        slots: list[MediaSlot] = []
+        seen: dict[str, None] = {}
         for c in collections:
             for member in _members((await self.conn.get(c, op)).body):
-                if member in seen:
-                    continue
-                seen.add(member)
-                resp = await self.conn.get(member, op)
-                slot = parse_media_slot(resp.body)
-                slots.append(slot if slot.path else MediaSlot(member, slot.id, slot.media_types, slot.inserted,
-                                                               slot.image, slot.insert_target, slot.eject_target))
+                seen.setdefault(member)
+        slots = [await self._read_slot(member, op) for member in seen]
+        self._slot_paths = list(seen)
         return slots
+
+    async def _read_slot(self, member: str, op: str) -> MediaSlot:
+        slot = parse_media_slot((await self.conn.get(member, op)).body)
+        return slot if slot.path else MediaSlot(member, slot.id, slot.media_types, slot.inserted, slot.image,
+                                                slot.insert_target, slot.eject_target)
 
     # -- power --------------------------------------------------------------------------------
 
@@ -367,8 +372,20 @@ class RedfishDriver:
     async def insert_media(self, slot: MediaSlot, image_url: str) -> None:
         op = f"insert media into {slot.id}"
         target = slot.insert_target or f"{slot.path}/Actions/VirtualMedia.InsertMedia"
-        await self.conn.post(target, {"Image": image_url, "Inserted": True, "WriteProtected": True}, op,
-                             idempotent=True, read_timeout_s=self.quirks.insert_media_read_timeout_s)
+        try:
+            await self.conn.post(target, {"Image": image_url, "Inserted": True, "WriteProtected": True}, op,
+                                 idempotent=True, read_timeout_s=self.quirks.insert_media_read_timeout_s)
+        except BmcError as e:
+            # A BMC that downloads before answering may finish an attempt the connector gave up on
+            # (read timeout) and repeated: the repeat then finds the slot taken (409). Taken by
+            # this very URL (unique to this reimage) means the insert is done.
+            if e.status != 409:
+                raise
+            held = parse_media_slot((await self.conn.get(slot.path, op)).body)
+            if not (held.inserted and held.image == image_url):
+                raise
+            log.info("BMC %s: %s already holds this image (an earlier attempt landed)", self.bmc, slot.id)
+            return
         after = parse_media_slot((await self.conn.get(slot.path, op)).body)
         if not after.inserted:
             raise self._err("InsertMedia returned success but the slot reads back not inserted", op)

@@ -32,8 +32,8 @@ import httpx
 
 from edgefleet.errors import InputError, ProbeError
 from edgefleet.health.probes import ClientCert, ClusterAccess, ClusterSnapshot, fetch_cluster, parse_nodes
-from edgefleet.inventory.model import Fleet, Node, Probe, Role, Store
-from edgefleet.redfish.connector import bmc_base_url
+from edgefleet.inventory.model import BmcTls, Fleet, Node, Probe, Role, Store
+from edgefleet.redfish.connector import BmcClients, Timeouts, _BmcClient, bmc_base_url
 
 __all__ = ["Endpoints", "SimClock", "StoreApi", "TalosAccess", "from_inventory", "from_simulator"]
 
@@ -179,15 +179,24 @@ class StoreApi:
         self.endpoints = endpoints
         self.home = home
         self.deadline_s = deadline_s
-        self._client = httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(deadline_s),
-                                         limits=httpx.Limits(max_connections=256, max_keepalive_connections=256))
+        # One small keep-alive pool per store (the BMC clients' pools, keyed by store id): one
+        # shared pool of hundreds of connections costs a scan of all of them on every request.
+        t = Timeouts(connect_s=deadline_s, read_s=deadline_s, write_s=deadline_s, pool_s=deadline_s)
+        self._pools = BmcClients(t, httpx.Limits(max_connections=1000, max_keepalive_connections=512,
+                                                  keepalive_expiry=30.0))
+        client = self._pools.for_tls(BmcTls())
+        assert isinstance(client, _BmcClient)
+        self._client = client
         self._access: dict[str, ClusterAccess] = {}
 
     async def __aenter__(self) -> StoreApi:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._client.aclose()
+        await self._pools.aclose()
+
+    async def _get(self, store: Store, url: str) -> httpx.Response:
+        return await self._client.send_direct("GET", url, {}, None, None, f"k8s:{store.id}")
 
     def _tls_access(self, store: Store, url: str) -> ClusterAccess:
         got = self._access.get(store.id)
@@ -211,13 +220,13 @@ class StoreApi:
         try:
             if url.startswith("https://"):
                 return await fetch_cluster(self._tls_access(store, url), deadline_s=self.deadline_s)
-            nodes = await self._client.get(f"{url}/api/v1/nodes")
+            nodes = await self._get(store, f"{url}/api/v1/nodes")
             if nodes.status_code != 200:
                 return None
             parsed = parse_nodes(json.loads(nodes.content))
             if not readyz:
                 return ClusterSnapshot(endpoint=url, readyz_ok=False, readyz_detail="not read", nodes=parsed)
-            rz = await self._client.get(f"{url}/readyz")
+            rz = await self._get(store, f"{url}/readyz")
             text = rz.text.strip()
             return ClusterSnapshot(endpoint=url, readyz_ok=rz.status_code == 200 and text == "ok",
                                    readyz_detail=f"HTTP {rz.status_code}: {text[:300]}", nodes=parsed)

@@ -16,9 +16,13 @@ Order of things:
   and an etcd member (quorum gate), then workers;
 * per node: desired vs actual (already Ready on the target: skipped, recorded); seeds for the
   node and release (``seeds.build``, incremental); the artifact's sha256 checked before the first
-  BMC call; expiring image and seed URLs from the run's seed server; the steps of
+  BMC call (and every target release's image when the run starts: an altered one refuses the run
+  before anything is touched); expiring image and seed URLs from the run's seed server, bound to
+  this reimage of the node (``SeedServer.begin_reimage``: revoked once it is over); the steps of
   ``redfish.driver.reimage_sequence`` with the window re-checked before each one (a window about
-  to close: media ejected, the node waits for the next window; the reset never lands outside); when
+  to close: media ejected, the node waits for the next window; the reset never lands outside; an
+  action failed transiently, which the connector does not repeat: the sequence again from its
+  start, at most ``reimage_attempts`` times); when
   the node is the store's only running control plane, Talos ``Bootstrap`` exactly once (only if its
   etcd has no data); wait until the node is Ready on the target; eject the media;
 * store gate (all nodes Ready on the target, ``/readyz``, custom probes, soak); a store that
@@ -70,7 +74,9 @@ what is already done, a store run whose recorded step is in its rollback phase c
 rollback, and Bootstrap is only ever sent to a control plane whose etcd holds no data. An
 in-band node whose recorded step is ``booting`` (or ``bootstrap``) was reset before the
 interruption: it is not wiped again; its seed is published and its URL registered again (the node
-may be waiting for it) and the engine waits for it as usual.
+may be waiting for it) and the engine waits for it as usual. A BMC node the recorded step names
+that is already Ready on the release was interrupted before its eject: it is skipped, and its
+virtual media ejected.
 """
 
 from __future__ import annotations
@@ -187,6 +193,7 @@ class EngineSettings:
     hook_timeout_s: float = 300.0
     bmc_attempts: int = 4
     bmc_backoff_s: float = 0.5
+    reimage_attempts: int = 3  # a node's Redfish sequence, from its start after an action failed transiently
     inband_deadline_s: float = 120.0  # a talos-api node's Version, seed check and Reset, together
 
     def to_json(self) -> dict[str, Any]:
@@ -197,6 +204,7 @@ class EngineSettings:
                 "quorum_timeout_s": self.quorum_timeout_s, "store_gate_timeout_s": self.store_gate_timeout_s,
                 "window_wait_max_s": self.window_wait_max_s, "poll_s": self.poll_s,
                 "bmc_attempts": self.bmc_attempts, "bmc_backoff_s": self.bmc_backoff_s,
+                "reimage_attempts": self.reimage_attempts,
                 "step_margin_s": self.step_margin.total_seconds(), "pre_hook": self.pre_hook,
                 "post_hook": self.post_hook, "hook_timeout_s": self.hook_timeout_s,
                 "inband_deadline_s": self.inband_deadline_s}
@@ -205,7 +213,7 @@ class EngineSettings:
     def from_json(cls, data: dict[str, Any], **override: Any) -> EngineSettings:
         names = ("max_concurrent", "max_per_region", "max_per_country", "node_ready_timeout_s", "quorum_timeout_s",
                  "store_gate_timeout_s", "window_wait_max_s", "poll_s", "bmc_attempts", "bmc_backoff_s", "pre_hook",
-                 "post_hook", "hook_timeout_s", "inband_deadline_s")
+                 "post_hook", "hook_timeout_s", "inband_deadline_s", "reimage_attempts")
         known: dict[str, Any] = {k: data[k] for k in names if k in data}
         if "node_duration_s" in data:
             known["node_duration"] = timedelta(seconds=float(data["node_duration_s"]))
@@ -337,6 +345,7 @@ class Executor:
         self._releases: dict[str, Release] = {}
         self._drivers: dict[str, RedfishDriver] = {}
         self.record: RolloutRecord | None = None
+        self._started: RolloutRecord | None = None  # the record as this run found it
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -369,16 +378,18 @@ class Executor:
     # -- the run ------------------------------------------------------------------------------------
 
     async def run(self) -> RolloutRecord:
-        rec = self.ledger.rollout(self.id)
+        rec = self._started = self.ledger.rollout(self.id)
         if rec.status in FINISHED:
             return rec
         if rec.status is RolloutStatus.paused and rec.decision not in ("approve", "reject"):
             raise StateError(f"rollout {self.id} is paused for a decision ({rec.reason}); run "
                              f"`edgefleet rollout resume {self.id} --approve` or `--reject`")
         seed_key = load_seed_server_key(self.home)  # before the rollout is marked running: fix and run again
+        await self._verify_targets()  # likewise: an altered image is refused before any BMC call
         self.ledger.set_rollout(self.id, self.now(), status=RolloutStatus.running.value, heartbeat_at=self.wall(),
                                 abort_requested=rec.abort_requested)
         self._abort = rec.abort_requested
+        self._release_finished_locks()
         async with self.journal, BmcClients() as clients, StoreApi(self.endpoints, self.home) as api, \
                 SeedServer(self.home, token_ttl_s=self.s.seed_token_ttl_s, public_url=self.s.seed_public_url,
                            secret=seed_key) as seeds:
@@ -395,6 +406,27 @@ class Executor:
         self.ledger.event(self.now(), f"rollout_{status.value}", rollout=self.id, reason=reason)
         self.record = self.ledger.rollout(self.id)
         return self.record
+
+    async def _verify_targets(self) -> None:
+        """Re-hash the image of every release this run still has to put on a store (``_artifact``),
+        recording and raising ArtifactError when one is missing or was altered since its build."""
+        names = sorted({r.to_release for r in self.ledger.runs(self.id) if r.status not in RUN_DONE})
+        for name in names:
+            try:
+                await asyncio.to_thread(self._artifact, self._release(name))
+            except ArtifactError as e:
+                self.ledger.event(self.now(), "artifact_refused", rollout=self.id, reason=str(e),
+                                  detail={"release": name})
+                raise
+
+    def _release_finished_locks(self) -> None:
+        """A run interrupted between its store's final record and the lock's release left the lock
+        behind; the run is done, so resuming does not run it again: release such locks now."""
+        done = {r.store for r in self.ledger.runs(self.id) if r.status in RUN_DONE}
+        for store in sorted(set(self.ledger.locks_held_by(self.id)) & done):
+            if self.ledger.release_lock(store, self.id):
+                self.ledger.event(self.now(), "lock_released", rollout=self.id, store=store,
+                                  reason="its store run had finished before the interruption")
 
     async def _heartbeat(self) -> None:
         while True:
@@ -431,7 +463,9 @@ class Executor:
                                      stmt_event(self.now(), "wave_started", rollout=self.id,
                                                 detail={"wave": wave.index, "name": wave.name,
                                                         "stores": len(members)}))
-            todo = [r for r in members if r.status not in RUN_DONE]
+            # Stores with more nodes first (longest processing time first): under the caps, a long
+            # store started last would hold the wave open alone for its whole length.
+            todo = sorted((r for r in members if r.status not in RUN_DONE), key=self._node_count, reverse=True)
             outcomes = await asyncio.gather(*(self._store_task(r, caps) for r in todo))
             inconclusive = sum(1 for o in outcomes if o == "inconclusive")
             final = {r.store: r for r in self.ledger.runs(self.id) if r.wave == wave.index}
@@ -472,6 +506,10 @@ class Executor:
             summary += f", {len(shut)} not done: {WINDOW_SHUT} ({', '.join(r.store for r in shut[:10])}" + (
                 ", ...)" if len(shut) > 10 else ")")
         return (RolloutStatus.failed if bad or shut else RolloutStatus.succeeded), summary
+
+    def _node_count(self, run: StoreRunRecord) -> int:
+        store = self.fleet.stores.get(run.store)
+        return len(store.nodes) if store is not None else 0
 
     async def _skip_rest(self, runs: list[StoreRunRecord], reason: str) -> None:
         current = {r.store: r for r in self.ledger.runs(self.id)}
@@ -515,7 +553,10 @@ class Executor:
                 self.ledger.release_lock(store.id, self.id)
 
     async def _store_body(self, store: Store, run: StoreRunRecord) -> str:
-        rec = self.ledger.rollout(self.id)
+        # Only the record's kind is read here. A fresh read per store would parse the whole plan
+        # (every store of the rollout) once per store and keep it for as long as the store runs:
+        # at 3,400 stores and 500 at once, over a GiB.
+        rec = self._started or self.ledger.rollout(self.id)
         detail = dict(run.detail)
         if "before" not in detail:
             detail["before"] = _before_from(await self.api.snapshot(store, readyz=False), store)
@@ -645,6 +686,13 @@ class Executor:
                 await self._event("node_skipped", store=store.id, node=node.name,
                                   reason=f"already on {release} and Ready",
                                   extra=tuple(stmt_node(node.name, store.id, release, True, self.now())))
+                if node.bmc is not None and not _in_band(store) and resume_step.startswith(f"{phase}:{node.name}:"):
+                    # Interrupted between the node's boot and its eject: its media (the seed holds
+                    # the node's machine config) must not stay attached.
+                    try:
+                        await self._eject(store, node)
+                    finally:
+                        await self._done_with(node)
                 continue
             in_band = _in_band(store)
             if not in_band and node.bmc is None:
@@ -654,7 +702,7 @@ class Executor:
                 raise _StoreFailed(f"store {store.id} is reimaged in band (wipe_method talos-api) but this run has no "
                                    "Talos API access (a simulator without --talos-port?)")
             if node.role is Role.controlplane:
-                snap = await self._wait_quorum(store, node, phase)
+                snap = await self._wait_quorum(store, node, phase, first=snap)
             others_up = snap is not None and any(
                 n.name != node.name and n.ready for n in snap.nodes if n.name in {c.name for c in cps})
             bootstrap = node.role is Role.controlplane and not others_up
@@ -725,7 +773,10 @@ class Executor:
     async def _reimage(self, store: Store, node: Node, rel: Release, phase: str) -> None:
         from edgefleet.seeds.build import seed_path
 
-        image_rel = self._artifact(rel)  # sha256 checked before any BMC call
+        try:
+            image_rel = self._artifact(rel)  # sha256 checked before any BMC call
+        except ArtifactError as e:  # e.g. the release a failed store goes back to was altered
+            raise _StoreFailed(str(e)) from None
         seed_file = seed_path(seeds_dir(self.home, rel.name, store.id), store.id, node.name)
         seed_rel = seed_file.resolve().relative_to(self.home.resolve()).as_posix()
         step = f"{phase}:{node.name}:reimage"
@@ -733,14 +784,33 @@ class Executor:
                                  stmt_event(self.now(), "reimage_started", rollout=self.id, store=store.id,
                                             node=node.name, detail={"release": rel.name, "phase": phase}))
         wall = self.wall()
-        try:
-            res = await self._sequence(store, self._driver(node), self.seeds.url_for(image_rel, node.name, wall),
-                                       self.seeds.url_for(seed_rel, node.name, wall))
-        except BmcError as e:
-            await self._event("reimage_failed", store=store.id, node=node.name, reason=str(e))
-            await self._eject(store, node)
-            # A BMC that keeps failing transiently (unreachable, 5xx) says nothing about the release.
-            raise _StoreFailed(f"reimaging {node.name} to {rel.name} failed: {e}", inconclusive=e.transient) from None
+        self.seeds.begin_reimage(node.name)  # its URLs stop working once this reimage is over (_done_with)
+        image_url, seed_url = self.seeds.url_for(image_rel, node.name, wall), self.seeds.url_for(seed_rel, node.name,
+                                                                                                  wall)
+        attempt, attempts = 1, max(1, self.s.reimage_attempts)
+        while True:
+            try:
+                res = await self._sequence(store, self._driver(node), image_url, seed_url)
+                break
+            except BmcError as e:
+                if e.transient and e.attempts < self.s.bmc_attempts and attempt < attempts:
+                    # The connector repeats idempotent requests (up to bmc_attempts); a failed
+                    # action (a reset answered 5xx, a cut connection) is sent once, as it may have
+                    # been applied. The sequence starts again from its beginning: stale media
+                    # ejected, both inserted, boot override, reset. A reset that did land is then
+                    # repeated on a node booting the same media, which boots it again: the outcome
+                    # is the same. (A BMC that failed every attempt the connector made, an
+                    # unreachable one say, is not asked again here.)
+                    await self._event("reimage_retry", store=store.id, node=node.name, reason=str(e),
+                                      detail={"attempt": attempt, "attempts": attempts})
+                    await self._sleep(self.s.bmc_backoff_s * 2 ** (attempt - 1))
+                    attempt += 1
+                    continue
+                await self._event("reimage_failed", store=store.id, node=node.name, reason=str(e))
+                await self._eject(store, node)
+                # A BMC that keeps failing transiently (unreachable, 5xx) says nothing about the release.
+                raise _StoreFailed(f"reimaging {node.name} to {rel.name} failed: {e}",
+                                   inconclusive=e.transient) from None
         await self.journal.write(stmt_run(self.id, store.id, step=f"{phase}:{node.name}:booting"),
                                  stmt_event(self.now(), "reimage_booting", rollout=self.id, store=store.id,
                                             node=node.name, detail={"release": rel.name, **res}))
@@ -838,9 +908,10 @@ class Executor:
         self._guard(store)
         await driver.insert_media(plan.seed, seed_url)
         self._guard(store)
-        await driver.set_boot_once_cd()
+        system = await driver.set_boot_once_cd()
         self._guard(store)
-        resets = await driver.reset(self.s.power_deadline_s)
+        # The System just read back carries PowerState and the Reset action: no second read.
+        resets = await driver.reset(self.s.power_deadline_s, system=system)
         await driver.wait_power(PowerState.on, self.s.power_deadline_s)
         return {"reset": list(resets), "boot_slot": plan.boot.id, "seed_slot": plan.seed.id}
 
@@ -866,6 +937,7 @@ class Executor:
         return driver
 
     async def _done_with(self, node: Node) -> None:
+        self.seeds.end_reimage(node.name)  # the node's image and seed URLs of this reimage: revoked
         driver = self._drivers.pop(node.name, None)
         if driver is not None:
             await driver.conn.aclose()
@@ -888,11 +960,14 @@ class Executor:
         except (TalosCallFailed, SecretsError):
             return []
 
-    async def _wait_quorum(self, store: Store, node: Node, phase: str) -> ClusterSnapshot | None:
+    async def _wait_quorum(self, store: Store, node: Node, phase: str, *, first: ClusterSnapshot | None = None
+                           ) -> ClusterSnapshot | None:
+        """Wait until the quorum gate lets ``node`` go down; ``first``: a snapshot just read (one
+        request saved per control plane when the gate passes at once)."""
         deadline = time.monotonic() + self.s.quorum_timeout_s
         others = [n for n in store.nodes if n.role is Role.controlplane and n.name != node.name]
         while True:
-            snap = await self.api.snapshot(store, readyz=False)
+            snap, first = (first, None) if first is not None else (await self.api.snapshot(store, readyz=False), None)
             members = await self._etcd_members(store, others[0]) if others else None
             v = evaluate_quorum(store, snap, node.name, members)
             if v.passed:

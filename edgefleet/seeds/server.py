@@ -12,6 +12,12 @@ What it guarantees:
   HMAC-SHA256 (server secret) over relpath, node and expiry. A token for another path (another
   node's seed), a tampered node or expiry, an expired token or garbage: ``403``. The MAC is
   compared in constant time. Pass a persistent ``secret`` for URLs that survive a restart.
+* **Per-reimage URLs.** Between :meth:`SeedServer.begin_reimage` and :meth:`SeedServer.end_reimage`
+  for a node, the node's URLs also carry that reimage's random grant in their MAC: they open only
+  while that reimage is the node's current one. Once it ended (or the next one began) they are
+  refused (``403 token revoked``), however long their expiry; a later server instance never knew
+  the grant, so they are refused there too. Files stay reachable with plain tokens for nodes that
+  never had a reimage begun.
 * **Never outside the root.** Path segments are percent-decoded and ``.``/``..``/empty/NUL/
   backslash segments are refused (``404``) before anything touches the disk; the resolved file
   must still lie under the root (symlinks out of it: ``404``) and be a regular file.
@@ -49,7 +55,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +74,7 @@ __all__ = [
     "mint_token",
     "normalize_relpath",
     "parse_range",
+    "token_node",
 ]
 
 _TOKEN_CONTEXT = b"edgefleet-seed-url-v1\x00"
@@ -75,6 +82,7 @@ _SEND_CHUNK = 4 * 1024 * 1024
 _HASH_CACHE_SIZE = 4096
 _MAX_HEADERS = 100
 _MAX_REQUESTS_PER_CONNECTION = 1000
+_REVOKED_KEPT = 4
 
 
 @dataclass(frozen=True)
@@ -128,23 +136,40 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _mac(secret: bytes, relpath: str, node: str, expires: int) -> bytes:
-    msg = _TOKEN_CONTEXT + b"\x00".join([relpath.encode(), node.encode(), str(expires).encode()])
-    return hmac.new(secret, msg, hashlib.sha256).digest()
+def _mac(secret: bytes, relpath: str, node: str, expires: int, grant: str = "") -> bytes:
+    fields = [relpath.encode(), node.encode(), str(expires).encode()]
+    if grant:  # without one the message (and every token minted before grants existed) is unchanged
+        fields.append(grant.encode())
+    return hmac.new(secret, _TOKEN_CONTEXT + b"\x00".join(fields), hashlib.sha256).digest()
 
 
-def mint_token(secret: bytes, relpath: str, node: str, expires: int) -> str:
-    """A URL-safe token granting ``node`` access to ``relpath`` until ``expires`` (epoch seconds)."""
+def mint_token(secret: bytes, relpath: str, node: str, expires: int, grant: str = "") -> str:
+    """A URL-safe token granting ``node`` access to ``relpath`` until ``expires`` (epoch seconds),
+    and, when ``grant`` is given, only while the server holds that grant for the node."""
     if not node:
         raise SeedError("a seed URL must name the node it is for")
-    return f"{_b64(node.encode())}.{expires}.{_b64(_mac(secret, relpath, node, expires))}"
+    return f"{_b64(node.encode())}.{expires}.{_b64(_mac(secret, relpath, node, expires, grant))}"
 
 
 _TOKEN_RE = re.compile(r"^([A-Za-z0-9_-]{1,400})\.([0-9]{1,12})\.([A-Za-z0-9_-]{43})$")
 
 
-def check_token(secret: bytes, token: str, relpath: str, now: float) -> tuple[str | None, str]:
-    """Return ``(node, "")`` when ``token`` grants ``relpath`` at ``now``, else ``(None, reason)``."""
+def token_node(token: str) -> str | None:
+    """The node a token claims to be for (unverified: only ``check_token`` proves it), or None."""
+    m = _TOKEN_RE.match(token)
+    if m is None:
+        return None
+    try:
+        return _unb64(m.group(1)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def check_token(secret: bytes, token: str, relpath: str, now: float, grant: str = "",
+                revoked: Sequence[str] = ()) -> tuple[str | None, str]:
+    """Return ``(node, "")`` when ``token`` grants ``relpath`` at ``now`` (under ``grant``, the
+    node's current one, if any), else ``(None, reason)``. ``revoked``: grants the node held before,
+    only to say why a token minted under one of them is refused."""
     m = _TOKEN_RE.match(token)
     if m is None:
         return None, "malformed token"
@@ -154,7 +179,9 @@ def check_token(secret: bytes, token: str, relpath: str, now: float) -> tuple[st
     except (ValueError, UnicodeDecodeError):
         return None, "malformed token"
     expires = int(m.group(2))
-    if not hmac.compare_digest(mac, _mac(secret, relpath, node, expires)):
+    if not hmac.compare_digest(mac, _mac(secret, relpath, node, expires, grant)):
+        if any(hmac.compare_digest(mac, _mac(secret, relpath, node, expires, old)) for old in revoked):
+            return None, f"token revoked: the reimage of {node} it was issued for has ended"
         return None, "token not valid for this path"
     if expires <= now:
         return None, "token expired"
@@ -275,6 +302,8 @@ class SeedServer:
         self._thread: threading.Thread | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
         self._dynamic: dict[str, DynamicRoute] = {}
+        self._grants: dict[str, str] = {}  # node -> the grant of its reimage in progress
+        self._revoked: dict[str, list[str]] = {}  # node -> its last few ended grants (for the 403's reason)
 
     # -- lifecycle --
 
@@ -373,11 +402,29 @@ class SeedServer:
     # -- URLs --
 
     def url_for(self, relpath: str, node: str, now: datetime) -> str:
-        """The URL under which ``node`` may fetch ``relpath`` for ``token_ttl_s`` from ``now``."""
+        """The URL under which ``node`` may fetch ``relpath`` for ``token_ttl_s`` from ``now`` (and
+        only during its current reimage, when one was begun: ``begin_reimage``)."""
         rel = normalize_relpath(relpath)
         expires = int(now.timestamp() + self.token_ttl_s)
-        token = mint_token(self._secret, rel, node, expires)
+        token = mint_token(self._secret, rel, node, expires, self._grants.get(node, ""))
         return f"{self.base_url}/{token}/" + "/".join(quote(seg, safe="") for seg in rel.split("/"))
+
+    def begin_reimage(self, node: str) -> None:
+        """Start a new reimage of ``node``: URLs minted for it from now on are bound to this
+        reimage; those of its previous one stop working."""
+        if not node:
+            raise SeedError("a reimage must name its node")
+        self.end_reimage(node)
+        self._grants[node] = secrets.token_hex(16)
+
+    def end_reimage(self, node: str) -> None:
+        """``node``'s reimage is over (its media ejected): every URL minted for it during the
+        reimage is refused from now on, until the next ``begin_reimage`` gives it new ones."""
+        grant = self._grants.pop(node, None)
+        if grant is not None:
+            past = self._revoked.setdefault(node, [])
+            past.append(grant)
+            del past[:-_REVOKED_KEPT]
 
     # -- dynamic routes (additive: a route family served from memory, e.g. nocloud-net seeds) --
 
@@ -503,7 +550,11 @@ class SeedServer:
         dynamic = self._dynamic.get(segments[0]) if len(segments) > 1 else None
         if dynamic is not None:
             return await self._respond_dynamic(dynamic, req, writer, out, keep_alive, token, segments[1:])
-        node, why = check_token(self._secret, token, relpath, self._clock().timestamp())
+        claim = token_node(token) or ""
+        grant, past = self._grants.get(claim, ""), self._revoked.get(claim, ())
+        node, why = check_token(self._secret, token, relpath, self._clock().timestamp(), grant, past)
+        if node is not None and not grant and past:  # its last reimage ended and no new one began
+            node, why = None, f"token revoked: no reimage of {node} is in progress"
         if node is None:
             out.status = 403
             await self._send_error(writer, 403, why, close=not keep_alive)

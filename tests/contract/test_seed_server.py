@@ -393,3 +393,67 @@ def test_tls(served: Path, tmp_path: Path) -> None:
 def test_start_refuses_a_missing_root(tmp_path: Path) -> None:
     with pytest.raises(SeedError, match=re.escape(str(tmp_path / "nope"))), SeedServer(tmp_path / "nope"):
         pass
+
+
+def test_grant_bound_tokens() -> None:
+    secret = b"s" * 32
+    bound = mint_token(secret, "seeds/a.iso", "n1", 1000, grant="g1")
+    assert bound != mint_token(secret, "seeds/a.iso", "n1", 1000)
+    assert check_token(secret, bound, "seeds/a.iso", 999.0, "g1") == ("n1", "")
+    assert check_token(secret, bound, "seeds/a.iso", 999.0)[1] == "token not valid for this path"
+    assert check_token(secret, bound, "seeds/a.iso", 999.0, "g2")[1] == "token not valid for this path"
+    assert check_token(secret, bound, "seeds/a.iso", 999.0, "g2", ["g0", "g1"])[1] == (
+        "token revoked: the reimage of n1 it was issued for has ended")
+    assert check_token(secret, bound, "seeds/b.iso", 999.0, "g2", ["g1"])[1] == "token not valid for this path"
+    assert check_token(secret, bound, "seeds/a.iso", 1000.0, "g1")[1] == "token expired"
+    # tokens without a grant are the ones minted before grants existed, bit for bit
+    assert mint_token(secret, "seeds/a.iso", "n1", 1000) == mint_token(secret, "seeds/a.iso", "n1", 1000, "")
+
+
+def test_urls_of_a_finished_reimage_are_refused(served: Path, tmp_path: Path, clock: Clock) -> None:
+    """A node's URLs open only during the reimage they were minted for: once it ended, or the
+    node's next reimage began, they are refused however long their expiry; a token never opens
+    another node's (or another) path; a later server instance with the same key refuses them too."""
+    secret = os.urandom(32)
+    n1, n2 = "seeds/store-0001/n1.iso", "seeds/store-0001/n2.iso"
+    with SeedServer(served, token_ttl_s=3600, secret=secret, clock=clock,
+                    access_log=tmp_path / "logs" / "access.log") as server, httpx.Client(timeout=10) as client:
+        base = f"http://127.0.0.1:{server.port}"
+        plain = server.url_for(n1, "n1", NOW)
+        assert client.get(plain).status_code == 200  # no reimage begun: plain, expiring URLs
+        server.begin_reimage("n1")
+        first = server.url_for(n1, "n1", NOW)
+        image = server.url_for("images/talos-v1.8.3.raw", "n1", NOW)
+        assert client.get(first).status_code == 200 and client.head(image).status_code == 200
+        assert client.get(plain).status_code == 403  # minted outside this reimage
+        assert client.get(f"{base}/{_token_of(first)}/{n2}").status_code == 403  # n1's token, n2's seed
+        server.begin_reimage("n2")  # another node's reimage changes nothing for n1
+        assert client.get(first).status_code == 200
+        server.end_reimage("n1")
+        for url in (first, image):
+            r = client.get(url)
+            assert r.status_code == 403 and "token revoked: the reimage of n1 it was issued for has ended" in r.text
+        r = client.get(plain)  # nor does a plain token open the node's files again
+        assert r.status_code == 403 and "token revoked: no reimage of n1 is in progress" in r.text, r.text
+        server.begin_reimage("n1")  # the node's next reimage: new URLs work, the old ones do not
+        second = server.url_for(n1, "n1", NOW)
+        assert second != first and client.get(second).status_code == 200
+        r = client.get(first)
+        assert r.status_code == 403 and "token revoked: the reimage of n1 it was issued for has ended" in r.text
+        clock.now = NOW + dt.timedelta(seconds=3600)
+        assert "token expired" in client.get(second).text  # expiry still applies
+        clock.now = NOW
+        server.end_reimage("n1")
+        server.end_reimage("n1")  # ending twice is harmless
+        with pytest.raises(SeedError):
+            server.begin_reimage("")
+        n2_url = server.url_for(n2, "n2", NOW)
+        assert client.get(n2_url).status_code == 200
+        never = server.url_for(n1, "n3", NOW)  # a node that never had a reimage: a plain token
+    with SeedServer(served, token_ttl_s=3600, secret=secret, clock=clock) as again, httpx.Client(timeout=10) as client:
+        port = f"127.0.0.1:{again.port}"
+        # the same key, a new instance: the reimage grants died with the old one
+        assert client.get(n2_url.replace(n2_url.split("/")[2], port)).status_code == 403
+        assert client.get(never.replace(never.split("/")[2], port)).status_code == 200
+    log = _access_log(tmp_path)
+    assert all(_token_of(u) not in line for u in (first, second, image) for line in log)

@@ -93,3 +93,40 @@ def test_public_api_is_exported() -> None:
         assert sorted(mod.__all__) == sorted(set(mod.__all__))
         for name in mod.__all__:
             assert getattr(mod, name) is not None, name
+
+
+class _Reply:
+    def __init__(self, body: dict[str, object]):
+        self.body = body
+
+
+class _Conn409:
+    """A BMC whose InsertMedia answers 409 (slot taken) and whose slot holds ``held``."""
+
+    bmc = "cp-1"
+
+    def __init__(self, held: str | None):
+        self.held = held
+
+    async def post(self, path: str, body: object, op: str, **kw: object) -> _Reply:
+        raise BmcError("HTTP 409: media already inserted", bmc=self.bmc, operation=op, status=409)
+
+    async def get(self, path: str, op: str, **kw: object) -> _Reply:
+        return _Reply({"@odata.id": path, "Id": "Cd", "MediaTypes": ["CD"], "Inserted": self.held is not None,
+                       "Image": self.held or ""})
+
+
+@pytest.mark.parametrize("held, ok", [("http://seeds/t1/release.iso", True), ("http://seeds/OLD/release.iso", False),
+                                      (None, False)])
+def test_insert_media_409_is_done_only_when_the_slot_holds_this_very_url(held: str | None, ok: bool) -> None:
+    import asyncio
+
+    from edgefleet.redfish.driver import RedfishDriver
+
+    drv = RedfishDriver(_Conn409(held))  # type: ignore[arg-type]
+    call = drv.insert_media(slot("Cd", "CD"), "http://seeds/t1/release.iso")
+    if ok:  # an earlier attempt the connector gave up on landed: the insert is done
+        asyncio.run(call)
+    else:
+        with pytest.raises(BmcError, match="409"):
+            asyncio.run(call)

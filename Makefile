@@ -1,6 +1,7 @@
 # edgefleet: two commands do all the set-up on a fresh machine.
 #   make demo   runs the main job end to end on the embedded defaults
 #   make test   lint, type-check and the whole test suite
+#   make soak   the crash and fault-storm tests at soak size (minutes; not part of make test)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -16,7 +17,7 @@ export EDGEFLEET_SUSHY_VENV := $(CURDIR)/.cache/sushy-venv
 # seed builds validate every document against it (without it they merge patches unchecked, and say so).
 export EDGEFLEET_TALOS_SCHEMA ?= $(abspath $(CURDIR)/../shared/conformance/talos-v1.12.6/config.schema.json)
 
-.PHONY: setup debs test lint typecheck pytest demo bench clean
+.PHONY: setup debs test lint typecheck pytest demo bench soak clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -53,6 +54,10 @@ demo: setup
 
 bench: setup
 	$(PY) -m bench
+
+# The long runs of the crash and fault tests (EDGEFLEET_SOAK=1: 1,000 stores, 50 kill -9s, ...); not in `make test`.
+soak: setup
+	EDGEFLEET_SOAK=1 $(VENV)/bin/pytest -q -s tests/contract/test_rollout_crash.py tests/contract/test_fault_storm.py
 
 clean:
 	rm -rf out .prefect .edgefleet .pytest_cache .mypy_cache .ruff_cache

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from bench import bench_inventory, bench_reimage, bench_schedule, bench_seeds
+from bench import (
+    bench_ansible,
+    bench_inventory,
+    bench_reimage,
+    bench_rollout,
+    bench_scale,
+    bench_schedule,
+    bench_seeds,
+)
 from bench.common import render_table
 
 BENCHES = {
@@ -12,6 +20,9 @@ BENCHES = {
     "seeds": bench_seeds.run,
     "reimage": bench_reimage.run,
     "schedule": bench_schedule.run,
+    "rollout": bench_rollout.run,
+    "ansible": bench_ansible.run,
+    "scale": bench_scale.run,
 }
 
 

@@ -76,6 +76,7 @@ __all__ = [
     "BmcClients",
     "BmcUrlResolver",
     "Connector",
+    "PooledClient",
     "RedfishResponse",
     "RetryPolicy",
     "Timeouts",
@@ -452,8 +453,9 @@ class _BmcPools(httpx.AsyncBaseTransport):
             await transport.aclose()
 
 
-class _BmcClient(httpx.AsyncClient):
-    """An ``httpx.AsyncClient`` over ``_BmcPools`` (``pools``), with ``send_direct`` for the connector."""
+class PooledClient(httpx.AsyncClient):
+    """An ``httpx.AsyncClient`` over per-BMC pools (``pools``, keyed per request), with ``send_direct`` for
+    the connector and for other callers that talk to many small servers (the stores' Kubernetes APIs)."""
 
     def __init__(self, pools: _BmcPools, timeouts: Timeouts):
         super().__init__(transport=pools, timeout=timeouts.httpx(), trust_env=False, follow_redirects=False)
@@ -477,7 +479,7 @@ class _BmcClient(httpx.AsyncClient):
 
 
 def _new_client(tls: BmcTls, timeouts: Timeouts, limits: httpx.Limits) -> httpx.AsyncClient:
-    return _BmcClient(_BmcPools(tls, limits), timeouts)
+    return PooledClient(_BmcPools(tls, limits), timeouts)
 
 
 class BmcClients:
@@ -843,7 +845,7 @@ class Connector:
             try:
                 if auth:
                     headers = {**headers, **self._auth_headers()}
-                if isinstance(self.client, _BmcClient):
+                if isinstance(self.client, PooledClient):
                     r = await self.client.send_direct(method, url, headers, content, timeout,
                                                       self._pool_ext[POOL_KEY])
                 else:
@@ -923,14 +925,14 @@ class Connector:
         if sess is not None and sess.location:
             try:
                 url, headers = self.url(sess.location), {"X-Auth-Token": sess.token, "User-Agent": USER_AGENT}
-                if isinstance(self.client, _BmcClient):
+                if isinstance(self.client, PooledClient):
                     await asyncio.wait_for(self.client.send_direct("DELETE", url, headers, None, None,
                                                                    self._pool_ext[POOL_KEY]), 5.0)
                 else:
                     await asyncio.wait_for(self.client.delete(url, headers=headers), 5.0)
             except (httpx.HTTPError, TimeoutError, BmcError, PinMismatch):
                 log.debug("BMC %s: session logout failed; it will expire on the BMC", self.bmc)
-        if isinstance(self.client, _BmcClient):
+        if isinstance(self.client, PooledClient):
             await self.client.pools.release(self._pool_ext[POOL_KEY])
 
 

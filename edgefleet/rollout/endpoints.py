@@ -33,7 +33,7 @@ import httpx
 from edgefleet.errors import InputError, ProbeError
 from edgefleet.health.probes import ClientCert, ClusterAccess, ClusterSnapshot, fetch_cluster, parse_nodes
 from edgefleet.inventory.model import BmcTls, Fleet, Node, Probe, Role, Store
-from edgefleet.redfish.connector import BmcClients, Timeouts, _BmcClient, bmc_base_url
+from edgefleet.redfish.connector import BmcClients, PooledClient, Timeouts, bmc_base_url
 
 __all__ = ["Endpoints", "SimClock", "StoreApi", "TalosAccess", "from_inventory", "from_simulator"]
 
@@ -185,7 +185,7 @@ class StoreApi:
         self._pools = BmcClients(t, httpx.Limits(max_connections=1000, max_keepalive_connections=512,
                                                   keepalive_expiry=30.0))
         client = self._pools.for_tls(BmcTls())
-        assert isinstance(client, _BmcClient)
+        assert isinstance(client, PooledClient)
         self._client = client
         self._access: dict[str, ClusterAccess] = {}
 

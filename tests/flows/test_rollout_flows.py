@@ -114,33 +114,27 @@ def _prefect_texts() -> dict[str, str]:
 
     APILogWorker.drain_all(timeout=10)  # logs are shipped in batches: wait for the last ones
 
+    async def pages(read_page: Any, limit: int = 200, most: int = 1_000_000) -> list[Any]:
+        """Every item of a paginated Prefect read (bounded)."""
+        items: list[Any] = []
+        for offset in range(0, most, limit):
+            page = await read_page(limit=limit, offset=offset)
+            items.extend(page)
+            if len(page) < limit:
+                break
+        return items
+
     async def read() -> dict[str, str]:
         out: dict[str, str] = {}
         async with get_client() as client:
-            for offset in range(0, 100_000, 200):
-                artifacts = await client.read_artifacts(limit=200, offset=offset)
-                for a in artifacts:
-                    out[f"artifact {a.key or a.id} ({a.type})"] = json.dumps([a.data, a.description], default=str)
-                if len(artifacts) < 200:
-                    break
-            for offset in range(0, 100_000, 200):
-                runs = await client.read_flow_runs(limit=200, offset=offset)
-                for fr in runs:
-                    out[f"flow run {fr.name}"] = json.dumps(fr.model_dump(mode="json"), default=str)
-                if len(runs) < 200:
-                    break
-            for offset in range(0, 100_000, 200):
-                tasks = await client.read_task_runs(limit=200, offset=offset)
-                for tr in tasks:
-                    out[f"task run {tr.name}"] = json.dumps(tr.model_dump(mode="json"), default=str)
-                if len(tasks) < 200:
-                    break
-            for offset in range(0, 1_000_000, 200):
-                logs = await client.read_logs(limit=200, offset=offset)
-                for lg in logs:
-                    out[f"log {lg.id} of flow run {lg.flow_run_id}"] = f"{lg.name} {lg.message}"
-                if len(logs) < 200:
-                    break
+            for a in await pages(client.read_artifacts):
+                out[f"artifact {a.key or a.id} ({a.type})"] = json.dumps([a.data, a.description], default=str)
+            for fr in await pages(client.read_flow_runs):
+                out[f"flow run {fr.name} {fr.id}"] = json.dumps(fr.model_dump(mode="json"), default=str)
+            for tr in await pages(client.read_task_runs):
+                out[f"task run {tr.name} {tr.id}"] = json.dumps(tr.model_dump(mode="json"), default=str)
+            for lg in await pages(client.read_logs):
+                out[f"log {lg.id} of flow run {lg.flow_run_id}"] = f"{lg.name} {lg.message}"
         return out
 
     return asyncio.run(read())

@@ -109,6 +109,13 @@ class MediaFetcher:
             raise MediaError(f"downloading {url} failed: {type(e).__name__}: {e}", status=500,
                              message_id="Base.1.8.InternalError") from None
 
+    async def _read_release(self, body: bytes, sha: str) -> ReleaseFacts:
+        """Parse a release image in a thread and cache it before the read counts as finished: a fetch
+        of the same image that completes in between finds it cached, not the read gone and no cache."""
+        facts = await asyncio.to_thread(_read_release, body, sha)
+        self.releases[sha] = facts
+        return facts
+
     async def _fetch(self, url: str) -> Media:
         async with self.client.stream("GET", url) as r:
             if r.status_code != 200:
@@ -150,7 +157,7 @@ class MediaFetcher:
                 return Media(url=url, sha256=got, size=size, kind="seed", seed=_read_seed(body, got))
             task = self._reading.get(got)
             if task is None:
-                task = asyncio.ensure_future(asyncio.to_thread(_read_release, body, got))
+                task = asyncio.ensure_future(self._read_release(body, got))
                 self._reading[got] = task
                 task.add_done_callback(lambda _t: self._reading.pop(got, None))
             else:

@@ -3,6 +3,9 @@ built with the real Packer template, and the ledger-versus-simulator check."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,12 @@ from edgefleet.inventory.model import Fleet
 from edgefleet.releases.build import ReleaseSpec, build_release
 from edgefleet.releases.catalog import ReleaseCatalog
 from edgefleet.releases.upstream import write_fake_upstream
+from edgefleet.rollout.endpoints import Endpoints, from_simulator
 from edgefleet.rollout.ledger import Ledger
+from edgefleet.sim.build import build_sim
+from edgefleet.sim.scenario import parse_scenario
+from edgefleet.sim.server import running_server
+from edgefleet.sim.talos_wiring import running_talos_api
 
 PASSWORD_ENV = "ROLLOUT_TEST_BMC_PASSWORD"
 PASSWORD = "rollout-bmc-pw-7f3a"
@@ -90,3 +98,16 @@ async def ledger_matches_sim(url: str, ledger: Ledger, fleet: Fleet) -> None:
             assert state[n.name]["release"] == current, (n.name, state[n.name], current)
             if n.name in nodes:
                 assert nodes[n.name][1] == state[n.name]["release"], (n.name, nodes[n.name], state[n.name])
+
+
+@asynccontextmanager
+async def running_world(fleet: Fleet, home: Path, *, boot_seconds: float, time_scale: float, clock: datetime,
+                        ca_out: Path) -> AsyncIterator[tuple[str, Endpoints]]:
+    """The in-process fleet simulator with its Talos API, served on 127.0.0.1: its URL and the
+    engine's endpoints for it (BMC password from ``PASSWORD_ENV``)."""
+    sim = build_sim(fleet, scenario=parse_scenario({"boot_seconds": boot_seconds}), time_scale=time_scale,
+                    clock=clock, home=home, environ={PASSWORD_ENV: PASSWORD})
+    async with running_talos_api(sim, ca_out=ca_out) as api:
+        talos = {"endpoint": api.endpoint, "ca_pem": api.ca_pem.decode()}
+        async with running_server(sim, talos=talos) as url:
+            yield url, await from_simulator(url)

@@ -12,7 +12,6 @@ import shutil
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,16 +19,12 @@ from edgefleet.errors import ArtifactError
 from edgefleet.releases.catalog import ReleaseCatalog
 from edgefleet.releases.upstream import sha256_file
 from edgefleet.rollout import operations as ops
-from edgefleet.rollout.endpoints import Endpoints, from_simulator
+from edgefleet.rollout.endpoints import Endpoints
 from edgefleet.rollout.executor import EngineSettings
 from edgefleet.rollout.ledger import Ledger, RolloutStatus
 from edgefleet.rollout.plan import RolloutPolicy
-from edgefleet.sim.build import build_sim
-from edgefleet.sim.scenario import parse_scenario
-from edgefleet.sim.server import running_server
-from edgefleet.sim.talos_wiring import running_talos_api
 from edgefleet.state.db import create_state_engine
-from tests.contract.rollout_world import PASSWORD, PASSWORD_ENV, build_releases, get_json, make_inventory
+from tests.contract.rollout_world import PASSWORD, PASSWORD_ENV, build_releases, get_json, make_inventory, running_world
 from tests.helpers import REPO, require_tool
 from tests.hygiene import dump_state, find_secrets, run_secrets
 
@@ -130,12 +125,9 @@ def test_an_altered_image_is_refused_before_any_bmc_call(tmp_path: Path, monkeyp
         assert find_secrets({"cli": "\n".join(outputs), **dump_state(engine)}, run_secrets(home, [PASSWORD])) == []
 
     async def main() -> None:
-        sim = build_sim(fleet, scenario=parse_scenario({"boot_seconds": 60}), time_scale=300, clock=START,
-                        home=home, environ={PASSWORD_ENV: PASSWORD})
-        async with running_talos_api(sim, ca_out=tmp_path / "talos-ca.pem") as api:
-            talos: dict[str, Any] = {"endpoint": api.endpoint, "ca_pem": api.ca_pem.decode()}
-            async with running_server(sim, talos=talos) as url:
-                await asyncio.wait_for(body(url, await from_simulator(url)), 150)
+        async with running_world(fleet, home, boot_seconds=60, time_scale=300, clock=START,
+                                 ca_out=tmp_path / "talos-ca.pem") as (url, ep):
+            await asyncio.wait_for(body(url, ep), 150)
 
     try:
         asyncio.run(main())

@@ -32,17 +32,20 @@ from edgefleet.inventory.model import Fleet, Role
 from edgefleet.releases.catalog import ReleaseCatalog
 from edgefleet.report import collect_report, render_report
 from edgefleet.rollout import operations as ops
-from edgefleet.rollout.endpoints import Endpoints, from_simulator
+from edgefleet.rollout.endpoints import Endpoints
 from edgefleet.rollout.executor import EngineSettings
 from edgefleet.rollout.ledger import Ledger, RolloutStatus, RunStatus
 from edgefleet.rollout.plan import RolloutPolicy
 from edgefleet.secrets import generate_secrets, store_secrets
-from edgefleet.sim.build import build_sim
-from edgefleet.sim.scenario import parse_scenario
-from edgefleet.sim.server import running_server
-from edgefleet.sim.talos_wiring import running_talos_api
 from edgefleet.state.db import create_state_engine
-from tests.contract.rollout_world import PASSWORD, PASSWORD_ENV, build_releases, get_json, ledger_matches_sim
+from tests.contract.rollout_world import (
+    PASSWORD,
+    PASSWORD_ENV,
+    build_releases,
+    get_json,
+    ledger_matches_sim,
+    running_world,
+)
 from tests.helpers import require_tool
 from tests.hygiene import dump_state, find_secrets, run_secrets
 
@@ -247,12 +250,9 @@ def test_fault_storm_retries_rolls_back_halts_and_stays_safe(tmp_path: Path, mon
               f"provisioning {t_prov:.1f} s, rollout {took:.1f} s")
 
     async def main() -> None:
-        sim = build_sim(fleet, scenario=parse_scenario({"boot_seconds": 30}), time_scale=scale, clock=START,
-                        home=home, environ={PASSWORD_ENV: PASSWORD})
-        async with running_talos_api(sim, ca_out=tmp_path / "talos-ca.pem") as api:
-            talos = {"endpoint": api.endpoint, "ca_pem": api.ca_pem.decode()}
-            async with running_server(sim, talos=talos) as url:
-                await asyncio.wait_for(body(url, await from_simulator(url)), bound)
+        async with running_world(fleet, home, boot_seconds=30, time_scale=scale, clock=START,
+                                 ca_out=tmp_path / "talos-ca.pem") as (url, ep):
+            await asyncio.wait_for(body(url, ep), bound)
 
     try:
         asyncio.run(main())

@@ -32,14 +32,10 @@ from edgefleet.releases.build import ReleaseSpec, build_release
 from edgefleet.releases.catalog import ReleaseCatalog, ReleaseState
 from edgefleet.releases.upstream import write_fake_upstream
 from edgefleet.rollout import operations as ops
-from edgefleet.rollout.endpoints import Endpoints, from_simulator
+from edgefleet.rollout.endpoints import Endpoints
 from edgefleet.rollout.executor import NETSEED_EXPIRES, SEED_KEY_FILE, EngineSettings, nocloud_urls
 from edgefleet.rollout.ledger import Ledger, RolloutStatus, RunStatus
 from edgefleet.rollout.plan import RolloutPolicy
-from edgefleet.sim.build import build_sim
-from edgefleet.sim.scenario import parse_scenario
-from edgefleet.sim.server import running_server
-from edgefleet.sim.talos_wiring import running_talos_api
 from edgefleet.state.db import create_state_engine
 from tests.contract.rollout_world import (
     PASSWORD,
@@ -49,6 +45,7 @@ from tests.contract.rollout_world import (
     ledger_matches_sim,
     make_inventory,
     make_mixed_inventory,
+    running_world,
 )
 from tests.helpers import require_tool
 
@@ -82,14 +79,10 @@ def run_world(tmp: Path, body: Callable[[World, Endpoints, Any], Awaitable[None]
     build_releases(home, tmp, ReleaseCatalog(engine), ["v1", "v2", "v3"])
 
     async def main() -> None:
-        sim = build_sim(fleet, scenario=parse_scenario({"boot_seconds": 60}), time_scale=scale, clock=START,
-                        home=home, environ={PASSWORD_ENV: PASSWORD})
-        async with running_talos_api(sim, ca_out=tmp / "talos-ca.pem") as api:
-            talos = {"endpoint": api.endpoint, "ca_pem": api.ca_pem.decode()}
-            async with running_server(sim, talos=talos) as url:
-                endpoints = await from_simulator(url)
-                assert endpoints.talos is not None and endpoints.talos_enabled
-                await asyncio.wait_for(body(World(fleet, home, url), endpoints, engine), 150)
+        async with running_world(fleet, home, boot_seconds=60, time_scale=scale, clock=START,
+                                 ca_out=tmp / "talos-ca.pem") as (url, endpoints):
+            assert endpoints.talos is not None and endpoints.talos_enabled
+            await asyncio.wait_for(body(World(fleet, home, url), endpoints, engine), 150)
 
     try:
         asyncio.run(main())

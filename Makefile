@@ -42,7 +42,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check edgefleet tests bench $(wildcard flows/*.py)
 
 typecheck: $(VENV)/.installed
-	$(VENV)/bin/mypy edgefleet
+	$(VENV)/bin/mypy edgefleet bench
 
 pytest: setup
 	$(VENV)/bin/pytest -q tests

@@ -262,13 +262,13 @@ def _flow_run(a: argparse.Namespace, knobs: Knobs) -> tuple[str, float]:
     t0 = time.perf_counter()
     warm_up()
     warm = time.perf_counter() - t0
-    state = asyncio.run(rollout(
+    flow_fn: Any = rollout  # a Prefect flow: with return_state=True, a coroutine of its final State
+    asyncio.run(flow_fn(
         a.release, canary=knobs.canary, waves=list(WAVES), max_concurrent=knobs.concurrency, failure_budget="0",
         node_minutes=20.0, node_timeout_s=knobs.node_timeout_s, gate_timeout_s=knobs.gate_timeout_s,
         poll_s=knobs.poll_s, soak_s=0.0, wave_soak_minutes=knobs.wave_soak_real_s * knobs.time_scale / 60,
         gate_on_window=False, sim_url=a.sim, inventory=a.inventory, home=a.home, state_url=a.state,
-        return_state=True))
-    del state  # the ledger holds the outcome; check_run reads it
+        return_state=True))  # the ledger holds the outcome; check_run reads it
     from edgefleet.rollout.ledger import Ledger
     from edgefleet.state.db import open_state
 
@@ -376,10 +376,10 @@ def _run_child(phase: str, inventory: Path, home: Path, state: str, sim: Simulat
 # -- checks ----------------------------------------------------------------------------------------
 
 def check_run(sim: Simulator, state: str, rollout_id: str, release: str, nodes: int, joined_before: int
-              ) -> tuple[int, list[list[int]], int]:
+              ) -> tuple[int, list[list[str]], int]:
     """Every store succeeded in the ledger, every node runs ``release`` in the simulator, the
     simulator saw one joined media boot per node, the oracle found nothing. Returns the joined
-    boots so far, the plan's waves (node counts) and the stores."""
+    boots so far, the plan's waves (store ids) and the number of store runs."""
     from edgefleet.rollout.ledger import Ledger, RunStatus
     from edgefleet.state.db import create_state_engine
 
@@ -402,7 +402,7 @@ def check_run(sim: Simulator, state: str, rollout_id: str, release: str, nodes: 
         raise RuntimeError(f"the simulator's nodes run {report['releases']}, not all {release}")
     if report["violations"]["total"] != 0:
         raise RuntimeError(f"the oracle found violations: {report['violations']['by_rule']}")
-    return joined, [[s["store"] for s in w["stores"]] for w in waves_plan], len(runs)  # type: ignore[misc]
+    return joined, [[s["store"] for s in w["stores"]] for w in waves_plan], len(runs)
 
 
 # -- the benchmark -----------------------------------------------------------------------------------

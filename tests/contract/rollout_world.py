@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import Engine
 
 from edgefleet.inventory.generate import write_inventory
 from edgefleet.inventory.load import load_fleet
@@ -23,6 +24,7 @@ from edgefleet.sim.build import build_sim
 from edgefleet.sim.scenario import parse_scenario
 from edgefleet.sim.server import running_server
 from edgefleet.sim.talos_wiring import running_talos_api
+from edgefleet.state.db import create_state_engine
 
 PASSWORD_ENV = "ROLLOUT_TEST_BMC_PASSWORD"
 PASSWORD = "rollout-bmc-pw-7f3a"
@@ -71,6 +73,19 @@ def make_mixed_inventory(root: Path) -> Fleet:
                      _store("dk-0101", "DK", 11, ["controlplane"], in_band=True),
                      _store("dk-0102", "DK", 12, ["controlplane"] * 3, in_band=True)]}
     return load_fleet(write_inventory(root, fleet, gv, stores))
+
+
+def ledger_url(home: Path) -> str:
+    return f"sqlite:///{home / 'edgefleet.db'}"
+
+
+def release_home(tmp: Path, names: list[str]) -> tuple[Path, Engine]:
+    """``tmp/home`` with its SQLite ledger and the releases ``names`` built into its catalog."""
+    home = tmp / "home"
+    home.mkdir()
+    engine = create_state_engine(ledger_url(home))
+    build_releases(home, tmp, ReleaseCatalog(engine), names)
+    return home, engine
 
 
 def build_releases(home: Path, tmp: Path, catalog: ReleaseCatalog, names: list[str]) -> None:

@@ -23,8 +23,7 @@ from edgefleet.rollout.endpoints import Endpoints
 from edgefleet.rollout.executor import EngineSettings
 from edgefleet.rollout.ledger import Ledger, RolloutStatus
 from edgefleet.rollout.plan import RolloutPolicy
-from edgefleet.state.db import create_state_engine
-from tests.contract.rollout_world import PASSWORD, PASSWORD_ENV, build_releases, get_json, make_inventory, running_world
+from tests.contract.rollout_world import PASSWORD, PASSWORD_ENV, get_json, make_inventory, release_home, running_world
 from tests.helpers import REPO, require_tool
 from tests.hygiene import dump_state, find_secrets, run_secrets
 
@@ -59,12 +58,8 @@ def test_an_altered_image_is_refused_before_any_bmc_call(tmp_path: Path, monkeyp
     require_tool(shutil.which("packer"), "packer (Debian package `packer`)")
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     fleet = make_inventory(tmp_path / "inventory")
-    home = tmp_path / "home"
-    home.mkdir()
-    engine = create_state_engine(f"sqlite:///{home / 'edgefleet.db'}")
-    catalog = ReleaseCatalog(engine)
-    build_releases(home, tmp_path, catalog, ["v1", "v2"])
-    v1 = catalog.get("v1")
+    home, engine = release_home(tmp_path, ["v1", "v2"])
+    v1 = ReleaseCatalog(engine).get("v1")
     good = v1.artifact_path.read_bytes()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
     env.update({"EDGEFLEET_HOME": str(home), "EDGEFLEET_INVENTORY": str(tmp_path / "inventory"),

@@ -29,7 +29,6 @@ import pytest
 from edgefleet.inventory.generate import write_inventory
 from edgefleet.inventory.load import load_fleet
 from edgefleet.inventory.model import Fleet, Role
-from edgefleet.releases.catalog import ReleaseCatalog
 from edgefleet.report import collect_report, render_report
 from edgefleet.rollout import operations as ops
 from edgefleet.rollout.endpoints import Endpoints
@@ -37,13 +36,12 @@ from edgefleet.rollout.executor import EngineSettings
 from edgefleet.rollout.ledger import Ledger, RolloutStatus, RunStatus
 from edgefleet.rollout.plan import RolloutPolicy
 from edgefleet.secrets import generate_secrets, store_secrets
-from edgefleet.state.db import create_state_engine
 from tests.contract.rollout_world import (
     PASSWORD,
     PASSWORD_ENV,
-    build_releases,
     get_json,
     ledger_matches_sim,
+    release_home,
     running_world,
 )
 from tests.helpers import require_tool
@@ -133,10 +131,7 @@ def test_fault_storm_retries_rolls_back_halts_and_stays_safe(tmp_path: Path, mon
     stores, waves, budget, concurrent, scale, bound, ready_s = SIZE
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     fleet = storm_inventory(tmp_path / "inventory", stores)
-    home = tmp_path / "home"
-    home.mkdir()
-    engine = create_state_engine(f"sqlite:///{home / 'edgefleet.db'}")
-    build_releases(home, tmp_path, ReleaseCatalog(engine), ["v1", "v2"])
+    home, engine = release_home(tmp_path, ["v1", "v2"])
     # Each store's cluster secrets (RSA-4096 keys: about a second each) made on every core, not one
     # by one by the provisions below (which then find and use them).
     with ProcessPoolExecutor() as pool:

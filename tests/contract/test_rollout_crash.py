@@ -33,7 +33,6 @@ import edgefleet.secrets
 from edgefleet.inventory.generate import write_inventory
 from edgefleet.inventory.load import load_fleet
 from edgefleet.inventory.model import Fleet
-from edgefleet.releases.catalog import ReleaseCatalog
 from edgefleet.rollout import operations as ops
 from edgefleet.rollout.endpoints import from_simulator
 from edgefleet.rollout.executor import EngineSettings
@@ -49,8 +48,7 @@ from edgefleet.rollout.ledger import (
     stmt_run,
 )
 from edgefleet.secrets import ensure_secrets
-from edgefleet.state.db import create_state_engine
-from tests.contract.rollout_world import PASSWORD, PASSWORD_ENV, build_releases, ledger_matches_sim, make_inventory
+from tests.contract.rollout_world import PASSWORD, PASSWORD_ENV, ledger_matches_sim, make_inventory, release_home
 from tests.contract.test_rollout_sim import SETTINGS, World, run_world
 from tests.helpers import REPO
 
@@ -97,10 +95,7 @@ def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.Com
 
 def test_kill_9_mid_rollout_then_resume(tmp_path: Path) -> None:
     fleet = make_inventory(tmp_path / "inventory")
-    home = tmp_path / "home"
-    home.mkdir()
-    engine = create_state_engine(f"sqlite:///{home / 'edgefleet.db'}")
-    build_releases(home, tmp_path, ReleaseCatalog(engine), ["v1", "v2"])
+    home, engine = release_home(tmp_path, ["v1", "v2"])
     env = _env(home, tmp_path / "inventory")
     scenario = tmp_path / "scenario.yaml"
     scenario.write_text("boot_seconds: 30\n")
@@ -359,11 +354,8 @@ def test_kill_9_at_random_points_of_a_large_rollout(tmp_path: Path, monkeypatch:
     _share_service_account_key(monkeypatch)
     fleet, never_ready = _big_fleet(tmp_path / "inventory", STORES, rng)
     never_stores = {n.rsplit("-n", 1)[0] for n in never_ready}
-    home = tmp_path / "home"
-    home.mkdir()
-    engine = create_state_engine(f"sqlite:///{home / 'edgefleet.db'}")
+    home, engine = release_home(tmp_path, ["v1", "v2"])
     ledger = Ledger(engine)
-    build_releases(home, tmp_path, ReleaseCatalog(engine), ["v1", "v2"])
     env = _env(home, tmp_path / "inventory")
     scenario = tmp_path / "scenario.yaml"
     scenario.write_text("boot_seconds: 20\n")

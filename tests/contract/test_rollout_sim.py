@@ -36,15 +36,14 @@ from edgefleet.rollout.endpoints import Endpoints
 from edgefleet.rollout.executor import NETSEED_EXPIRES, SEED_KEY_FILE, EngineSettings, nocloud_urls
 from edgefleet.rollout.ledger import Ledger, RolloutStatus, RunStatus
 from edgefleet.rollout.plan import RolloutPolicy
-from edgefleet.state.db import create_state_engine
 from tests.contract.rollout_world import (
     PASSWORD,
     PASSWORD_ENV,
-    build_releases,
     get_json,
     ledger_matches_sim,
     make_inventory,
     make_mixed_inventory,
+    release_home,
     running_world,
 )
 from tests.helpers import require_tool
@@ -73,10 +72,7 @@ def run_world(tmp: Path, body: Callable[[World, Endpoints, Any], Awaitable[None]
     require_tool(shutil.which("packer"), "packer (Debian package `packer`)")
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     fleet = inventory(tmp / "inventory")
-    home = tmp / "home"
-    home.mkdir()
-    engine = create_state_engine(f"sqlite:///{home / 'edgefleet.db'}")
-    build_releases(home, tmp, ReleaseCatalog(engine), ["v1", "v2", "v3"])
+    home, engine = release_home(tmp, ["v1", "v2", "v3"])
 
     async def main() -> None:
         async with running_world(fleet, home, boot_seconds=60, time_scale=scale, clock=START,

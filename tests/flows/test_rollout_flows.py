@@ -23,8 +23,7 @@ from edgefleet.sim.build import build_sim
 from edgefleet.sim.scenario import parse_scenario
 from edgefleet.sim.server import running_server
 from edgefleet.sim.talos_wiring import running_talos_api
-from edgefleet.state.db import create_state_engine
-from tests.contract.rollout_world import PASSWORD, PASSWORD_ENV, build_releases, make_inventory
+from tests.contract.rollout_world import PASSWORD, PASSWORD_ENV, ledger_url, make_inventory, release_home
 from tests.helpers import REPO
 from tests.hygiene import dump_state, find_secrets, run_secrets
 
@@ -94,11 +93,8 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: Path
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     inv = tmp_path / "inventory"
     fleet = make_inventory(inv)
-    home = tmp_path / "home"
-    home.mkdir()
-    url = f"sqlite:///{home / 'edgefleet.db'}"
-    engine = create_state_engine(url)
-    build_releases(home, tmp_path, ReleaseCatalog(engine), ["v1", "v2"])
+    home, engine = release_home(tmp_path, ["v1", "v2"])
+    url = ledger_url(home)
     with SimThread(inv, home) as sim:
         yield {"fleet": fleet, "home": home, "engine": engine, "sim": sim,
                "common": {"sim_url": sim.url, "inventory": str(inv), "home": str(home), "state_url": url,

@@ -49,8 +49,10 @@ def run(stores: int = 3400, large: int = 10000) -> list[dict[str, object]]:
     big_secs, big_plan = _plan(big, POLICY)
     windows = sum(len(s.maintenance_windows) for s in fleet.stores.values())
     what = (f"{len(fleet.stores)} stores, {windows} windows in {len({s.timezone for s in fleet.stores.values()})} "
-            f"time zones, {len(fleet.freezes)} freezes, canary 10, waves 50/20%/100%, caps 500 / 200 per region / "
-            f"40 per country: {len(plan.waves)} waves, {len(plan.unschedulable)} unschedulable")
+            f"time zones, {len(fleet.freezes)} freezes, canary {POLICY.canary}, waves "
+            f"{'/'.join(str(w) for w in POLICY.waves)}, caps {POLICY.max_concurrent} / {POLICY.max_per_region} per "
+            f"region / {POLICY.max_per_country} per country: {len(plan.waves)} waves, {len(plan.unschedulable)} "
+            "unschedulable")
     per_store, big_per_store = secs / len(fleet.stores), big_secs / len(big.stores)
     rows: list[dict[str, object]] = [
         {"measure": f"plan {what} (s, median of 5) vs the same plan with the global cap only (s)",

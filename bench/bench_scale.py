@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from datetime import UTC, datetime
 
@@ -48,12 +47,9 @@ def _rows(got: list[Measured], concurrency: int, boot_real: float, started: str)
 
 def _stores_of(row: dict[str, object]) -> int:
     stores = row.get("stores")
-    if isinstance(stores, int):
-        return stores
-    m = re.match(r"(\d+) stores", str(row.get("measure", "")))
-    if m is None:
+    if not isinstance(stores, int):
         raise ValueError(f"{RESULTS / 'scale.json'}: a row without its store count: {row.get('measure')!r}")
-    return int(m.group(1))
+    return stores
 
 
 def merged(kept: list[dict[str, object]], new: list[dict[str, object]]) -> list[dict[str, object]]:

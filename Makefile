@@ -13,9 +13,6 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export CHECKPOINT_DISABLE := 1
 export EDGEFLEET_CLOUDINIT_ROOT := $(CURDIR)/.cache/cloud-init
 export EDGEFLEET_SUSHY_VENV := $(CURDIR)/.cache/sushy-venv
-# Talos's machine-config schema, from the conformance data beside the checkout when it is there:
-# seed builds validate every document against it (without it they merge patches unchecked, and say so).
-export EDGEFLEET_TALOS_SCHEMA ?= $(abspath $(CURDIR)/../shared/conformance/talos-v1.12.6/config.schema.json)
 
 .PHONY: setup debs test lint typecheck pytest demo bench soak clean
 

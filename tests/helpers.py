@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from edgefleet.releases.catalog import Release, ReleaseCatalog, ReleaseState
+from edgefleet.state.db import open_state
+
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE_INVENTORY = REPO / "inventory"
-CONFORMANCE = REPO.parent / "shared" / "conformance"
+# Upstream Talos test data the project carries (see tests/data/talos-v1.12.6/README.md).
+TALOS_TESTDATA = REPO / "tests" / "data" / "talos-v1.12.6"
 VENV_BIN = REPO / ".venv" / "bin"
+
+
+def record_release(home: Path, name: str = "talos-v1.12.6-r1", *, talos_version: str = "v1.12.6",
+                   kubernetes_version: str = "1.35.0", installer_image: str | None = None) -> Release:
+    """Record a release in the catalog of ``home``'s SQLite state store, as ``release build`` would
+    after a Packer build (a small stand-in artifact: seed builds never read it)."""
+    artifact = home / "releases" / f"{name}.iso"
+    artifact.parent.mkdir(parents=True, exist_ok=True)
+    artifact.write_bytes(f"stand-in image of {name}".encode())
+    now = datetime.now(UTC)
+    catalog = ReleaseCatalog(open_state(f"sqlite:///{home / 'edgefleet.db'}"))
+    return catalog.add(Release(
+        name=name, artifact_path=artifact, sha256=hashlib.sha256(artifact.read_bytes()).hexdigest(),
+        size=artifact.stat().st_size, talos_version=talos_version, kubernetes_version=kubernetes_version,
+        installer_image=installer_image or f"ghcr.io/siderolabs/installer:{talos_version}", extensions=(),
+        kernel_args=(), upstream_sha256="0" * 64, template_hash="0" * 64, build_seconds=0.0,
+        state=ReleaseState.built, created_at=now, state_changed_at=now))
 
 
 def require_tool(path: Path | str | None, what: str) -> None:

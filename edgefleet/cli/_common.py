@@ -15,12 +15,15 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
-from edgefleet.errors import InputError
+from edgefleet.errors import InputError, ReleaseInputError
+
+if TYPE_CHECKING:
+    from edgefleet.releases.catalog import ReleaseCatalog
 
 # Off a terminal (pipes, CI logs) rich would wrap at 80 columns and cut table cells.
 _WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))
@@ -55,6 +58,28 @@ def default_state_url() -> str:
     if url:
         return url
     return f"sqlite:///{edgefleet_home() / 'edgefleet.db'}"
+
+
+def existing_catalog() -> ReleaseCatalog:
+    """The release catalog of the state store in use, which must already exist: a command that only
+    reads releases never creates an empty state store (a SQLite file in the wrong directory)."""
+    from sqlalchemy.engine import make_url
+
+    from edgefleet.releases.catalog import ReleaseCatalog
+    from edgefleet.state.db import open_state
+
+    url = default_state_url()
+    try:
+        parsed = make_url(url)
+    except Exception:
+        parsed = None
+    if parsed is not None and parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        db = Path(str(parsed.database))
+        if not db.is_file():
+            raise ReleaseInputError(f"no release catalog at {db} (EDGEFLEET_HOME={edgefleet_home()}): build a release "
+                                    "first with `edgefleet release build`, or point EDGEFLEET_HOME / "
+                                    "EDGEFLEET_STATE_URL at the state store that has it")
+    return ReleaseCatalog(open_state(url))
 
 
 InventoryOpt = Annotated[

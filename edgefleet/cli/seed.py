@@ -1,97 +1,68 @@
 """``edgefleet seed``: build the NoCloud seed ISOs of stores or nodes, and inspect a seed ISO.
 
-``build`` takes the release by name. Until the release catalog resolves names, the versions come
-from options, with defaults read from the name:
-
-* ``--talos-version``: default, the first ``X.Y.Z`` in the name (``talos-v1.12.6-r3`` -> v1.12.6);
-* ``--kubernetes-version``: default, ``k8s-X.Y.Z`` in the name, else the selected stores'
-  ``cluster.kubernetes_version`` (they must agree);
-* ``--installer-image``: default, the vanilla ``ghcr.io/siderolabs/installer:<talos version>``.
-
-``--talos-schema`` (or ``EDGEFLEET_TALOS_SCHEMA``): the Talos release's ``config.schema.json``;
-with it every rendered document is validated, so a patch that breaks the schema stops the build
-(exit 2, nothing written). Secrets live in ``$EDGEFLEET_HOME/secrets``.
+``build`` takes the release by name from the release catalog, which is the source of truth for
+its Talos version, Kubernetes version and installer image: a release that was never built (or
+was revoked) is refused with exit 2 before anything is written. Every rendered document is
+validated against the Talos machine-config schema: the one bundled with edgefleet by default,
+or ``--talos-schema`` / ``EDGEFLEET_TALOS_SCHEMA`` for another Talos release; a patch that breaks
+the schema stops the build (exit 2, nothing written). Secrets live in ``$EDGEFLEET_HOME/secrets``.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from edgefleet.cli._common import InventoryOpt, JsonOpt, console, edgefleet_home, err_console, print_json
+from edgefleet.cli._common import (
+    InventoryOpt,
+    JsonOpt,
+    console,
+    edgefleet_home,
+    err_console,
+    existing_catalog,
+    print_json,
+)
 from edgefleet.errors import InputError
-from edgefleet.inventory.model import Store
 from edgefleet.talos.config import ReleaseRef
 
 app = typer.Typer(no_args_is_help=True, help="Build and inspect NoCloud seed ISOs (Talos machine configs).")
 
-_TALOS_IN_NAME = re.compile(r"(?<![\d.])v?(\d+\.\d+\.\d+)")
-_K8S_IN_NAME = re.compile(r"(?:k8s|kubernetes)[-_]?v?(\d+\.\d+\.\d+)")
-VANILLA_INSTALLER = "ghcr.io/siderolabs/installer"
 
-
-def resolve_release(name: str, stores: Sequence[Store], *, talos_version: str | None = None,
-                    kubernetes_version: str | None = None, installer_image: str | None = None) -> ReleaseRef:
-    """A ``ReleaseRef`` from a release name and options (see the module docstring)."""
-    if talos_version is None:
-        m = _TALOS_IN_NAME.search(_K8S_IN_NAME.sub("", name))
-        if m is None:
-            raise InputError(f"release {name!r}: no Talos version in its name; give --talos-version")
-        talos_version = f"v{m.group(1)}"
-    talos_version = talos_version if talos_version.startswith("v") else f"v{talos_version}"
-    if kubernetes_version is None:
-        m = _K8S_IN_NAME.search(name)
-        if m is not None:
-            kubernetes_version = m.group(1)
-        else:
-            found = sorted({s.cluster.kubernetes_version for s in stores})
-            if len(found) != 1:
-                raise InputError(f"the selected stores run different Kubernetes versions ({', '.join(found)}); "
-                                 "give --kubernetes-version")
-            kubernetes_version = found[0]
-    image = installer_image or f"{VANILLA_INSTALLER}:{talos_version}"
-    return ReleaseRef(name=name, talos_version=talos_version, kubernetes_version=kubernetes_version,
-                      installer_image=image)
+def release_ref(name: str) -> ReleaseRef:
+    """The catalog's release ``name`` as a ``ReleaseRef``; ReleaseInputError (exit 2) if it was never
+    built or was revoked."""
+    release = existing_catalog().require_rollable(name)
+    return ReleaseRef(name=release.name, talos_version=release.talos_version,
+                      kubernetes_version=release.kubernetes_version, installer_image=release.installer_image)
 
 
 @app.command()
 def build(
-    release: Annotated[str, typer.Option("--release", help="Release name (a Kubernetes label value)")],
+    release: Annotated[str, typer.Option("--release", "-r", help="Release name from the catalog")],
     out: Annotated[Path, typer.Option("--out", help="Output directory: <out>/<store>/<node>.iso + index.json")],
     store: Annotated[list[str] | None, typer.Option("--store", help="Store id (repeat for several)")] = None,
     all_stores: Annotated[bool, typer.Option("--all", help="Every store of the inventory")] = False,
     node: Annotated[str | None, typer.Option("--node", help="Only this node")] = None,
-    talos_version: Annotated[str | None, typer.Option("--talos-version", help="Default: from the name")] = None,
-    kubernetes_version: Annotated[str | None, typer.Option(
-        "--kubernetes-version", help="Default: k8s-X.Y.Z in the name, else the stores' cluster version")] = None,
-    installer_image: Annotated[str | None, typer.Option(
-        "--installer-image", help=f"Default: {VANILLA_INSTALLER}:<talos version>")] = None,
     talos_schema: Annotated[Path | None, typer.Option(
         "--talos-schema", envvar="EDGEFLEET_TALOS_SCHEMA",
-        help="Talos config.schema.json: validate every document (recommended)")] = None,
+        help="Another Talos release's config.schema.json (default: the bundled one)")] = None,
     inventory: InventoryOpt = Path("inventory"),
     json_out: JsonOpt = False,
 ) -> None:
     """Build (incrementally) the seed ISOs of the given stores, or of one node."""
     from edgefleet.inventory.load import load_fleet
     from edgefleet.seeds.build import SeedEvent, build_seeds
-    from edgefleet.talos.config import TalosSchema
+    from edgefleet.talos.config import default_schema
 
     if bool(store) == all_stores:
         raise InputError("give either --store ID (one or more) or --all")
     fleet = load_fleet(inventory)
     selected = list(fleet.stores.values()) if all_stores else [fleet.store(s) for s in dict.fromkeys(store or [])]
-    ref = resolve_release(release, selected, talos_version=talos_version, kubernetes_version=kubernetes_version,
-                          installer_image=installer_image)
-    schema = TalosSchema.load(talos_schema) if talos_schema is not None else None
-    if schema is None and any(s.talos_patches or any(n.talos_patches for n in s.nodes) for s in selected):
-        err_console.print("note: talos_patches are merged but not checked against the Talos schema "
-                          "(give --talos-schema or EDGEFLEET_TALOS_SCHEMA)")
+    ref = release_ref(release)
+    schema = default_schema(talos_schema)
     total = sum(len(s.nodes) for s in selected) if node is None else 1
     done = 0
 

@@ -99,6 +99,7 @@ from sqlalchemy import Engine
 from edgefleet.errors import (
     ArtifactError,
     BmcError,
+    ConfigRenderError,
     EdgefleetError,
     LockHeld,
     NetworkSeedError,
@@ -757,15 +758,16 @@ class Executor:
 
     async def _build_seeds(self, store: Store, rel: Release, cluster_exists: bool) -> None:
         from edgefleet.seeds.build import build_seeds
-        from edgefleet.talos.config import ReleaseRef
+        from edgefleet.talos.config import ReleaseRef, default_schema
 
         ref = ReleaseRef(name=rel.name, talos_version=rel.talos_version, kubernetes_version=rel.kubernetes_version,
                          installer_image=rel.installer_image)
         out = seeds_dir(self.home, rel.name, store.id)
         try:
             report = await asyncio.to_thread(build_seeds, self.fleet, [store.id], None, ref, self.home, out,
-                                             now=self.wall(), existing_clusters=[store.id] if cluster_exists else ())
-        except (SecretsError, LockHeld) as e:
+                                             now=self.wall(), existing_clusters=[store.id] if cluster_exists else (),
+                                             schema=default_schema())
+        except (SecretsError, LockHeld, ConfigRenderError) as e:
             raise _StoreFailed(f"seeds for {rel.name}: {e}") from None
         await self._event("seeds_ready", store=store.id, detail={"release": rel.name, "written": len(report.written),
                                                                  "skipped": report.skipped})

@@ -21,12 +21,15 @@ absent, or removes it with a top-level ``$patch: delete``.
 
 With a ``TalosSchema`` (the ``config.schema.json`` of the Talos release), every rendered
 document is validated against its own ``$defs`` entry; a violation is a ``ConfigRenderError``
-naming the store, the node, the document and the schema path.
+naming the store, the node, the document and the schema path. The schema of
+``BUNDLED_SCHEMA_VERSION`` ships with the package (``edgefleet/data/talos``) and is the default;
+``EDGEFLEET_TALOS_SCHEMA`` names another release's ``config.schema.json`` (``default_schema``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,12 +43,15 @@ from edgefleet.inventory.model import Node, Role, Store
 from edgefleet.secrets import ClusterSecrets
 
 __all__ = [
+    "BUNDLED_SCHEMA_VERSION",
     "LABEL_RELEASE",
     "LABEL_STORE",
     "LINK_ALIAS",
     "ReleaseRef",
     "TalosSchema",
     "apply_patches",
+    "bundled_schema_path",
+    "default_schema",
     "render_machine_config",
     "render_machine_documents",
     "strategic_merge",
@@ -279,6 +285,34 @@ def apply_patches(docs: list[dict[str, Any]], patches: Sequence[Mapping[str, Any
 
 
 # --- schema ----------------------------------------------------------------------------------------
+
+BUNDLED_SCHEMA_VERSION = "v1.12.6"  # the Talos release whose config.schema.json ships in edgefleet/data/talos
+SCHEMA_ENV = "EDGEFLEET_TALOS_SCHEMA"
+
+
+def bundled_schema_path() -> Path:
+    """The ``config.schema.json`` of ``BUNDLED_SCHEMA_VERSION`` that ships with the package."""
+    return Path(__file__).resolve().parent.parent / "data" / "talos" / f"config.schema-{BUNDLED_SCHEMA_VERSION}.json"
+
+
+_loaded: dict[Path, TalosSchema] = {}
+
+
+def default_schema(path: Path | None = None, environ: Mapping[str, str] = os.environ) -> TalosSchema:
+    """The schema every seed build validates against: ``path``, else ``$EDGEFLEET_TALOS_SCHEMA``,
+    else the bundled one. Loaded once per process and path (its validators and verdicts are reused)."""
+    from_env = path is None and bool(environ.get(SCHEMA_ENV))
+    chosen = path or (Path(environ[SCHEMA_ENV]) if from_env else bundled_schema_path())
+    key = chosen.resolve()
+    if key not in _loaded:
+        try:
+            _loaded[key] = TalosSchema.load(chosen)
+        except ConfigRenderError as e:
+            if not from_env:
+                raise
+            raise ConfigRenderError(f"{e} (from {SCHEMA_ENV}; unset it to use the bundled Talos "
+                                    f"{BUNDLED_SCHEMA_VERSION} schema)") from None
+    return _loaded[key]
 
 
 class TalosSchema:

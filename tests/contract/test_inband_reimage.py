@@ -36,6 +36,8 @@ from edgefleet.talos.certs import Role
 from edgefleet.talos.config import ReleaseRef
 from edgefleet.talos.inband import reimage_in_band
 
+pytestmark = pytest.mark.clock  # certificates, tokens or TLS meet the real clock: run again under faketime
+
 INSIDE = datetime(2026, 11, 3, 21, 30, tzinfo=UTC)  # Tuesday 22:30 in Copenhagen: inside 22:00-05:00
 OUTSIDE = datetime(2026, 11, 4, 12, 0, tzinfo=UTC)  # 13:00 in Copenhagen
 TARGET = ReleaseRef(name="r2", talos_version="v1.12.7", kubernetes_version="1.35.0",

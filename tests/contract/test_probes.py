@@ -42,6 +42,8 @@ from edgefleet.health import (
 )
 from edgefleet.inventory.model import Probe, Store
 
+pytestmark = pytest.mark.clock  # certificates, tokens or TLS meet the real clock: run again under faketime
+
 # -- certificates -------------------------------------------------------------------------------
 
 

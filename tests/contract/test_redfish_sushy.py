@@ -47,7 +47,7 @@ from edgefleet.redfish import (
     reimage_sequence,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.clock]
 
 REPO = Path(__file__).resolve().parents[2]
 USER = "fleetadmin"

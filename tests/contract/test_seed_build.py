@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,11 @@ import pytest
 import yaml
 
 from edgefleet.inventory.load import load_fleet
+from edgefleet.releases.catalog import ReleaseCatalog
 from edgefleet.seeds.render import render_network_config
-from tests.helpers import CONFORMANCE
+from edgefleet.state.db import open_state
+from tests.helpers import record_release
 
-SCHEMA_FILE = CONFORMANCE / "talos-v1.12.6" / "config.schema.json"
 RELEASE = "talos-v1.12.6-r1"
 # Runs the edgefleet CLI; registers the ``seed`` sub-app if edgefleet.cli does not (yet).
 CLI = ("import edgefleet.cli as c\n"
@@ -38,8 +40,7 @@ def env(tmp_path: Path) -> dict[str, str]:
     e = {k: v for k, v in os.environ.items() if not k.startswith("EDGEFLEET_")}
     e["EDGEFLEET_HOME"] = str(tmp_path / "home")
     e["COLUMNS"] = "200"
-    if SCHEMA_FILE.exists():
-        e["EDGEFLEET_TALOS_SCHEMA"] = str(SCHEMA_FILE)
+    record_release(tmp_path / "home", RELEASE)
     return e
 
 
@@ -151,9 +152,6 @@ def test_one_node_from_all_stores(sample_copy: Path, tmp_path: Path, env: dict[s
 
 def test_a_patch_that_breaks_the_schema_writes_nothing(sample_copy: Path, tmp_path: Path,
                                                        env: dict[str, str]) -> None:
-    if not SCHEMA_FILE.exists():
-        pytest.skip(f"Talos schema not found at {SCHEMA_FILE} (the shared conformance folder is absent)")
-
     def bad_node(s: dict[str, Any]) -> list[dict[str, Any]]:
         s["nodes"][1]["talos_patches"] = [{"machine": {"install": {"wipe": "maybe"}}}]
         return list(s["nodes"])
@@ -164,7 +162,7 @@ def test_a_patch_that_breaks_the_schema_writes_nothing(sample_copy: Path, tmp_pa
     assert rc == 2
     assert "store dk-001 node dk-001-n2" in err and "machine.install.wipe" in err
     assert not out.exists(), "bad input must leave nothing behind"
-    assert not (tmp_path / "home").exists(), "no secrets may be written for a failed build"
+    assert not (tmp_path / "home" / "secrets").exists(), "no secrets may be written for a failed build"
 
 
 def test_secrets_missing_for_a_store_with_seeds(sample_copy: Path, tmp_path: Path, env: dict[str, str]) -> None:
@@ -192,20 +190,44 @@ def test_bad_arguments_exit_2_and_write_nothing(sample_copy: Path, tmp_path: Pat
     out = tmp_path / "seeds"
     rc, _, err = _build(sample_copy, out, env, *args)
     assert rc == 2 and message in err, err
-    assert not out.exists() and not (tmp_path / "home").exists()
+    assert not out.exists() and not (tmp_path / "home" / "secrets").exists()
 
 
-def test_release_name_without_a_version_needs_talos_version(sample_copy: Path, tmp_path: Path,
-                                                            env: dict[str, str]) -> None:
+def test_the_release_comes_from_the_catalog(sample_copy: Path, tmp_path: Path, env: dict[str, str]) -> None:
+    """Versions and installer image are the catalog's; a release never built, or revoked, is refused."""
+    home = tmp_path / "home"
+    record_release(home, "spring", talos_version="v1.12.5", kubernetes_version="1.34.2",
+                   installer_image="registry.example/installer:spring")
     p = run("seed", "build", "-i", str(sample_copy), "--release", "spring", "--out", str(tmp_path / "o"),
-            "--store", "dk-003", env=env, cwd=tmp_path)
-    assert p.returncode == 2 and "give --talos-version" in p.stderr
-    p = run("seed", "build", "-i", str(sample_copy), "--release", "spring", "--talos-version", "1.12.6",
-            "--installer-image", "registry.example/installer:spring", "--out", str(tmp_path / "o"),
             "--store", "dk-003", "--json", env=env, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
-    assert rep["talos_version"] == "v1.12.6" and rep["installer_image"] == "registry.example/installer:spring"
+    assert (rep["talos_version"], rep["kubernetes_version"], rep["installer_image"]) == (
+        "v1.12.5", "1.34.2", "registry.example/installer:spring")
+    user_data = run("seed", "inspect", str(tmp_path / "o" / "dk-003" / "dk-003-n1.iso"), "--json", env=env,
+                    cwd=tmp_path)
+    assert "registry.example/installer:spring" in json.loads(user_data.stdout)["files"]["user-data"]
+
+    # A name that looks like a version but was never built.
+    p = run("seed", "build", "-i", str(sample_copy), "--release", "talos-v1.12.6-r9", "--out", str(tmp_path / "x"),
+            "--store", "dk-001", env=env, cwd=tmp_path)
+    assert p.returncode == 2 and "unknown release 'talos-v1.12.6-r9'" in p.stderr, p.stderr
+    assert "Traceback" not in p.stderr and not (tmp_path / "x").exists()
+    assert not (home / "secrets" / "dk-001.yaml").exists()
+
+    # Revoked: final.
+    ReleaseCatalog(open_state(f"sqlite:///{home / 'edgefleet.db'}")).revoke(
+        "spring", now=datetime.now(UTC), reason="bad kernel")
+    p = run("seed", "build", "-i", str(sample_copy), "--release", "spring", "--out", str(tmp_path / "x"),
+            "--store", "dk-001", env=env, cwd=tmp_path)
+    assert p.returncode == 2 and "revoked" in p.stderr and not (tmp_path / "x").exists(), p.stderr
+
+    # No state store at all: refused, and no empty one created.
+    fresh = {**env, "EDGEFLEET_HOME": str(tmp_path / "fresh")}
+    p = run("seed", "build", "-i", str(sample_copy), "--release", RELEASE, "--out", str(tmp_path / "x"),
+            "--store", "dk-001", env=fresh, cwd=tmp_path)
+    assert p.returncode == 2 and "no release catalog" in p.stderr and "edgefleet release build" in p.stderr
+    assert not (tmp_path / "fresh").exists() and not (tmp_path / "x").exists()
 
 
 def test_inspect_rejects_a_file_that_is_not_a_seed(tmp_path: Path, env: dict[str, str]) -> None:

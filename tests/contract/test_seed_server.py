@@ -22,6 +22,8 @@ from edgefleet.errors import SeedError
 from edgefleet.seeds.iso import SeedFiles, write_seed_iso
 from edgefleet.seeds.server import SeedServer, TlsFiles, check_token, mint_token, parse_range
 
+pytestmark = pytest.mark.clock  # certificates, tokens or TLS meet the real clock: run again under faketime
+
 IMAGE_SIZE = 5 * 1024 * 1024 + 12345  # more than one sendfile chunk, not a round number
 NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 

@@ -30,6 +30,8 @@ from edgefleet.sim.scenario import Scenario, parse_scenario
 from edgefleet.sim.server import running_server
 from edgefleet.talos.config import ReleaseRef
 
+pytestmark = pytest.mark.clock  # certificates, tokens or TLS meet the real clock: run again under faketime
+
 PASSWORD_ENV = "SIM_TEST_BMC_PASSWORD"
 PASSWORD = "s3cret-bmc"
 USER = "admin"

@@ -29,7 +29,13 @@ from edgefleet.talos.api import Retry, TalosClient, client_for
 from edgefleet.talos.certs import Role, mint_ca, mint_os_client_cert
 from edgefleet.talos.proto.machine import machine_pb2_grpc as pb_grpc
 
-NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+pytestmark = pytest.mark.clock
+
+# Certificates meet the real clock in every TLS handshake, so they are minted at the real time
+# (``make test`` runs this module again with the clock two years ahead). The simulator's own clock,
+# which decides maintenance windows, is a fixed instant: a Wednesday noon, outside every window.
+NOW = datetime.now(UTC).replace(microsecond=0)
+SIM_CLOCK = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
 def _store(sid: str, n_cp: int, n_worker: int) -> Store:
@@ -336,7 +342,7 @@ def test_simulator_nodes_behind_the_talos_api(world: World) -> None:
     from edgefleet.sim.talos_wiring import SimTalosBackend, running_talos_api
 
     async def main() -> None:
-        sim = build_sim(world.fleet, scenario=Scenario(boot_seconds=60), time_scale=60.0, clock=NOW,
+        sim = build_sim(world.fleet, scenario=Scenario(boot_seconds=60), time_scale=60.0, clock=SIM_CLOCK,
                         home=world.home, environ={})
         async with running_talos_api(sim, ca_out=world.home / "ca.pem") as server:
             backend = server.servicer.backend

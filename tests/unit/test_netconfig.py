@@ -15,9 +15,9 @@ from edgefleet.inventory.model import Store
 from edgefleet.secrets import ClusterSecrets, generate_secrets
 from edgefleet.seeds.render import instance_id, render_meta_data, render_network_config, render_seed_files
 from edgefleet.talos.config import ReleaseRef
-from tests.helpers import CONFORMANCE
+from tests.helpers import TALOS_TESTDATA
 
-TESTDATA = CONFORMANCE / "talos-v1.12.6" / "nocloud-testdata"
+TESTDATA = TALOS_TESTDATA / "nocloud-testdata"
 RELEASE = ReleaseRef(name="r1", talos_version="v1.12.6", kubernetes_version="1.35.0",
                      installer_image="ghcr.io/siderolabs/installer:v1.12.6")
 
@@ -119,8 +119,6 @@ def _vocabulary(doc: dict[str, Any]) -> set[str]:
 
 
 def test_only_fields_that_talos_own_nocloud_inputs_use() -> None:
-    if not TESTDATA.is_dir():
-        pytest.skip(f"Talos nocloud testdata not found at {TESTDATA} (shared conformance folder absent)")
     theirs: set[str] = set()
     for f in sorted(TESTDATA.glob("in-v2-*.yaml")):
         theirs |= _vocabulary(yaml.safe_load(f.read_text()))
@@ -138,9 +136,8 @@ def test_meta_data_keys_match_talos_nocloud_metadata() -> None:
     s = store()
     meta = yaml.safe_load(render_meta_data(s.nodes[0], b"u", b"n"))
     assert meta == {"instance-id": instance_id(b"u", b"n"), "local-hostname": "de-001-n1"}
-    if TESTDATA.is_dir():
-        theirs = yaml.safe_load((TESTDATA / "metadata-nocloud.yaml").read_text())
-        assert set(meta) == set(theirs)
+    theirs = yaml.safe_load((TESTDATA / "metadata-nocloud.yaml").read_text())
+    assert set(meta) == set(theirs)
 
 
 def test_instance_id_changes_exactly_when_the_configuration_changes() -> None:

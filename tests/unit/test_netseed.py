@@ -25,6 +25,8 @@ from edgefleet.seeds.netseed import (
 from edgefleet.seeds.server import SeedServer, check_token
 from edgefleet.sim.netseed import release_from_config
 
+pytestmark = pytest.mark.clock  # certificates, tokens or TLS meet the real clock: run again under faketime
+
 NOW = datetime(2026, 11, 25, 23, 0, tzinfo=UTC)
 SECRET = b"k" * 32
 

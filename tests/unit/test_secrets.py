@@ -27,6 +27,8 @@ from edgefleet.secrets import (
     store_secrets,
 )
 
+pytestmark = pytest.mark.clock  # certificates, tokens or TLS meet the real clock: run again under faketime
+
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 TOKEN = re.compile(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")
 

@@ -25,6 +25,8 @@ from edgefleet.talos.certs import (
     mint_server_cert,
 )
 
+pytestmark = pytest.mark.clock  # certificates, tokens or TLS meet the real clock: run again under faketime
+
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 

@@ -21,6 +21,8 @@ from edgefleet.talos.certs import Role, cert_roles, issued_by, mint_kube_client_
 from edgefleet.talos.clientconfig import render_kubeconfig, render_talosconfig
 from tests.helpers import SAMPLE_INVENTORY
 
+pytestmark = pytest.mark.clock  # certificates, tokens or TLS meet the real clock: run again under faketime
+
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 STORE = "dk-001"
 

@@ -21,13 +21,13 @@ from edgefleet.talos.config import (
     LABEL_STORE,
     ReleaseRef,
     TalosSchema,
+    bundled_schema_path,
     render_machine_config,
     render_machine_documents,
     strategic_merge,
 )
-from tests.helpers import CONFORMANCE, REPO, SAMPLE_INVENTORY
+from tests.helpers import REPO, SAMPLE_INVENTORY
 
-SCHEMA_FILE = CONFORMANCE / "talos-v1.12.6" / "config.schema.json"
 CASES = REPO / "tests" / "cases" / "talos_patches" / "cases.yml"
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 RELEASE = ReleaseRef(name="talos-v1.12.6-r1", talos_version="v1.12.6", kubernetes_version="1.35.0",
@@ -36,9 +36,7 @@ RELEASE = ReleaseRef(name="talos-v1.12.6-r1", talos_version="v1.12.6", kubernete
 
 @pytest.fixture(scope="module")
 def schema() -> TalosSchema:
-    if not SCHEMA_FILE.exists():
-        pytest.skip(f"Talos schema not found at {SCHEMA_FILE} (the shared conformance folder is absent)")
-    return TalosSchema.load(SCHEMA_FILE)
+    return TalosSchema.load(bundled_schema_path())
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +85,6 @@ def assert_fleet_validates(fleet: Fleet, schema: TalosSchema, secrets: ClusterSe
 
 
 def test_every_document_of_the_sample_fleet_validates(schema: TalosSchema, secrets: ClusterSecrets) -> None:
-    if not (SAMPLE_INVENTORY / "fleet.yml").exists():
-        pytest.skip("no sample inventory")
     fleet = load_fleet(SAMPLE_INVENTORY)
     kinds = set()
     for store in fleet.stores.values():
@@ -295,3 +291,17 @@ def test_schema_file_must_be_a_talos_schema(tmp_path: Path) -> None:
         TalosSchema.load(bad)
     with pytest.raises(ConfigRenderError, match="cannot read Talos config schema"):
         TalosSchema.load(tmp_path / "missing.json")
+
+
+def test_the_bundled_schema_is_the_default_and_the_environment_may_name_another(tmp_path: Path) -> None:
+    from edgefleet.errors import ConfigRenderError
+    from edgefleet.talos.config import BUNDLED_SCHEMA_VERSION, default_schema
+
+    assert BUNDLED_SCHEMA_VERSION in bundled_schema_path().name and bundled_schema_path().is_file()
+    bundled = default_schema(environ={})
+    assert bundled.source == str(bundled_schema_path()) and default_schema(environ={}) is bundled
+    other = tmp_path / "config.schema.json"
+    other.write_bytes(bundled_schema_path().read_bytes())
+    assert default_schema(environ={"EDGEFLEET_TALOS_SCHEMA": str(other)}).source == str(other)
+    with pytest.raises(ConfigRenderError, match="EDGEFLEET_TALOS_SCHEMA; unset it"):
+        default_schema(environ={"EDGEFLEET_TALOS_SCHEMA": str(tmp_path / "missing.json")})

@@ -1,5 +1,5 @@
 """Hypothesis feeds Talos config patches (the inventory's ``talos_patches``, on a store and on a
-node) through ``edgefleet seed build``, with the Talos schema when it is available: a patch either
+node) through ``edgefleet seed build``, which checks them against the bundled Talos schema: a patch either
 gives seeds, or exit 2 with a message naming the store, the node or the inventory file and
 ``talos_patches``, and then nothing is written (no output directory, no new secrets). Never a
 traceback, never exit 1."""
@@ -20,10 +20,9 @@ from hypothesis import strategies as st
 
 from edgefleet.secrets import generate_secrets, store_secrets
 from edgefleet.talos.config import LABEL_RELEASE
-from tests.helpers import CONFORMANCE
+from tests.helpers import record_release
 from tests.unit.test_release_fuzz import run_cli
 
-SCHEMA = CONFORMANCE / "talos-v1.12.6" / "config.schema.json"
 FLEET = {"fleet": {"name": "fuzz"},
          "defaults": {"maintenance_windows": [{"days": ["daily"], "start": "22:00", "end": "04:00"}],
                       "network": {"dns": ["10.0.0.53"]}}}
@@ -80,6 +79,7 @@ def _world(secrets: bytes, store_patches: Any, node_patches: Any) -> Iterator[Pa
         if node_patches is not None:
             store["nodes"][1]["talos_patches"] = node_patches
         (root / "inventory" / "stores" / "dk.yml").write_text(yaml.safe_dump({"stores": [store]}))
+        record_release(root / "home", "talos-v1.12.6")
         (root / "home" / "secrets").mkdir(parents=True, mode=0o700)
         (root / "home" / "secrets" / "dk-100.yaml").write_bytes(secrets)
         yield root
@@ -96,8 +96,6 @@ def test_patches_give_seeds_or_a_located_error_and_nothing_written(secrets_file:
         home, out = root / "home", root / "home" / "seeds-out"
         args = ["seed", "build", "--release", "talos-v1.12.6", "--store", "dk-100", "--out", str(out),
                 "--inventory", str(root / "inventory")]
-        if SCHEMA.is_file():
-            args += ["--talos-schema", str(SCHEMA)]
         code, text = run_cli(args, home)
         event(f"exit {code}: {'inventory' if 'inventory has' in text else 'config' if code else 'seeds'}")
         assert "Traceback" not in text
@@ -115,12 +113,11 @@ def test_patches_give_seeds_or_a_located_error_and_nothing_written(secrets_file:
 def test_a_patch_that_breaks_the_schema_or_the_labels_is_refused(secrets_file: bytes) -> None:
     """Two fixed cases, so that the property above is known to meet both outcomes."""
     cases = [({"machine": {"nodeLabels": {LABEL_RELEASE: "other"}}}, "edgefleet manages"),
-             ({"machine": {"install": {"disk": 7}}} if SCHEMA.is_file() else 7, "talos_patches")]
+             ({"machine": {"install": {"disk": 7}}}, "talos_patches"), (7, "talos_patches")]
     for bad, why in cases:
         for root in _world(secrets_file, [bad], None):
             code, text = run_cli(["seed", "build", "--release", "talos-v1.12.6", "--store", "dk-100", "--out",
-                                  str(root / "home" / "o"), "--inventory", str(root / "inventory"),
-                                  *(["--talos-schema", str(SCHEMA)] if SCHEMA.is_file() else [])], root / "home")
+                                  str(root / "home" / "o"), "--inventory", str(root / "inventory")], root / "home")
             assert code == 2 and why in text and not (root / "home" / "o").exists(), text
     for root in _world(secrets_file, [{"machine": {"sysctls": {"net.core.somaxconn": "65535"}}}], None):
         code, text = run_cli(["seed", "build", "--release", "talos-v1.12.6", "--store", "dk-100", "--out",

@@ -11,7 +11,9 @@ temporary API server), SQLite, and the local fleet simulator on 127.0.0.1. Nothi
 6. roll v2 back across the fleet (flow ``rollback``): revoked, every store back on v1;
 7. print a summary and write ``out/report.html``.
 
-Everything is written under ``out/`` (started afresh on every run).
+Everything is written under ``out/`` (started afresh on every run). The flows run against a local
+Prefect server that the demo starts first and stops at the end (``edgefleet.prefect_server``: a
+health-checked start with room for a slow machine, not the embedded server's 20 s limit).
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from typing import Any
 import httpx
 
 from edgefleet.cli import app
-from edgefleet.errors import EdgefleetError
+from edgefleet.errors import EdgefleetError, ServiceStartError
+from edgefleet.prefect_server import local_prefect_server, start_timeout
 
 OUT = Path("out/demo")
 REPORT = Path("out/report.html")
@@ -45,6 +48,7 @@ TIME_SCALE = 3600.0  # a simulated hour per second
 PROVISION_AT_ONCE = 8  # provision_store flow runs at a time
 FAILING_NODE = "us-003-w1"  # a worker that never becomes Ready (from the moment the scenario says so)
 DEMO_PASSWORD = "demo-only-bmc-password"  # the simulated BMCs' password, from EDGEFLEET_BMC_PASSWORD
+SIM_START_TIMEOUT_S = 120.0  # the simulator answers in 2-5 s; room for a loaded machine
 
 
 def _step(title: str, *args: str) -> None:
@@ -90,16 +94,17 @@ def _simulator(home: Path) -> Iterator[str]:
         stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         assert proc.stdout is not None
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + SIM_START_TIMEOUT_S
         url = ""
         while time.monotonic() < deadline and not url:
             line = proc.stdout.readline()
             if not line:
-                raise EdgefleetError(f"the simulator exited: see {OUT / 'sim.log'}")
+                raise ServiceStartError(f"the fleet simulator exited before it listened (log: {OUT / 'sim.log'})")
             m = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
             url = m.group(1) if m else ""
         if not url:
-            raise EdgefleetError("the simulator did not start within 60 s")
+            raise ServiceStartError(f"the fleet simulator did not listen within {SIM_START_TIMEOUT_S:.0f} s "
+                                    f"(log: {OUT / 'sim.log'}); the machine may be overloaded: retry")
         yield url
     finally:
         proc.terminate()
@@ -125,6 +130,14 @@ def _check(state: Any, what: str) -> dict[str, Any]:
 
 
 def main() -> None:
+    try:
+        _demo()
+    except EdgefleetError as e:
+        print(f"demo failed: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(e.exit_code) from None
+
+
+def _demo() -> None:
     t0 = time.perf_counter()
     for p in (OUT, REPORT):
         if p.is_dir():
@@ -135,9 +148,20 @@ def main() -> None:
     home = (OUT / "home").resolve()
     state_url = f"sqlite:///{home / 'edgefleet.db'}"
     os.environ.update({"EDGEFLEET_HOME": str(home), "EDGEFLEET_STATE_URL": state_url,
-                       "EDGEFLEET_BMC_PASSWORD": DEMO_PASSWORD, "PREFECT_HOME": str((OUT / "prefect").resolve()),
-                       "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                       "PREFECT_LOGGING_LEVEL": "WARNING"})
+                       "EDGEFLEET_BMC_PASSWORD": DEMO_PASSWORD, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                       "DO_NOT_TRACK": "1", "PREFECT_LOGGING_LEVEL": "WARNING"})
+    # Prefect reads its settings when it is first imported: the server must be up and
+    # PREFECT_API_URL set before then.
+    assert "prefect" not in sys.modules, "nothing may import prefect before the demo's server is up"
+    _title(f"start a local Prefect server on 127.0.0.1 (fresh database: 20-35 s here; waits up to "
+           f"{start_timeout():.0f} s)")
+    with local_prefect_server((OUT / "prefect").resolve()) as prefect:
+        print(f"Prefect API {prefect.api_url}, healthy after {prefect.started_in_s:.0f} s "
+              f"(log: {prefect.log})", flush=True)
+        _story(t0, home, state_url)
+
+
+def _story(t0: float, home: Path, state_url: str) -> None:
     _step("validate the sample inventory", "inventory", "validate", "inventory")
     _step("the fleet by country, region and ring", "inventory", "graph", "-i", "inventory")
 

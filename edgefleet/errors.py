@@ -33,6 +33,7 @@ without parsing messages:
         ├── StateError             the ledger / state store refused an operation
         ├── NetworkSeedError       a node's nocloud-net seed cannot be fetched over HTTP
         ├── ScheduleError          the Prefect API is unreachable or refused a scheduling call
+        ├── ServiceStartError      a local service (Prefect server, simulator) did not come up (transient)
         └── ReportError            the rollout report cannot be written
 """
 
@@ -195,6 +196,13 @@ class TalosRefused(TalosCallFailed):
 class ScheduleError(OperationFailed):
     """The Prefect API could not be reached or refused a scheduling call (create, list, cancel runs);
     the message names the API URL or the deployment and what to do."""
+
+
+class ServiceStartError(OperationFailed):
+    """A local service this job starts itself (a Prefect server, the fleet simulator) exited or did
+    not answer its health check in time; the message names it, its log and what to do."""
+
+    transient = True
 
 
 class NetworkSeedError(OperationFailed):

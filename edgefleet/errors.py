@@ -16,6 +16,7 @@ without parsing messages:
     │   ├── ConfigRenderError      a Talos config or patch is invalid
     │   ├── ReleaseInputError      bad Packer variables, unknown or revoked release
     │   ├── SecretsError           missing / undecryptable cluster secrets
+    │   ├── UnknownRollout         no rollout with that id in the ledger
     │   └── SeedError              a NoCloud seed ISO cannot be built or read back
     └── OperationFailed            exit 1: the world did not do what we asked
         ├── ToolMissing            an outside program (packer, xorriso, ...) is not installed
@@ -104,6 +105,10 @@ class ReleaseInputError(InputError):
 
 class SecretsError(InputError):
     """Cluster secrets are missing, unreadable or would have to be regenerated unsafely."""
+
+
+class UnknownRollout(InputError):
+    """A rollout id that the ledger does not hold (a typo, or another state store)."""
 
 
 class OperationFailed(EdgefleetError):

@@ -55,7 +55,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from edgefleet.errors import LockHeld, StateError
+from edgefleet.errors import LockHeld, StateError, UnknownRollout
 from edgefleet.state.db import Base, session_scope
 
 __all__ = [
@@ -334,7 +334,8 @@ class Ledger:
         rec = self.find_rollout(rollout_id)
         if rec is None:
             recent = ", ".join(r.id for r in self.rollouts(limit=5)) or "none yet"
-            raise StateError(f"no rollout {rollout_id!r} in the ledger (recent: {recent})")
+            raise UnknownRollout(f"no rollout {rollout_id!r} in the ledger (recent: {recent}; "
+                                 "`edgefleet rollout status` shows the latest)")
         return rec
 
     def rollouts(self, limit: int = 20) -> list[RolloutRecord]:

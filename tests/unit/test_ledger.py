@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, insert
 
-from edgefleet.errors import LockHeld, StateError
+from edgefleet.errors import LockHeld, StateError, UnknownRollout
 from edgefleet.rollout.ledger import (
     EventRow,
     Journal,
@@ -57,8 +57,9 @@ def test_rollout_records_round_trip(engine: Engine) -> None:
                           detail={"before": {"s1-n1": {"release": "v1", "ready": True}}}))
     r1 = ledger.runs("ro-1")[0]
     assert r1.step == "forward:s1-n1:reimage" and r1.detail["before"]["s1-n1"]["release"] == "v1"
-    with pytest.raises(StateError, match=r"no rollout 'ro-x'.*ro-1"):
+    with pytest.raises(UnknownRollout, match=r"no rollout 'ro-x'.*ro-1") as ei:
         ledger.rollout("ro-x")
+    assert ei.value.exit_code == 2
     assert [e["kind"] for e in ledger.events("ro-1")] == ["rollout_planned"]
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from edgefleet.cli.report import report_cmd
-from edgefleet.errors import ReportError, StateError
+from edgefleet.errors import ReportError, UnknownRollout
 from edgefleet.report import (
     OperationSummary,
     ReleaseChange,
@@ -348,7 +348,7 @@ def test_a_selection_starts_from_the_stores_previous_releases(engine: Engine) ->
     assert series(p) == {"v1": 3, "v2": 2}  # after ro-v2: s1, s2 on v2; s3 untouched, s4 and s5 back on v1
     assert {r[1] for r in p.rows["events"][1:]} == {"ro-v2"}
     assert data.generated_at == T0 + timedelta(hours=2)  # no clock: the newest ledger time
-    with pytest.raises(StateError, match=r"no rollout 'nope'.*rb-v2"):
+    with pytest.raises(UnknownRollout, match=r"no rollout 'nope'.*rb-v2"):
         collect_report(engine, rollout_ids=["nope"])
 
 
@@ -365,6 +365,6 @@ def test_report_command_writes_the_page(tmp_path: Path, monkeypatch: pytest.Monk
         p = parse(out.read_text())
         assert [r[0] for r in p.rows["operations"][1:]] == ["ro-v2", "rb-v2"] and len(p.rows["events"]) == 6
         bad = CliRunner().invoke(app, ["--out", str(out), "nope"])
-        assert bad.exit_code != 0 and isinstance(bad.exception, StateError)
+        assert isinstance(bad.exception, UnknownRollout) and bad.exception.exit_code == 2
     finally:
         close_all()

@@ -174,7 +174,7 @@ def _story(t0: float, home: Path, state_url: str) -> None:
     rollout_flows = _load_flows("rollout")
     digest = sha256_file(upstream)
     for name, ext in (("v1", "siderolabs/iscsi-tools"), ("v2", "siderolabs/util-linux-tools")):
-        _title(f"build release {name} with Packer (Prefect flow build_release; embedded Prefect)")
+        _title(f"build release {name} with Packer (Prefect flow build_release on the local server)")
         rel = _check(build.build_release(name=name, talos_version=TALOS_VERSION, upstream_iso=str(upstream),
                                          upstream_sha256=digest, kernel_args=["talos.platform=nocloud"],
                                          extensions=[ext], installer_image=_installer_image(ext),

@@ -149,7 +149,9 @@ def _demo() -> None:
     state_url = f"sqlite:///{home / 'edgefleet.db'}"
     os.environ.update({"EDGEFLEET_HOME": str(home), "EDGEFLEET_STATE_URL": state_url,
                        "EDGEFLEET_BMC_PASSWORD": DEMO_PASSWORD, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                       "DO_NOT_TRACK": "1", "PREFECT_LOGGING_LEVEL": "WARNING"})
+                       "DO_NOT_TRACK": "1", "PREFECT_LOGGING_LEVEL": "WARNING",
+                       # a loaded 2-core machine: the server's SQLite can stay locked past 5 retries
+                       "PREFECT_CLIENT_MAX_RETRIES": "10"})
     # Prefect reads its settings when it is first imported: the server must be up and
     # PREFECT_API_URL set before then.
     assert "prefect" not in sys.modules, "nothing may import prefect before the demo's server is up"
@@ -244,6 +246,8 @@ def _story(t0: float, home: Path, state_url: str) -> None:
     _title("summary")
     print(f"stores per release: {on}", flush=True)
     print(f"simulator safety violations: {violations['total']}", flush=True)
+    for v in violations["violations"][:10]:
+        print(f"  {v['time']} {v['store']} {v['node']}: {v['rule']} ({v['operation']}): {v['detail']}", flush=True)
     print(f"report: {REPORT}; ledger: {home / 'edgefleet.db'}; simulator log: {OUT / 'sim.log'}", flush=True)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s", flush=True)
     if violations["total"] or set(on) != {"v1"}:

@@ -65,7 +65,9 @@ def prefect_env(home: Path, environ: Mapping[str, str] = os.environ) -> dict[str
     no setting inherited from the caller's own Prefect profile or server."""
     env = {k: v for k, v in environ.items() if not k.startswith("PREFECT_")}
     env.update({"PREFECT_HOME": str(home), "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "PREFECT_UI_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING"})
+                "PREFECT_UI_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "WARNING",
+                # SQLite under load: wait for the write lock (default 10 s) rather than answer 503
+                "PREFECT_SERVER_DATABASE_TIMEOUT": "60"})
     return env
 
 

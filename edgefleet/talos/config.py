@@ -47,6 +47,7 @@ from edgefleet.inventory.model import Node, Role, Store
 from edgefleet.secrets import ClusterSecrets
 
 __all__ = [
+    "AUDIT_POLICY",
     "BUNDLED_SCHEMA_VERSION",
     "LABEL_RELEASE",
     "LABEL_STORE",
@@ -55,7 +56,9 @@ __all__ = [
     "TalosSchema",
     "apply_patches",
     "bundled_schema_path",
+    "cluster_discovery",
     "default_schema",
+    "pod_security_admission",
     "render_machine_config",
     "render_machine_documents",
     "strategic_merge",

@@ -286,6 +286,9 @@ class Cluster(_Model):
     pod_subnets: list[str] = Field(default_factory=lambda: ["10.244.0.0/16"])
     service_subnets: list[str] = Field(default_factory=lambda: ["10.96.0.0/12"])
     allow_scheduling_on_control_planes: bool | None = None  # default: true when there are no workers
+    discovery: bool = True  # Talos cluster discovery (the discovery service; Kubernetes registry off)
+    # The Pod Security level the API server enforces; audit and warn stay at restricted.
+    pod_security: Literal["privileged", "baseline", "restricted"] = "baseline"
 
 
 class Probe(_Model):

@@ -54,7 +54,7 @@ from edgefleet.talos.config import ReleaseRef, TalosSchema
 __all__ = ["INDEX_NAME", "RENDERER_VERSION", "SeedBuildReport", "SeedEvent", "build_seeds", "load_index",
            "seed_path"]
 
-RENDERER_VERSION = "edgefleet-seed/1"
+RENDERER_VERSION = "edgefleet-seed/2"
 WRITE_BATCH = 512  # ISOs made durable together (see write_seed_isos); the index is saved after all
 """Part of every node's input digest: bump it when rendering changes, so every seed is rebuilt."""
 INDEX_NAME = "index.json"

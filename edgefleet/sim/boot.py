@@ -10,6 +10,13 @@ Talos would do with them, the way Talos does it:
   document starting with ``#cloud-config`` counts as no config), ``meta-data`` carries
   ``instance-id`` and ``local-hostname``, ``network-config`` is v1 or v2 (with or without a
   top-level ``network:`` key);
+* Talos refuses a machine config (``machine_config_rejections``) whose role and secrets disagree:
+  a worker holding CA private keys (``machine.ca.key``, ``cluster.ca.key``, the etcd and aggregator
+  CA keys, the service-account key), a control plane missing one of them (or its CA
+  certificates), or a type other than ``controlplane``/``worker``; and the API server refuses to
+  start with a malformed ``cluster.apiServer.admissionControl`` (the Pod Security plugin's
+  configuration is checked as kube-apiserver checks it: version, kind, levels, level versions,
+  exemptions);
 * the node joins only when its machine config's ``cluster.ca.crt`` is the store's Kubernetes CA, its
   host name (``HostnameConfig``, else ``meta-data``) is the node's name, and the network config
   matches the node's MAC and carries its IP address.
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import ip_interface
@@ -37,6 +45,7 @@ __all__ = [
     "ReleaseFacts",
     "SeedFacts",
     "evaluate_join",
+    "machine_config_rejections",
     "normalize_pem",
     "parse_seed_facts",
 ]
@@ -69,6 +78,7 @@ class SeedFacts:
     macs: frozenset[str] = frozenset()
     addresses: frozenset[str] = frozenset()
     problems: tuple[str, ...] = ()
+    rejected: tuple[str, ...] = ()  # why Talos would refuse the machine config (machine_config_rejections)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +104,110 @@ def _mapping(v: Any) -> dict[str, Any]:
     return v if isinstance(v, dict) else {}
 
 
-def _machine_config(user_data: bytes, problems: list[str]) -> tuple[str | None, bytes | None, dict[str, str]]:
+# The private keys only a control plane holds, and the certificates beside them, by key path.
+_CP_KEYS = (("machine", "ca", "key"), ("cluster", "ca", "key"), ("cluster", "aggregatorCA", "key"),
+            ("cluster", "serviceAccount", "key"), ("cluster", "etcd", "ca", "key"))
+_CP_CERTS = (("machine", "ca", "crt"), ("cluster", "ca", "crt"), ("cluster", "aggregatorCA", "crt"),
+             ("cluster", "etcd", "ca", "crt"))
+_MACHINE_TYPES = {"controlplane": True, "init": True, "worker": False}  # type -> control plane?
+_PSA_API_VERSIONS = {f"pod-security.admission.config.k8s.io/{v}" for v in ("v1alpha1", "v1beta1", "v1")}
+_PSA_LEVELS = {"privileged", "baseline", "restricted"}
+_PSA_MODES = ("enforce", "audit", "warn")
+_PSA_EXEMPTIONS = ("namespaces", "runtimeClasses", "usernames")
+_K8S_VERSION = re.compile(r"^(latest|v1\.(0|[1-9][0-9]*))$")
+
+
+def _at(doc: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    v: Any = doc
+    for k in path:
+        v = v.get(k) if isinstance(v, dict) else None
+    return v
+
+
+def _is_pem(value: Any, label: bytes) -> bool:
+    """Is ``value`` base64 of a PEM block whose label ends with ``label`` (``PRIVATE KEY`` covers
+    Talos's ``ED25519 PRIVATE KEY``, ``EC PRIVATE KEY``, ``RSA PRIVATE KEY``)?"""
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        pem = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    head = pem.lstrip().split(b"\n", 1)[0].strip()
+    return head.startswith(b"-----BEGIN ") and head.endswith(label + b"-----")
+
+
+def _pod_security_rejections(config: Any, where: str) -> list[str]:
+    if not isinstance(config, dict):
+        return [f"{where}.configuration is not a mapping"]
+    out = []
+    if config.get("apiVersion") not in _PSA_API_VERSIONS or config.get("kind") != "PodSecurityConfiguration":
+        out.append(f"{where}.configuration is apiVersion {config.get('apiVersion')!r} kind {config.get('kind')!r}, "
+                   "not a PodSecurityConfiguration of pod-security.admission.config.k8s.io/v1 (or v1beta1, v1alpha1)")
+    for k in config:
+        if k not in ("apiVersion", "kind", "defaults", "exemptions"):
+            out.append(f"{where}.configuration has an unknown field {k!r}")
+    defaults = config.get("defaults", {})
+    if not isinstance(defaults, dict):
+        out.append(f"{where}.configuration.defaults is not a mapping")
+        defaults = {}
+    for k, v in defaults.items():
+        mode, _, version = str(k).partition("-")
+        if mode not in _PSA_MODES or version not in ("", "version"):
+            out.append(f"{where}.configuration.defaults has an unknown field {k!r}")
+        elif not version and v not in _PSA_LEVELS:
+            out.append(f"{where}.configuration.defaults.{k} is {v!r}, not privileged, baseline or restricted")
+        elif version and not (isinstance(v, str) and _K8S_VERSION.match(v)):
+            out.append(f"{where}.configuration.defaults.{k} is {v!r}, not 'latest' or a version like v1.35")
+    exemptions = config.get("exemptions", {})
+    if not isinstance(exemptions, dict):
+        out.append(f"{where}.configuration.exemptions is not a mapping")
+        exemptions = {}
+    for k, v in exemptions.items():
+        if k not in _PSA_EXEMPTIONS:
+            out.append(f"{where}.configuration.exemptions has an unknown field {k!r}")
+        elif v is not None and not (isinstance(v, list) and all(isinstance(x, str) and x for x in v)):
+            out.append(f"{where}.configuration.exemptions.{k} is not a list of names")
+    return out
+
+
+def machine_config_rejections(config: Mapping[str, Any]) -> list[str]:
+    """Why Talos would refuse this v1alpha1 machine config (the checks in the module docstring);
+    empty when it would accept it."""
+    out: list[str] = []
+    mtype = _at(config, ("machine", "type"))
+    if mtype not in _MACHINE_TYPES:
+        return [f"machine.type {mtype!r} is neither controlplane nor worker"]
+    dotted = ".".join
+    if _MACHINE_TYPES[mtype]:
+        missing = [dotted(p) for p in _CP_KEYS if not _is_pem(_at(config, p), b"PRIVATE KEY")]
+        missing += [dotted(p) for p in _CP_CERTS if not _is_pem(_at(config, p), b"CERTIFICATE")]
+        if missing:
+            out.append(f"a control plane's machine config lacks {', '.join(missing)} (or they are not base64 PEM): "
+                       "it cannot issue certificates or run etcd and the API server")
+    else:
+        held = [dotted(p) for p in _CP_KEYS if _at(config, p) not in (None, "")]
+        if held:
+            out.append(f"a worker's machine config holds {', '.join(held)}: CA private keys belong on control "
+                       "planes only (render the node's config as a worker)")
+    admission = _at(config, ("cluster", "apiServer", "admissionControl"))
+    if admission is not None:
+        if not isinstance(admission, list):
+            out.append("cluster.apiServer.admissionControl is not a list of admission plugins")
+            admission = []
+        for i, plugin in enumerate(admission):
+            where = f"cluster.apiServer.admissionControl.{i}"
+            if not isinstance(plugin, dict) or not isinstance(plugin.get("name"), str) or not plugin["name"]:
+                out.append(f"{where} has no plugin name")
+            elif plugin["name"] == "PodSecurity":
+                out.extend(_pod_security_rejections(plugin.get("configuration"), where))
+            elif not isinstance(plugin.get("configuration", {}), dict):
+                out.append(f"{where}.configuration is not a mapping")
+    return out
+
+
+def _machine_config(user_data: bytes, problems: list[str],
+                    rejected: list[str]) -> tuple[str | None, bytes | None, dict[str, str]]:
     """(hostname, CA PEM, node labels) from a multi-document Talos machine config."""
     if user_data.lstrip().startswith(b"#cloud-config"):
         problems.append("user-data is a #cloud-config document, not a Talos machine config")
@@ -107,6 +220,7 @@ def _machine_config(user_data: bytes, problems: list[str]) -> tuple[str | None, 
     if not v1:
         problems.append("user-data has no v1alpha1 machine config document")
     for d in v1[:1]:
+        rejected.extend(machine_config_rejections(d))
         crt = _mapping(_mapping(d.get("cluster")).get("ca")).get("crt")
         if isinstance(crt, str):
             try:
@@ -182,11 +296,13 @@ def parse_seed_facts(user_data: bytes, meta_data: bytes, network_config: bytes, 
     meta = _mapping(meta_docs[0]) if meta_docs else {}
     instance_id = meta.get("instance-id")
     meta_host = meta.get("local-hostname") or meta.get("hostname")
-    hostname, ca, labels = _machine_config(user_data, problems)
+    rejected: list[str] = []
+    hostname, ca, labels = _machine_config(user_data, problems, rejected)
     macs, addrs = _network(network_config, problems)
     return SeedFacts(sha256=sha256, instance_id=str(instance_id) if instance_id is not None else None,
                      hostname=hostname or (str(meta_host) if meta_host else None), ca_pem=ca,
-                     node_labels=labels, macs=macs, addresses=addrs, problems=tuple(problems))
+                     node_labels=labels, macs=macs, addresses=addrs, problems=tuple(problems),
+                     rejected=tuple(rejected))
 
 
 def evaluate_join(node: Node, release: ReleaseFacts, seed: SeedFacts | None, store_ca_pem: bytes | None,
@@ -200,6 +316,8 @@ def evaluate_join(node: Node, release: ReleaseFacts, seed: SeedFacts | None, sto
                                   "mode")
     if seed.problems:
         return JoinVerdict(False, "seed unusable: " + "; ".join(seed.problems))
+    if seed.rejected:
+        return JoinVerdict(False, "Talos refuses the machine config: " + "; ".join(seed.rejected))
     if store_ca_pem is None:
         return JoinVerdict(False, f"the store's cluster CA is unknown to the simulator: {store_ca_problem}")
     if seed.ca_pem is None or normalize_pem(seed.ca_pem) != normalize_pem(store_ca_pem):

@@ -6,7 +6,11 @@ node, plus the documents 1.12 splits out of ``v1alpha1``):
 
 * ``v1alpha1`` Config: machine type, trustd token, Talos API CA (key on control planes only),
   kubelet image, install disk + the release's installer image, ``edgefleet.io/*`` node labels;
-  cluster identity, endpoint, subnets, bootstrap token, Kubernetes CAs (keys on control planes).
+  cluster identity, endpoint, subnets, bootstrap token, Kubernetes CAs (keys on control planes),
+  cluster discovery (``cluster.discovery``), Pod Security admission (``cluster.pod_security``
+  enforced) and the audit policy on control planes. Everything else ``talosctl gen config`` writes
+  for 1.12 is there too; each deliberate difference from it is listed, with its reason, in
+  ``nocloud/talos-differences.yml``, which a test checks against the upstream files.
 * ``HostnameConfig`` (static, the node's name), ``ResolverConfig`` (DNS), ``TimeSyncConfig``
   (NTP, when the store has servers), ``LinkAliasConfig`` (``edge0``: the node's NIC, by MAC, so
   other documents need not guess a kernel interface name), ``Layer2VIPConfig`` (the store VIP,
@@ -43,6 +47,7 @@ from edgefleet.inventory.model import Node, Role, Store
 from edgefleet.secrets import ClusterSecrets
 
 __all__ = [
+    "AUDIT_POLICY",
     "BUNDLED_SCHEMA_VERSION",
     "LABEL_RELEASE",
     "LABEL_STORE",
@@ -51,7 +56,9 @@ __all__ = [
     "TalosSchema",
     "apply_patches",
     "bundled_schema_path",
+    "cluster_discovery",
     "default_schema",
+    "pod_security_admission",
     "render_machine_config",
     "render_machine_documents",
     "strategic_merge",
@@ -63,6 +70,8 @@ LABEL_STORE = "edgefleet.io/store"
 LINK_ALIAS = "edge0"  # LinkAliasConfig name of a node's single NIC
 BOND_NAME = "bond0"
 KUBEPRISM_PORT = 7445
+# cluster.apiServer.auditPolicy as talosctl gen config writes it: every request logged at Metadata level.
+AUDIT_POLICY: dict[str, Any] = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "rules": [{"level": "Metadata"}]}
 # Lists that a strategic merge replaces instead of appending to (Talos's own exceptions).
 REPLACED_LISTS = frozenset({("cluster", "network", "podSubnets"), ("cluster", "network", "serviceSubnets")})
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
@@ -104,6 +113,31 @@ def vip_link(store: Store, node: Node) -> str:
     return f"{base}.{store.network.vlan}" if store.network.vlan is not None else base
 
 
+def pod_security_admission(enforce: str) -> list[dict[str, Any]]:
+    """``cluster.apiServer.admissionControl`` as ``talosctl gen config`` writes it, enforcing
+    ``enforce``. Audit and warn stay at ``restricted`` whatever is enforced (as upstream, where
+    ``baseline`` is enforced): violations of the strictest profile are always logged and shown to
+    clients, so a store that relaxes enforcement still sees what it lets through."""
+    return [{
+        "name": "PodSecurity",
+        "configuration": {
+            "apiVersion": "pod-security.admission.config.k8s.io/v1alpha1",
+            "defaults": {"audit": "restricted", "audit-version": "latest", "enforce": enforce,
+                         "enforce-version": "latest", "warn": "restricted", "warn-version": "latest"},
+            "exemptions": {"namespaces": ["kube-system"], "runtimeClasses": [], "usernames": []},
+            "kind": "PodSecurityConfiguration",
+        },
+    }]
+
+
+def cluster_discovery(enabled: bool) -> dict[str, Any]:
+    """``cluster.discovery``: upstream's default (on, through the discovery service, with the
+    Kubernetes registry disabled, as ``talosctl gen config`` writes it), or explicitly off."""
+    if not enabled:
+        return {"enabled": False}
+    return {"enabled": True, "registries": {"kubernetes": {"disabled": True}, "service": {}}}
+
+
 def render_machine_documents(store: Store, node: Node, release: ReleaseRef,
                              secrets: ClusterSecrets) -> list[dict[str, Any]]:
     """The node's config documents before patches: fresh objects, safe to mutate."""
@@ -130,7 +164,9 @@ def render_machine_documents(store: Store, node: Node, release: ReleaseRef,
             "disableManifestsDirectory": True,
             "nodeIP": {"validSubnets": list(subnets)},
         },
-        "install": {"disk": node.install_disk, "image": release.installer_image, "wipe": False},
+        "network": {},
+        "install": {"disk": node.install_disk, "image": release.installer_image, "wipe": False,
+                    "grubUseUKICmdline": True},
         "features": {
             "diskQuotaSupport": True,
             "kubePrism": {"enabled": True, "port": KUBEPRISM_PORT},
@@ -157,10 +193,13 @@ def render_machine_documents(store: Store, node: Node, release: ReleaseRef,
             "ca": {"crt": certs.k8s.crt, "key": certs.k8s.key},
             "aggregatorCA": {"crt": certs.k8saggregator.crt, "key": certs.k8saggregator.key},
             "serviceAccount": {"key": certs.k8sserviceaccount.key},
-            "apiServer": {"image": f"registry.k8s.io/kube-apiserver:{k8s}", "certSANs": api_sans},
+            "apiServer": {"image": f"registry.k8s.io/kube-apiserver:{k8s}", "certSANs": api_sans,
+                          "admissionControl": pod_security_admission(store.cluster.pod_security),
+                          "auditPolicy": _clone(AUDIT_POLICY)},
             "controllerManager": {"image": f"registry.k8s.io/kube-controller-manager:{k8s}"},
             "proxy": {"image": f"registry.k8s.io/kube-proxy:{k8s}"},
             "scheduler": {"image": f"registry.k8s.io/kube-scheduler:{k8s}"},
+            "discovery": cluster_discovery(store.cluster.discovery),
             "etcd": {"ca": {"crt": certs.etcd.crt, "key": certs.etcd.key},
                      # The VIP is on the same subnet: advertise only the node's own address.
                      "advertisedSubnets": [str(net.subnet)]},
@@ -168,9 +207,10 @@ def render_machine_documents(store: Store, node: Node, release: ReleaseRef,
         })
     else:
         cluster["ca"] = {"crt": certs.k8s.crt}
+        cluster["discovery"] = cluster_discovery(store.cluster.discovery)
 
     docs: list[dict[str, Any]] = [
-        {"version": "v1alpha1", "machine": machine, "cluster": cluster},
+        {"version": "v1alpha1", "debug": False, "machine": machine, "cluster": cluster},
         {"apiVersion": "v1alpha1", "kind": "HostnameConfig", "hostname": node.name, "auto": "off"},
         {"apiVersion": "v1alpha1", "kind": "ResolverConfig",
          "nameservers": [{"address": str(a)} for a in net.dns]},

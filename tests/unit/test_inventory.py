@@ -125,6 +125,32 @@ def test_problem_inherited_from_a_layer_points_at_that_layer(tmp_path: Path) -> 
     assert p.field == "network.dns.0" and p.store == "dk-100"
 
 
+def test_cluster_discovery_and_pod_security_at_every_layer(tmp_path: Path) -> None:
+    inv = _write_case(tmp_path, {"name": "x"})
+    assert load_fleet(inv).store("dk-100").cluster.pod_security == "baseline"  # talosctl gen config's
+    assert load_fleet(inv).store("dk-100").cluster.discovery is True
+    with (inv / "fleet.yml").open("a") as f:
+        f.write("  cluster: {pod_security: restricted, discovery: false}\n")
+    c = load_fleet(inv).store("dk-100").cluster
+    assert (c.pod_security, c.discovery, c.name) == ("restricted", False, "dk-100")
+    (inv / "group_vars" / "country_dk.yml").write_text("timezone: Europe/Copenhagen\n"
+                                                       "cluster: {pod_security: privileged}\n")
+    c = load_fleet(inv).store("dk-100").cluster
+    assert (c.pod_security, c.discovery) == ("privileged", False)  # the group's level, the fleet's discovery
+    store = inv / "stores" / "case.yml"
+    store.write_text(store.read_text().replace("vip: 10.50.1.10", "vip: 10.50.1.10\n      discovery: true"))
+    c = load_fleet(inv).store("dk-100").cluster
+    assert (c.pod_security, c.discovery) == ("privileged", True)
+    (inv / "group_vars" / "country_dk.yml").write_text("timezone: Europe/Copenhagen\n"
+                                                       "cluster:\n  pod_security: lax\n")
+    with pytest.raises(InventoryError) as ei:
+        load_fleet(inv)
+    (p,) = ei.value.problems
+    assert p.file is not None and p.file.endswith("group_vars/country_dk.yml") and p.line == 3
+    assert p.field == "cluster.pod_security" and p.store == "dk-100"
+    assert "'privileged', 'baseline' or 'restricted'" in p.message
+
+
 def test_missing_directory_and_missing_parts(tmp_path: Path) -> None:
     with pytest.raises(InventoryError, match="does not exist"):
         load_fleet(tmp_path / "nope")

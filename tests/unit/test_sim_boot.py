@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, date, datetime
+from typing import Any
 
 import pytest
+import yaml
 
 from edgefleet.errors import InputError
 from edgefleet.inventory.model import Freeze, Node, Store
 from edgefleet.secrets import ClusterSecrets, generate_secrets
 from edgefleet.seeds.iso import render_seed_iso
 from edgefleet.seeds.render import render_seed_files
-from edgefleet.sim.boot import ReleaseFacts, evaluate_join, parse_seed_facts
+from edgefleet.sim.boot import ReleaseFacts, SeedFacts, evaluate_join, machine_config_rejections, parse_seed_facts
 from edgefleet.sim.media import iso_volume_label
 from edgefleet.sim.oracle import check_caps, check_concurrent_operations, check_control_planes, check_schedule
 from edgefleet.sim.scenario import Caps, Scenario, parse_scenario, update_scenario
 from edgefleet.talos.config import ReleaseRef
+from tests.helpers import TALOS_TESTDATA
 
 RELEASE = ReleaseRef(name="r1", talos_version="v1.12.6", kubernetes_version="1.35.0",
                      installer_image="factory.talos.dev/installer/abc:v1.12.6")
@@ -76,6 +79,138 @@ def test_join_refusals(secrets: ClusterSecrets) -> None:
     assert "not the node's 02:ef:00:00:00:99" in evaluate_join(swapped, FACTS, facts, ca_of(secrets)).reason
     renamed = Node.model_validate({**node.model_dump(), "name": "s1-n7"})
     assert "names host 's1-n1'" in evaluate_join(renamed, FACTS, facts, ca_of(secrets)).reason
+
+
+# --- what Talos refuses in a machine config -----------------------------------------------------------
+
+CP_KEYS = ["machine.ca.key", "cluster.ca.key", "cluster.aggregatorCA.key", "cluster.serviceAccount.key",
+           "cluster.etcd.ca.key"]
+
+
+def store_with_worker(**cluster: object) -> Store:
+    s = store()
+    raw = s.model_dump(mode="json")
+    raw["cluster"].update(cluster)
+    raw["nodes"].append({"name": "s1-w1", "role": "worker", "mac": "02:ef:00:00:00:21", "ip": "10.16.0.21"})
+    return Store.model_validate(raw)
+
+
+def v1_of(s: Store, node: Node, secrets: ClusterSecrets) -> dict[str, Any]:
+    doc: dict[str, Any] = next(yaml.safe_load_all(render_seed_files(s, node, RELEASE, secrets).user_data))
+    return doc
+
+
+def put(doc: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    *parents, last = dotted.split(".")
+    d = doc
+    for k in parents:
+        d = d.setdefault(k, {})
+    if value is None:
+        d.pop(last, None)
+    else:
+        d[last] = value
+    return doc
+
+
+def seed_with(s: Store, node: Node, secrets: ClusterSecrets, v1: dict[str, Any]) -> SeedFacts:
+    files = render_seed_files(s, node, RELEASE, secrets)
+    rest = [d for d in yaml.safe_load_all(files.user_data) if d is not None and "kind" in d]
+    user_data = yaml.safe_dump_all([v1, *rest]).encode()
+    return parse_seed_facts(user_data, files.meta_data, files.network_config, sha256="x")
+
+
+@pytest.mark.parametrize("cluster", [{}, {"discovery": False}, {"pod_security": "privileged"},
+                                     {"pod_security": "restricted"}])
+def test_edgefleet_configs_of_both_roles_are_accepted(secrets: ClusterSecrets, cluster: dict[str, object]) -> None:
+    s = store_with_worker(**cluster)
+    for node in s.nodes:
+        assert machine_config_rejections(v1_of(s, node, secrets)) == [], node.role
+        files = render_seed_files(s, node, RELEASE, secrets)
+        facts = parse_seed_facts(files.user_data, files.meta_data, files.network_config, sha256="x")
+        verdict = evaluate_join(node, FACTS, facts, ca_of(secrets))
+        assert verdict.joined, verdict.reason
+
+
+def test_talosctl_gen_config_output_is_accepted() -> None:
+    for name in ("base-controlplane.yaml", "base-worker.yaml"):
+        v1 = next(yaml.safe_load_all((TALOS_TESTDATA / "stability" / name).read_text()))
+        assert machine_config_rejections(v1) == [], name
+
+
+@pytest.mark.parametrize("key", CP_KEYS)
+def test_a_worker_holding_a_ca_key_is_refused(secrets: ClusterSecrets, key: str) -> None:
+    s = store_with_worker()
+    worker = s.nodes[1]
+    cp_value = v1_of(s, s.nodes[0], secrets)
+    for k in key.split("."):
+        cp_value = cp_value[k]
+    v1 = put(v1_of(s, worker, secrets), key, cp_value)
+    assert machine_config_rejections(v1) == [
+        f"a worker's machine config holds {key}: CA private keys belong on control planes only (render the "
+        "node's config as a worker)"]
+    verdict = evaluate_join(worker, FACTS, seed_with(s, worker, secrets, v1), ca_of(secrets))
+    assert not verdict.joined and verdict.reason.startswith("Talos refuses the machine config: a worker's")
+    assert key in verdict.reason
+    # upstream's empty key is no key
+    assert machine_config_rejections(put(v1_of(s, worker, secrets), key, "")) == []
+
+
+@pytest.mark.parametrize("key", [*CP_KEYS, "machine.ca.crt", "cluster.etcd.ca.crt"])
+def test_a_control_plane_missing_a_ca_key_is_refused(secrets: ClusterSecrets, key: str) -> None:
+    s = store_with_worker()
+    cp = s.nodes[0]
+    for broken in (None, "", base64.b64encode(b"not a pem").decode(), "%%%"):
+        v1 = put(v1_of(s, cp, secrets), key, broken)
+        [why] = machine_config_rejections(v1)
+        assert why.startswith(f"a control plane's machine config lacks {key} "), why
+    verdict = evaluate_join(cp, FACTS, seed_with(s, cp, secrets, put(v1_of(s, cp, secrets), key, None)),
+                            ca_of(secrets))
+    assert not verdict.joined and f"lacks {key}" in verdict.reason
+
+
+def test_an_unknown_machine_type_is_refused(secrets: ClusterSecrets) -> None:
+    s = store()
+    assert machine_config_rejections(put(v1_of(s, s.nodes[0], secrets), "machine.type", "master")) == [
+        "machine.type 'master' is neither controlplane nor worker"]
+    assert machine_config_rejections({"version": "v1alpha1"}) == [
+        "machine.type None is neither controlplane nor worker"]
+
+
+def _psa(v1: dict[str, Any]) -> dict[str, Any]:
+    cfg: dict[str, Any] = v1["cluster"]["apiServer"]["admissionControl"][0]["configuration"]
+    return cfg
+
+
+@pytest.mark.parametrize(("breaking", "message"), [
+    (lambda v1: put(v1, "cluster.apiServer.admissionControl", {"name": "PodSecurity"}),
+     "cluster.apiServer.admissionControl is not a list of admission plugins"),
+    (lambda v1: v1["cluster"]["apiServer"]["admissionControl"][0].pop("name"),
+     "cluster.apiServer.admissionControl.0 has no plugin name"),
+    (lambda v1: _psa(v1)["defaults"].update(enforce="strict"),
+     "cluster.apiServer.admissionControl.0.configuration.defaults.enforce is 'strict', not privileged, baseline or "
+     "restricted"),
+    (lambda v1: _psa(v1)["defaults"].update({"warn-version": "1.35"}),
+     "defaults.warn-version is '1.35', not 'latest' or a version like v1.35"),
+    (lambda v1: _psa(v1)["defaults"].update(deny="restricted"),
+     "configuration.defaults has an unknown field 'deny'"),
+    (lambda v1: _psa(v1).update(kind="PodSecurityPolicy"),
+     "configuration is apiVersion 'pod-security.admission.config.k8s.io/v1alpha1' kind 'PodSecurityPolicy', not a "
+     "PodSecurityConfiguration"),
+    (lambda v1: _psa(v1)["exemptions"].update(namespaces="kube-system"),
+     "configuration.exemptions.namespaces is not a list of names"),
+    (lambda v1: _psa(v1)["exemptions"].update(groups=[]),
+     "configuration.exemptions has an unknown field 'groups'"),
+    (lambda v1: v1["cluster"]["apiServer"]["admissionControl"][0].update(configuration="enforce: baseline"),
+     "cluster.apiServer.admissionControl.0.configuration is not a mapping"),
+])
+def test_malformed_admission_control_is_refused(secrets: ClusterSecrets, breaking: Any, message: str) -> None:
+    s = store()
+    v1 = v1_of(s, s.nodes[0], secrets)
+    breaking(v1)
+    why = machine_config_rejections(v1)
+    assert len(why) == 1 and message in why[0], why
+    verdict = evaluate_join(s.nodes[0], FACTS, seed_with(s, s.nodes[0], secrets, v1), ca_of(secrets))
+    assert not verdict.joined and message in verdict.reason
 
 
 def test_seed_problems_are_collected_not_raised() -> None:

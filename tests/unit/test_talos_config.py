@@ -138,7 +138,8 @@ def test_control_plane_contents(secrets: ClusterSecrets) -> None:
     assert m["type"] == "controlplane"
     assert m["token"] == secrets.trustdinfo.token
     assert m["ca"] == {"crt": secrets.certs.os.crt, "key": secrets.certs.os.key}
-    assert m["install"] == {"disk": "/dev/sda", "image": RELEASE.installer_image, "wipe": False}
+    assert m["install"] == {"disk": "/dev/sda", "image": RELEASE.installer_image, "wipe": False,
+                            "grubUseUKICmdline": True}
     assert m["kubelet"]["image"] == "ghcr.io/siderolabs/kubelet:v1.35.0"
     assert m["nodeLabels"][LABEL_RELEASE] == RELEASE.name and m["nodeLabels"][LABEL_STORE] == "s-040"
     assert "10.40.1.11" in m["certSANs"]
@@ -178,6 +179,59 @@ def test_worker_gets_no_ca_keys_no_etcd_no_vip(secrets: ClusterSecrets) -> None:
                        secrets.certs.k8sserviceaccount.key, secrets.certs.k8saggregator.key):
         assert secret_key.encode() not in text
     assert m["nodeLabels"] == {LABEL_RELEASE: RELEASE.name, LABEL_STORE: "s-040"}
+
+
+@pytest.mark.parametrize("level", ["privileged", "baseline", "restricted"])
+def test_pod_security_level_is_enforced_and_audit_warn_stay_restricted(level: str, schema: TalosSchema,
+                                                                      secrets: ClusterSecrets) -> None:
+    store = make_store(workers=1, cluster={"pod_security": level})
+    cp = docs_of(render_machine_config(store, store.nodes[0], RELEASE, secrets, schema=schema))[0]
+    [plugin] = cp["cluster"]["apiServer"]["admissionControl"]
+    assert plugin["name"] == "PodSecurity"
+    assert plugin["configuration"]["defaults"] == {
+        "audit": "restricted", "audit-version": "latest", "enforce": level, "enforce-version": "latest",
+        "warn": "restricted", "warn-version": "latest"}
+    assert plugin["configuration"]["exemptions"]["namespaces"] == ["kube-system"]
+    worker = docs_of(render_machine_config(store, store.nodes[3], RELEASE, secrets, schema=schema))[0]
+    assert "apiServer" not in worker["cluster"]  # admission is the API server's, on control planes only
+
+
+def test_pod_security_defaults_to_baseline_as_talosctl_gen_config(secrets: ClusterSecrets) -> None:
+    store = make_store()
+    cp = docs_of(render_machine_config(store, store.nodes[0], RELEASE, secrets))[0]
+    assert cp["cluster"]["apiServer"]["admissionControl"][0]["configuration"]["defaults"]["enforce"] == "baseline"
+    assert cp["cluster"]["apiServer"]["auditPolicy"]["rules"] == [{"level": "Metadata"}]
+
+
+@pytest.mark.parametrize(("enabled", "expected"), [
+    (True, {"enabled": True, "registries": {"kubernetes": {"disabled": True}, "service": {}}}),
+    (False, {"enabled": False}),
+])
+def test_cluster_discovery_on_both_roles(enabled: bool, expected: dict[str, Any], schema: TalosSchema,
+                                         secrets: ClusterSecrets) -> None:
+    store = make_store(workers=1, cluster={"discovery": enabled})
+    for node in (store.nodes[0], store.nodes[3]):
+        v1 = docs_of(render_machine_config(store, node, RELEASE, secrets, schema=schema))[0]
+        assert v1["cluster"]["discovery"] == expected, node.role
+
+
+def test_generator_defaults_on_both_roles(secrets: ClusterSecrets) -> None:
+    store = make_store(workers=1)
+    for node in (store.nodes[0], store.nodes[3]):
+        v1 = docs_of(render_machine_config(store, node, RELEASE, secrets))[0]
+        assert v1["debug"] is False and v1["machine"]["network"] == {}
+        assert v1["machine"]["install"]["grubUseUKICmdline"] is True
+        assert v1["cluster"]["discovery"]["enabled"] is True
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("pod_security", "strict", "'privileged', 'baseline' or 'restricted'"),
+    ("pod_security", "Baseline", "'privileged', 'baseline' or 'restricted'"),
+    ("discovery", "sometimes", "valid boolean"),
+])
+def test_cluster_knobs_are_validated(field: str, value: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_store(cluster={field: value})
 
 
 def test_scheduling_on_control_planes(secrets: ClusterSecrets) -> None:

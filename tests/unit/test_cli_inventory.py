@@ -30,7 +30,7 @@ def test_validate_sample_ok_and_json() -> None:
     r = runner.invoke(app, ["inventory", "validate", str(SAMPLE_INVENTORY), "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    assert data["stores"] == 24 and data["countries"] >= 6
+    assert data["stores"] == 25 and data["countries"] >= 6
 
 
 def test_validate_bad_inventory_exits_2_with_errors_on_stderr_and_writes_nothing(sample_copy: Path) -> None:

@@ -99,15 +99,18 @@ def test_every_document_of_the_sample_fleet_validates(schema: TalosSchema, secre
     assert assert_fleet_validates(fleet, schema, secrets) > 5 * fleet.node_count
 
 
+@pytest.mark.parametrize("ipv6_every", [0, 3])
 def test_every_document_of_a_generated_fleet_validates(tmp_path: Path, schema: TalosSchema,
-                                                       secrets: ClusterSecrets) -> None:
-    fleet_yml, group_vars, stores = plan_synthetic_fleet(96, 1)
+                                                       secrets: ClusterSecrets, ipv6_every: int) -> None:
+    fleet_yml, group_vars, stores = plan_synthetic_fleet(96, 1, ipv6_every=ipv6_every)
     # The generator's own patches, plus a typed document patch.
     fleet_yml["defaults"]["talos_patches"].append(
         {"apiVersion": "v1alpha1", "kind": "TimeSyncConfig", "bootTimeout": "2m"})
     fleet = load_fleet(write_inventory(tmp_path / "inv", fleet_yml, group_vars, stores))
     sizes = {len(s.nodes) for s in fleet.stores.values()}
     assert {1, 3, 5} <= sizes and any(s.network.vlan for s in fleet.stores.values())
+    families = {s.network.families for s in fleet.stores.values()}
+    assert families == ({(4,), (4, 6), (6,)} if ipv6_every else {(4,)})
     assert assert_fleet_validates(fleet, schema, secrets) > 5 * fleet.node_count
 
 

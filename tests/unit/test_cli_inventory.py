@@ -61,6 +61,11 @@ def test_cli_broken_yaml_is_exit_2_never_a_traceback(tmp_path_factory: pytest.Te
 def test_show_graph_and_unknown_store() -> None:
     r = _run("inventory", "show", "us-001", "-i", str(SAMPLE_INVENTORY))
     assert r.returncode == 0 and "us-001-n1" in r.stdout and "America/New_York" in r.stdout
+    assert "10.24.1.11 fd00:20:4:1::b" in r.stdout  # a dual-stack node's two addresses
+    # IPv6-only: bracketed URLs are printed as they are, not eaten as console markup
+    r = _run("inventory", "show", "vn-002", "-i", str(SAMPLE_INVENTORY))
+    assert r.returncode == 0 and "endpoint https://[fd00:27:2::10]:6443" in r.stdout, r.stdout
+    assert "https://[fd00:27:2::101]" in r.stdout and "fd00:27:2::11" in r.stdout
     r = _run("inventory", "show", "zz-999", "-i", str(SAMPLE_INVENTORY))
     assert r.returncode == 2 and "no store 'zz-999'" in r.stderr
     r = _run("inventory", "graph", "-i", str(SAMPLE_INVENTORY), "--json")

@@ -305,6 +305,12 @@ def _check_store(ctx: _Ctx, s: Store, file: str, path: tuple[str | int, ...]) ->
                          f"or leave cluster.{fld} out for the defaults")
             elif version in seen_families:
                 add(f"{fld} has two IPv{version} CIDRs: Kubernetes takes one per family", f"cluster.{fld}.{j}", sub)
+            elif version == 6 and families == (4, 6):
+                for i, n in enumerate(s.nodes):
+                    if n.ipv6 is None:
+                        add(f"has no ipv6, but {fld} makes the cluster dual-stack ({cidr})", f"nodes.{i}.ipv6",
+                            ("nodes", i), n.name, hint="give every node of a dual-stack cluster its ipv6 address")
+                        break
             seen_families.add(version)
     cps = len(s.control_planes)
     if cps not in (1, 3, 5):

@@ -412,18 +412,28 @@ class Store(_Model):
         return f"https://{url_host(host)}:6443"
 
     @property
+    def cluster_families(self) -> tuple[int, ...]:
+        """The families Kubernetes runs with by default: the network's, except that a dual-stack
+        network runs an IPv4 cluster until every node has its ``ipv6`` (a dual-stack cluster needs
+        a node IP of each family on every node; inventories from before IPv6 support stay as they were)."""
+        families = self.network.families
+        if families == (4, 6) and any(n.ipv6 is None for n in self.nodes):
+            return (4,)
+        return families
+
+    @property
     def pod_subnets(self) -> list[str]:
-        """The Kubernetes pod CIDRs: the inventory's, else one per network family (first family first)."""
+        """The Kubernetes pod CIDRs: the inventory's, else one per cluster family (first family first)."""
         if self.cluster.pod_subnets is not None:
             return list(self.cluster.pod_subnets)
-        return [DEFAULT_POD_SUBNETS[f] for f in self.network.families]
+        return [DEFAULT_POD_SUBNETS[f] for f in self.cluster_families]
 
     @property
     def service_subnets(self) -> list[str]:
-        """The Kubernetes service CIDRs: the inventory's, else one per network family."""
+        """The Kubernetes service CIDRs: the inventory's, else one per cluster family."""
         if self.cluster.service_subnets is not None:
             return list(self.cluster.service_subnets)
-        return [DEFAULT_SERVICE_SUBNETS[f] for f in self.network.families]
+        return [DEFAULT_SERVICE_SUBNETS[f] for f in self.cluster_families]
 
     @property
     def vips(self) -> list[IPv4Address | IPv6Address]:

@@ -168,6 +168,18 @@ def test_address_families_of_the_machine_config(family: str, pods: list[str], se
     assert by_kind(wdocs)["v1alpha1"]["cluster"]["controlPlane"]["endpoint"] == endpoint
 
 
+def test_dual_stack_network_with_a_node_lacking_ipv6_keeps_an_ipv4_cluster(secrets: ClusterSecrets) -> None:
+    """Inventories written before dual-stack clusters (network.ipv6, not every node's ipv6) keep
+    their IPv4 pod and service subnets; the nodes that have ipv6 still get both addresses."""
+    dual = family_store("dual")
+    nodes = [n.model_dump(mode="json") for n in dual.nodes]
+    nodes[2]["ipv6"] = None
+    store = make_store(nodes=nodes, network=dual.network.model_dump(mode="json"))
+    assert store.cluster_families == (4,) and dual.cluster_families == (4, 6)
+    c = by_kind(docs_of(render_machine_config(store, store.nodes[0], RELEASE, secrets)))["v1alpha1"]["cluster"]
+    assert c["network"]["podSubnets"] == ["10.244.0.0/16"] and c["network"]["serviceSubnets"] == ["10.96.0.0/12"]
+
+
 def test_inventory_pod_and_service_subnets_win_over_the_family_defaults(secrets: ClusterSecrets) -> None:
     store = family_store("ipv6", cluster_extra={"pod_subnets": ["fd00:99::/56"], "service_subnets": ["fd00:98::/112"]})
     c = by_kind(docs_of(render_machine_config(store, store.nodes[0], RELEASE, secrets)))["v1alpha1"]["cluster"]

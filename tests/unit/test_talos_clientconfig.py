@@ -17,6 +17,7 @@ from edgefleet.cli.talos import kubeconfig_cmd, talosconfig_cmd
 from edgefleet.errors import EdgefleetError
 from edgefleet.inventory.load import load_fleet
 from edgefleet.inventory.model import url_host
+from edgefleet.rollout.endpoints import Endpoints
 from edgefleet.secrets import ClusterSecrets, generate_secrets, store_secrets
 from edgefleet.talos.api import endpoint_with_port
 from edgefleet.talos.certs import Role, cert_roles, issued_by, mint_kube_client_cert, mint_os_client_cert
@@ -107,6 +108,8 @@ def test_ipv6_only_store_configs_and_endpoints(bundle: ClusterSecrets) -> None:
     assert endpoint_with_port("127.0.0.1:4321") == "127.0.0.1:4321"
     assert endpoint_with_port("cp.example") == "cp.example:50000"
     assert url_host("fd00::1") == "[fd00::1]" and url_host("10.0.0.1") == "10.0.0.1" and url_host("x") == "x"
+    # the production health probes' Kubernetes API URL
+    assert Endpoints().k8s(store) == "https://[fd00:27:2::10]:6443"
 
 
 def test_talosconfig_command_writes_0600_and_refuses_to_overwrite(home: Path, tmp_path: Path,

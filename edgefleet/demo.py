@@ -3,7 +3,7 @@ temporary API server), SQLite, and the local fleet simulator on 127.0.0.1. Nothi
 
 1. validate the sample inventory;
 2. build releases v1 and v2 with Packer (Prefect flow ``build_release``);
-3. start the fleet simulator (every BMC, Kubernetes API and Talos API of the 24 stores), its clock
+3. start the fleet simulator (every BMC, Kubernetes API and Talos API of the 25 stores), its clock
    set to a Sunday evening outside the freezes and time running 3,600x faster;
 4. provision every store on v1 (flow ``provision_store``, one run per store, eight at a time);
 5. roll v2 out as canary + waves (flow ``rollout``) while one node never becomes Ready: its store

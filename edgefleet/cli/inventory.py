@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
@@ -55,15 +56,17 @@ def show(store: Annotated[str, typer.Argument(help="Store id")], inventory: Inve
     n = s.network
     console.print(f"network {n.subnet} gw {n.gateway} dns {', '.join(map(str, n.dns))}"
                   + (f" vlan {n.vlan}" if n.vlan else "") + (f" ipv6 {n.ipv6.subnet}" if n.ipv6 else ""))
-    console.print(f"cluster {s.cluster.name} endpoint {s.endpoint} kubernetes {s.cluster.kubernetes_version}; "
+    # escape(): a bracketed IPv6 host ("https://[fd00::10]:6443") is not console markup.
+    console.print(f"cluster {s.cluster.name} endpoint {escape(s.endpoint)} kubernetes {s.cluster.kubernetes_version}; "
                   f"wipe via {s.wipe_method.value}; groups {', '.join(s.all_groups)}")
     t = Table("node", "role", "mac", "ip", "disk", "bmc")
     for node in s.nodes:
-        t.add_row(node.name, node.role.value, node.mac, str(node.ip), node.install_disk,
-                  node.bmc.url if node.bmc else "-")
+        addresses = " ".join(str(a) for a in (node.ip, node.ipv6) if a is not None)
+        t.add_row(node.name, node.role.value, node.mac, addresses, node.install_disk,
+                  escape(node.bmc.url) if node.bmc else "-")
     console.print(t)
     if s.probes:
-        console.print("probes: " + ", ".join(f"{p.name} {p.url} -> {p.expect_status}" for p in s.probes))
+        console.print("probes: " + ", ".join(f"{p.name} {escape(p.url)} -> {p.expect_status}" for p in s.probes))
     if s.talos_patches or any(node.talos_patches for node in s.nodes):
         console.print(f"talos patches: {len(s.talos_patches)} store-level, "
                       f"{sum(len(node.talos_patches) for node in s.nodes)} node-level")

@@ -10,7 +10,7 @@ import os
 import random
 import tempfile
 from collections.abc import Mapping
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,22 @@ def _subnet(index: int) -> IPv4Network:
     return IPv4Network(f"10.{n // 256}.{n % 256}.0/24")
 
 
+def _subnet6(index: int) -> IPv6Network:
+    # A unique ULA /64 per store: fd00:e0:<index high 16 bits>:<index low 16 bits>::/64.
+    return IPv6Network(f"fd00:e0:{index >> 16:x}:{index & 0xFFFF:x}::/64")
+
+
+def _family(index: int, ipv6_every: int) -> str:
+    """Which stores leave IPv4-only: with ``ipv6_every`` N > 0, the last of every N stores is
+    IPv6-only and the one before it dual-stack (N = 1: every store IPv6-only)."""
+    if ipv6_every <= 0:
+        return "ipv4"
+    pos = index % ipv6_every
+    if pos == ipv6_every - 1:
+        return "ipv6"
+    return "dual" if pos == ipv6_every - 2 else "ipv4"
+
+
 def fleet_defaults() -> dict[str, Any]:
     return {
         "ring": "ring2",
@@ -98,10 +114,12 @@ def fleet_defaults() -> dict[str, Any]:
     }
 
 
-def plan_synthetic_fleet(stores: int, seed: int, *, countries: int = 48,
-                         freezes: bool = True) -> tuple[dict[str, Any], dict[str, dict[str, Any]],
-                                                        dict[str, list[dict[str, Any]]]]:
-    """Return (fleet.yml, group_vars by group, store lists by country code). Pure and deterministic."""
+def plan_synthetic_fleet(stores: int, seed: int, *, countries: int = 48, freezes: bool = True,
+                         ipv6_every: int = 0) -> tuple[dict[str, Any], dict[str, dict[str, Any]],
+                                                       dict[str, list[dict[str, Any]]]]:
+    """Return (fleet.yml, group_vars by group, store lists by country code). Pure and deterministic.
+    ``ipv6_every`` (default 0: every store IPv4-only) makes some stores dual-stack and IPv6-only
+    (see ``_family``); the random choices, and so every other store, stay the same."""
     rng = random.Random(seed)
     picked = COUNTRIES[: max(1, min(countries, len(COUNTRIES)))]
     fleet: dict[str, Any] = {
@@ -147,23 +165,36 @@ def plan_synthetic_fleet(stores: int, seed: int, *, countries: int = 48,
                  "end": f"{(start_h + rng.choice([4, 5, 6])) % 24:02d}:00"},
                 {"days": ["sun"], "start": "19:00", "end": "07:00"},
             ]
-        st["network"] = {"subnet": str(net), "gateway": str(hosts[0])}
+        family = _family(i, ipv6_every)
+        net6 = _subnet6(i)
+        v6 = [net6.network_address + k for k in range(256)]  # ::1 gateway, ::9 VIP, ::a.. nodes
+        if family == "ipv6":
+            st["network"] = {"subnet": str(net6), "gateway": str(v6[1]), "dns": ["fd00:e0::53"]}
+        else:
+            st["network"] = {"subnet": str(net), "gateway": str(hosts[0])}
+        if family == "dual":
+            st["network"]["ipv6"] = {"subnet": str(net6), "gateway": str(v6[1])}
         if rng.random() < 0.1:
             st["network"]["vlan"] = 100 + rng.randrange(50)
         nodes = []
         for k in range(size):
             mac += 1
             role = "controlplane" if k < 3 else "worker"
-            nodes.append({
+            node: dict[str, Any] = {
                 "name": f"{sid}-n{k + 1}",
                 "role": role,
                 "mac": _mac(mac),
-                "ip": str(hosts[10 + k]),
-                "bmc": {"url": f"https://{hosts[100 + k]}"},
-            })
+                "ip": str(v6[10 + k] if family == "ipv6" else hosts[10 + k]),
+                "bmc": {"url": f"https://[{v6[100 + k]}]" if family == "ipv6" else f"https://{hosts[100 + k]}"},
+            }
+            if family == "dual":
+                node["ipv6"] = str(v6[10 + k])
+            nodes.append(node)
         st["cluster"] = {"name": sid}
         if size > 1:
-            st["cluster"]["vip"] = str(hosts[9])
+            st["cluster"]["vip"] = str(v6[9] if family == "ipv6" else hosts[9])
+            if family == "dual":
+                st["cluster"]["vip6"] = str(v6[9])
         st["nodes"] = nodes
         by_country.setdefault(cc.lower(), []).append(st)
     return fleet, gv, by_country
@@ -203,6 +234,7 @@ def write_inventory(out: str | os.PathLike[str], fleet: Mapping[str, Any], group
     return target
 
 
-def generate_fleet(out: str | os.PathLike[str], stores: int, seed: int, countries: int = 48) -> Path:
-    fleet, gv, by_country = plan_synthetic_fleet(stores, seed, countries=countries)
+def generate_fleet(out: str | os.PathLike[str], stores: int, seed: int, countries: int = 48, *,
+                   ipv6_every: int = 0) -> Path:
+    fleet, gv, by_country = plan_synthetic_fleet(stores, seed, countries=countries, ipv6_every=ipv6_every)
     return write_inventory(out, fleet, gv, by_country)

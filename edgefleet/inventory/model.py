@@ -10,16 +10,31 @@ from __future__ import annotations
 import re
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Any, Literal
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyAddress, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    IPvAnyNetwork,
+    field_validator,
+    model_validator,
+)
 
 HOSTNAME_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 FINGERPRINT_RE = re.compile(r"^(sha256:)?[0-9a-f]{2}(:?[0-9a-f]{2}){31}$")
 STORE_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?$")
+
+# Kubernetes pod and service CIDRs a store gets when its inventory gives none, per address family.
+# IPv6: a /56 of pod addresses (a /64 per node, the controller manager's default node mask) and a
+# /112 of service addresses (within the 20-bit limit older kube-apiservers put on service ranges).
+DEFAULT_POD_SUBNETS = {4: "10.244.0.0/16", 6: "fd00:10:244::/56"}
+DEFAULT_SERVICE_SUBNETS = {4: "10.96.0.0/12", 6: "fd00:10:96::/112"}
 
 
 class _Model(BaseModel):
@@ -51,6 +66,16 @@ class WipeMethod(StrEnum):
 
     bmc = "bmc"  # out of band: Redfish virtual media + one-time boot
     talos_api = "talos-api"  # in band: Talos Reset(wipe) and NoCloud network seed
+
+
+def _address_text(v: Any) -> Any:
+    """IP addresses and networks are written as text. YAML 1.1 reads some unquoted IPv6 addresses
+    (``2001:0:0:0:0:0:0:1``) as sexagesimal integers, and pydantic would take an integer as an
+    address: refuse numbers instead of guessing."""
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        raise ValueError(f"YAML read this address as the number {v}: quote it (\"2001:db8::1\") or write "
+                         "it with '::'")
+    return v
 
 
 def _parse_hhmm(v: Any) -> Any:
@@ -219,12 +244,14 @@ class Node(_Model):
     name: str
     role: Role
     mac: str
-    ip: IPv4Address
-    ipv6: IPv6Address | None = None
+    ip: IPvAnyAddress  # in the family of the store's network.subnet (IPv6 on an IPv6-only store)
+    ipv6: IPv6Address | None = None  # a dual-stack store's second address (network.ipv6)
     install_disk: str = "/dev/sda"
     bmc: Bmc | None = None
     bond: Bond | None = None
     talos_patches: list[dict[str, Any]] = Field(default_factory=list)
+
+    _addresses = field_validator("ip", "ipv6", mode="before")(_address_text)
 
     @field_validator("mac", mode="before")
     @classmethod
@@ -253,42 +280,82 @@ class Node(_Model):
         return v
 
 
+def _strict_network(v: Any) -> Any:
+    _address_text(v)
+    if isinstance(v, str):
+        try:
+            ip_network(v, strict=True)
+        except ValueError as e:
+            raise ValueError(f"{v!r} is not an IPv4 or IPv6 network with host bits clear ({e})") from None
+    return v
+
+
 class Ipv6Config(_Model):
+    """The IPv6 side of a dual-stack store (whose ``network.subnet`` is IPv4)."""
+
     subnet: IPv6Network
     gateway: IPv6Address
 
+    _strict_subnet = field_validator("subnet", mode="before")(_strict_network)
+    _addresses = field_validator("gateway", mode="before")(_address_text)
+
 
 class Network(_Model):
-    subnet: IPv4Network
-    gateway: IPv4Address
-    dns: list[IPvAnyAddress] = Field(min_length=1)
+    """A store's LAN. ``subnet``/``gateway`` are its first address family: IPv4 for an IPv4-only
+    store, IPv6 for an IPv6-only one. ``ipv6`` adds the IPv6 side of a dual-stack store (IPv4
+    first, as Kubernetes and Talos order dual-stack families); the families' consistency (gateway,
+    nodes, VIPs, DNS, pod and service subnets) is checked with the store."""
+
+    subnet: IPvAnyNetwork
+    gateway: IPvAnyAddress
+    dns: list[Annotated[IPvAnyAddress, BeforeValidator(_address_text)]] = Field(min_length=1)
     ntp: list[str] = Field(default_factory=list)
     vlan: int | None = Field(default=None, ge=1, le=4094)
     mtu: int | None = Field(default=None, ge=1280, le=9216)
     ipv6: Ipv6Config | None = None
 
-    @field_validator("subnet", mode="before")
-    @classmethod
-    def _strict_subnet(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            try:
-                IPv4Network(v, strict=True)
-            except ValueError as e:
-                raise ValueError(f"{v!r} is not an IPv4 network with host bits clear ({e})") from None
-        return v
+    _strict_subnet = field_validator("subnet", mode="before")(_strict_network)
+    _addresses = field_validator("gateway", mode="before")(_address_text)
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        """The store's IP versions, first family first: ``(4,)``, ``(6,)`` or ``(4, 6)``."""
+        first = self.subnet.version
+        return (first, 6) if self.ipv6 is not None and first == 4 else (first,)
+
+    @property
+    def subnets(self) -> list[IPv4Network | IPv6Network]:
+        """The store's subnets, first family first."""
+        return [self.subnet] + ([self.ipv6.subnet] if self.ipv6 is not None and self.subnet.version == 4 else [])
 
 
 class Cluster(_Model):
     name: str
-    vip: IPv4Address | None = None
-    endpoint: str | None = None  # default: https://<vip or first control plane>:6443
+    vip: IPvAnyAddress | None = None  # in network.subnet's family
+    vip6: IPv6Address | None = None  # a dual-stack store's IPv6 VIP, in network.ipv6.subnet
+    endpoint: str | None = None  # default: https://<vip or first control plane>:6443, IPv6 in brackets
     kubernetes_version: str = "1.35.0"
-    pod_subnets: list[str] = Field(default_factory=lambda: ["10.244.0.0/16"])
-    service_subnets: list[str] = Field(default_factory=lambda: ["10.96.0.0/12"])
+    # None: one CIDR per store family (DEFAULT_POD_SUBNETS, DEFAULT_SERVICE_SUBNETS); see Store.
+    pod_subnets: list[str] | None = None
+    service_subnets: list[str] | None = None
     allow_scheduling_on_control_planes: bool | None = None  # default: true when there are no workers
     discovery: bool = True  # Talos cluster discovery (the discovery service; Kubernetes registry off)
     # The Pod Security level the API server enforces; audit and warn stay at restricted.
     pod_security: Literal["privileged", "baseline", "restricted"] = "baseline"
+
+    _addresses = field_validator("vip", "vip6", mode="before")(_address_text)
+
+    @field_validator("pod_subnets", "service_subnets", mode="before")
+    @classmethod
+    def _cidrs(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            for x in v:
+                if not isinstance(x, str):
+                    raise ValueError(f"{x!r} is not a CIDR string like 10.244.0.0/16 or fd00:10:244::/56")
+                _strict_network(x)
+            if not v:
+                raise ValueError("give at least one CIDR, or leave the field out for the store's default")
+        return v
 
 
 class Probe(_Model):
@@ -345,7 +412,36 @@ class Store(_Model):
         if self.cluster.endpoint:
             return self.cluster.endpoint
         host = self.cluster.vip or self.control_planes[0].ip
-        return f"https://{host}:6443"
+        return f"https://{url_host(host)}:6443"
+
+    @property
+    def cluster_families(self) -> tuple[int, ...]:
+        """The families Kubernetes runs with by default: the network's, except that a dual-stack
+        network runs an IPv4 cluster until every node has its ``ipv6`` (a dual-stack cluster needs
+        a node IP of each family on every node; inventories from before IPv6 support stay as they were)."""
+        families = self.network.families
+        if families == (4, 6) and any(n.ipv6 is None for n in self.nodes):
+            return (4,)
+        return families
+
+    @property
+    def pod_subnets(self) -> list[str]:
+        """The Kubernetes pod CIDRs: the inventory's, else one per cluster family (first family first)."""
+        if self.cluster.pod_subnets is not None:
+            return list(self.cluster.pod_subnets)
+        return [DEFAULT_POD_SUBNETS[f] for f in self.cluster_families]
+
+    @property
+    def service_subnets(self) -> list[str]:
+        """The Kubernetes service CIDRs: the inventory's, else one per cluster family."""
+        if self.cluster.service_subnets is not None:
+            return list(self.cluster.service_subnets)
+        return [DEFAULT_SERVICE_SUBNETS[f] for f in self.cluster_families]
+
+    @property
+    def vips(self) -> list[IPv4Address | IPv6Address]:
+        """The store's VIPs: ``cluster.vip`` then, on a dual-stack store, ``cluster.vip6``."""
+        return [v for v in (self.cluster.vip, self.cluster.vip6) if v is not None]
 
     @property
     def all_groups(self) -> list[str]:
@@ -355,6 +451,15 @@ class Store(_Model):
             out.append("canary")
         out.extend(g for g in self.groups if g not in out)
         return out
+
+
+def url_host(address: IPv4Address | IPv6Address | str) -> str:
+    """``address`` as the host part of a URL or ``host:port``: an IPv6 address in brackets."""
+    text = str(address)
+    try:
+        return f"[{text}]" if ip_address(text).version == 6 else text
+    except ValueError:
+        return text  # a host name
 
 
 class Fleet(_Model):

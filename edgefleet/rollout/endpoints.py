@@ -32,7 +32,7 @@ import httpx
 
 from edgefleet.errors import InputError, ProbeError
 from edgefleet.health.probes import ClientCert, ClusterAccess, ClusterSnapshot, fetch_cluster, parse_nodes
-from edgefleet.inventory.model import BmcTls, Fleet, Node, Probe, Role, Store
+from edgefleet.inventory.model import BmcTls, Fleet, Node, Probe, Role, Store, url_host
 from edgefleet.redfish.connector import BmcClients, PooledClient, Timeouts, bmc_base_url
 
 __all__ = ["Endpoints", "SimClock", "StoreApi", "TalosAccess", "from_inventory", "from_simulator"]
@@ -112,7 +112,7 @@ class Endpoints:
         if store.cluster.endpoint:
             return store.cluster.endpoint.rstrip("/")
         cp = next((n for n in store.nodes if n.role is Role.controlplane), store.nodes[0])
-        return f"https://{store.cluster.vip or cp.ip}:6443"
+        return f"https://{url_host(store.cluster.vip or cp.ip)}:6443"
 
     def _not_simulated(self, what: str) -> None:
         """In simulation, never fall back to an inventory address: those are real stores."""

@@ -4,9 +4,10 @@ Pure. ``user-data`` is the node's Talos machine config (``edgefleet.talos.config
 
 ``network-config`` is netplan-style version 2, without the top-level ``network:`` key (both Talos
 and cloud-init accept that form): the node's NIC matched by MAC (or a bond of its NICs), static
-addresses, the IPv4 default route written as ``to: 0.0.0.0/0`` (Talos also takes ``to: default``, but
-cloud-init's renderers other than netplan reject it), the IPv6 one as ``gateway6`` (cloud-init
-22.4 turns ``to: ::/0`` into a route to ``::/64``; both readers take ``gateway6``), DNS servers, MTU,
+addresses (the store subnet's family: IPv4, IPv6, or both on a dual-stack node), the IPv4 default
+route written as ``to: 0.0.0.0/0`` (Talos also takes ``to: default``, but cloud-init's renderers
+other than netplan reject it), the IPv6 one as ``gateway6`` (cloud-init 22.4 turns ``to: ::/0``
+into a route to ``::/64``; both readers take ``gateway6``), DNS servers, MTU,
 and the store VLAN on top when the store has one. Interface keys (``edge0``, ``edge1``,
 ``bond0``, ``edge0.<vlan>``) are ids, not kernel names: Talos maps ``ethernets`` to the real
 link by MAC, and names bonds and VLANs after their keys (``edgefleet.talos.config.vip_link``
@@ -44,13 +45,19 @@ def _check(store: Store, node: Node) -> None:
     """Addressing rules the seed depends on (the inventory loader checks them too; a Store built
     in code may not have gone through it)."""
     net = store.network
-    if node.ip not in net.subnet or node.ip in (net.subnet.network_address, net.subnet.broadcast_address):
+    reserved = {net.subnet.network_address} if net.subnet.prefixlen < net.subnet.max_prefixlen - 1 else set()
+    if net.subnet.version == 4 and reserved:
+        reserved.add(net.subnet.broadcast_address)
+    if node.ip not in net.subnet or node.ip in reserved:
         raise ConfigRenderError(f"store {store.id} node {node.name}: ip {node.ip} is not a host address of the "
                                 f"store subnet {net.subnet} (network.subnet / nodes[].ip)")
+    if net.gateway.version != net.subnet.version:
+        raise ConfigRenderError(f"store {store.id}: gateway {net.gateway} is not in the family of subnet "
+                                f"{net.subnet} (network.gateway)")
     if node.ipv6 is not None:
-        if net.ipv6 is None:
+        if net.ipv6 is None or net.subnet.version == 6:
             raise ConfigRenderError(f"store {store.id} node {node.name}: node has ipv6 {node.ipv6} but the store "
-                                    "has no network.ipv6 subnet")
+                                    "has no network.ipv6 subnet (an IPv6-only store's node gives its address as ip)")
         if node.ipv6 not in net.ipv6.subnet:
             raise ConfigRenderError(f"store {store.id} node {node.name}: ipv6 {node.ipv6} is outside "
                                     f"{net.ipv6.subnet}")
@@ -65,12 +72,16 @@ def render_network_config(store: Store, node: Node) -> bytes:
     net = store.network
     addresses = [f"{node.ip}/{net.subnet.prefixlen}"]
     l3: dict[str, Any] = {"dhcp4": False, "dhcp6": False, "addresses": addresses}
+    gateway6 = net.gateway if net.gateway.version == 6 else None
     if node.ipv6 is not None and net.ipv6 is not None:
         addresses.append(f"{node.ipv6}/{net.ipv6.subnet.prefixlen}")
+        gateway6 = net.ipv6.gateway
+    if gateway6 is not None:
         # Not a route "to: ::/0": cloud-init 22.4 (Debian 12) renders that as a route to ::/64 for
         # networkd and ENI alike. gateway6 is read correctly by cloud-init and by Talos.
-        l3["gateway6"] = str(net.ipv6.gateway)
-    l3["routes"] = [{"to": "0.0.0.0/0", "via": str(net.gateway)}]
+        l3["gateway6"] = str(gateway6)
+    if net.gateway.version == 4:
+        l3["routes"] = [{"to": "0.0.0.0/0", "via": str(net.gateway)}]
     l3["nameservers"] = {"addresses": [str(a) for a in net.dns]}
     if net.mtu is not None:
         l3 = {"mtu": net.mtu, **l3}

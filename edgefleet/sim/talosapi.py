@@ -50,7 +50,7 @@ from google.protobuf import empty_pb2
 from google.rpc import status_pb2
 
 from edgefleet.errors import EdgefleetError
-from edgefleet.inventory.model import Fleet, Role
+from edgefleet.inventory.model import Fleet, Role, url_host
 from edgefleet.talos.certs import cert_roles, issued_by, mint_ca, mint_server_cert
 from edgefleet.talos.proto.common import common_pb2
 from edgefleet.talos.proto.machine import machine_pb2 as pb
@@ -437,8 +437,8 @@ class TalosApiServicer(pb_grpc.MachineServiceServicer):
                                 "joined yet)")
             store = self.backend.store_of(node)
             members = [pb.EtcdMember(id=_member_id(m), hostname=m,
-                                     peer_urls=[f"https://{self.backend.address(m)}:2380"],
-                                     client_urls=[f"https://{self.backend.address(m)}:2379"])
+                                     peer_urls=[f"https://{url_host(self.backend.address(m))}:2380"],
+                                     client_urls=[f"https://{url_host(self.backend.address(m))}:2379"])
                        for m in self.backend.etcd_members(store)]
             return pb.EtcdMembers(members=members)
         return await self._serve("EtcdMemberList", context, pb.EtcdMemberListResponse, pb.EtcdMembers, one)

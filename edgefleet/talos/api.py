@@ -34,6 +34,7 @@ import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from ipaddress import ip_address
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
@@ -43,7 +44,7 @@ import grpc.aio
 from google.protobuf import empty_pb2
 
 from edgefleet.errors import TalosAccessDenied, TalosCallFailed, TalosRefused, TalosUnavailable
-from edgefleet.inventory.model import Node, Store
+from edgefleet.inventory.model import Node, Store, url_host
 from edgefleet.secrets import load_secrets
 from edgefleet.talos.certs import Role, mint_os_client_cert
 from edgefleet.talos.proto.machine import machine_pb2 as pb
@@ -57,6 +58,7 @@ __all__ = [
     "ServiceStatus",
     "TalosClient",
     "client_for",
+    "endpoint_with_port",
     "map_error",
 ]
 
@@ -144,7 +146,7 @@ class TalosClient:
                  store: str = "", retry: Retry = Retry(), rng: random.Random | None = None):
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
-        self.endpoint = endpoint if ":" in endpoint.rsplit("]", 1)[-1] else f"{endpoint}:{APID_PORT}"
+        self.endpoint = endpoint_with_port(endpoint)
         self.node = node
         self.store = store
         self.timeout_s = timeout_s
@@ -259,6 +261,15 @@ class TalosClient:
             pb.RebootRequest(), metadata=md, timeout=t), idempotent=False)
 
 
+def endpoint_with_port(endpoint: str) -> str:
+    """``host:port`` for gRPC: a bare host gets apid's port; a bare IPv6 address its brackets."""
+    try:
+        return f"{url_host(ip_address(endpoint))}:{APID_PORT}"
+    except ValueError:
+        pass
+    return endpoint if ":" in endpoint.rsplit("]", 1)[-1] else f"{endpoint}:{APID_PORT}"
+
+
 def client_for(home: Path, store: Store, node: Node, role: Role, *, now: datetime | None = None,
                endpoint: str | None = None, ca_pem: bytes | None = None, server_name: str | None = None,
                timeout_s: float = DEFAULT_TIMEOUT_S, retry: Retry = Retry()) -> TalosClient:
@@ -271,6 +282,6 @@ def client_for(home: Path, store: Store, node: Node, role: Role, *, now: datetim
     ``SecretsError`` when the store has no secrets."""
     secrets = load_secrets(home, store.id)
     cert = mint_os_client_cert(secrets, role, now=now or datetime.now(UTC), store_id=store.id)
-    return TalosClient(endpoint or f"{node.ip}:{APID_PORT}", ca_pem=ca_pem or cert.ca_pem, cert_pem=cert.cert_pem,
-                       key_pem=cert.key_pem, server_name=server_name, timeout_s=timeout_s, node=str(node.ip),
-                       store=store.id, retry=retry)
+    return TalosClient(endpoint or endpoint_with_port(str(node.ip)), ca_pem=ca_pem or cert.ca_pem,
+                       cert_pem=cert.cert_pem, key_pem=cert.key_pem, server_name=server_name, timeout_s=timeout_s,
+                       node=str(node.ip), store=store.id, retry=retry)

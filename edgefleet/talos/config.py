@@ -6,15 +6,18 @@ node, plus the documents 1.12 splits out of ``v1alpha1``):
 
 * ``v1alpha1`` Config: machine type, trustd token, Talos API CA (key on control planes only),
   kubelet image, install disk + the release's installer image, ``edgefleet.io/*`` node labels;
-  cluster identity, endpoint, subnets, bootstrap token, Kubernetes CAs (keys on control planes),
-  cluster discovery (``cluster.discovery``), Pod Security admission (``cluster.pod_security``
-  enforced) and the audit policy on control planes. Everything else ``talosctl gen config`` writes
-  for 1.12 is there too; each deliberate difference from it is listed, with its reason, in
+  cluster identity, endpoint (an IPv6 host in brackets), pod and service subnets (one per store
+  address family, IPv4 first on a dual-stack store), bootstrap token, Kubernetes CAs (keys on
+  control planes); kubelet node IP and etcd advertised subnets from the store's subnets; cluster
+  discovery (``cluster.discovery``), Pod Security admission (``cluster.pod_security`` enforced)
+  and the audit policy on control planes. Everything else ``talosctl gen config`` writes for 1.12
+  is there too; each deliberate difference from it is listed, with its reason, in
   ``nocloud/talos-differences.yml``, which a test checks against the upstream files.
 * ``HostnameConfig`` (static, the node's name), ``ResolverConfig`` (DNS), ``TimeSyncConfig``
   (NTP, when the store has servers), ``LinkAliasConfig`` (``edge0``: the node's NIC, by MAC, so
   other documents need not guess a kernel interface name), ``Layer2VIPConfig`` (the store VIP,
-  control planes only). Addresses and routes come from the NoCloud network-config, not from here.
+  and a dual-stack store's IPv6 VIP, control planes only). Addresses and routes come from the
+  NoCloud network-config, not from here.
 
 Patches (``store.talos_patches`` then ``node.talos_patches``) merge like ``talosctl
 --config-patch`` strategic merge patches: mappings merge key by key, lists append (except
@@ -145,8 +148,10 @@ def render_machine_documents(store: Store, node: Node, release: ReleaseRef,
     k8s = _v(release.kubernetes_version)
     certs = secrets.certs
     net = store.network
+    # The node's families: its ip is in network.subnet's (IPv4 or, IPv6-only, IPv6); a dual-stack
+    # node adds its ipv6. kubelet picks one node IP per family from these subnets.
     subnets = [str(net.subnet)]
-    if node.ipv6 is not None and net.ipv6 is not None:
+    if node.ipv6 is not None and net.ipv6 is not None and net.subnet.version == 4:
         subnets.append(str(net.ipv6.subnet))
     sans = [str(node.ip)] + ([str(node.ipv6)] if node.ipv6 is not None else [])
     labels: dict[str, str] = {LABEL_RELEASE: release.name, LABEL_STORE: store.id}
@@ -182,12 +187,12 @@ def render_machine_documents(store: Store, node: Node, release: ReleaseRef,
         "secret": secrets.cluster.secret,
         "controlPlane": {"endpoint": store.endpoint},
         "clusterName": store.cluster.name,
-        "network": {"dnsDomain": "cluster.local", "podSubnets": list(store.cluster.pod_subnets),
-                    "serviceSubnets": list(store.cluster.service_subnets)},
+        "network": {"dnsDomain": "cluster.local", "podSubnets": store.pod_subnets,
+                    "serviceSubnets": store.service_subnets},
         "token": secrets.secrets.bootstraptoken,
     }
     if cp:
-        api_sans = [str(store.cluster.vip)] if store.cluster.vip is not None else []
+        api_sans = [str(v) for v in store.vips]
         cluster.update({
             "secretboxEncryptionSecret": secrets.secrets.secretboxencryptionsecret,
             "ca": {"crt": certs.k8s.crt, "key": certs.k8s.key},
@@ -220,9 +225,10 @@ def render_machine_documents(store: Store, node: Node, release: ReleaseRef,
     if node.bond is None:
         docs.append({"apiVersion": "v1alpha1", "kind": "LinkAliasConfig", "name": LINK_ALIAS,
                      "selector": {"match": f'mac(link.permanent_addr) == "{node.mac}"'}})
-    if cp and store.cluster.vip is not None:
-        docs.append({"apiVersion": "v1alpha1", "kind": "Layer2VIPConfig", "name": str(store.cluster.vip),
-                     "link": vip_link(store, node)})
+    if cp:
+        # One document per VIP (a dual-stack store may float an IPv4 and an IPv6 one on the same link).
+        docs.extend({"apiVersion": "v1alpha1", "kind": "Layer2VIPConfig", "name": str(vip),
+                     "link": vip_link(store, node)} for vip in store.vips)
     return docs
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ def test_there_are_examples_of_every_kind() -> None:
     assert len(texts) >= 4
     assert any("vlans:" in t for t in texts) and any("bonds:" in t for t in texts)
     assert any("gateway6:" in t for t in texts)
+    # dual-stack (an IPv4 route and gateway6) and IPv6-only (gateway6, no IPv4 at all)
+    assert any("gateway6:" in t and "0.0.0.0/0" in t for t in texts)
+    assert any("gateway6:" in t and not re.search(r"\b\d+\.\d+\.\d+\.\d+\b", t) for t in texts)
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])

@@ -164,6 +164,21 @@ ethernets:
 """
 
 
+NETWORK_CONFIG_IPV6_ONLY = b"""\
+version: 2
+ethernets:
+  uplink:
+    match:
+      macaddress: "0c:c4:7a:aa:bb:09"
+    dhcp4: false
+    dhcp6: false
+    addresses:
+      - 2001:db8:20:9::21/64
+    gateway6: 2001:db8:20:9::1
+    nameservers:
+      addresses: [2001:db8:20::53]
+"""
+
 @dataclass(frozen=True)
 class SeedExample:
     name: str
@@ -179,6 +194,10 @@ SEED_EXAMPLES: tuple[SeedExample, ...] = (
                 .replace(b"store-0001-n1", b"store-0007-n2"),
                 b"instance-id: store-0007-n2-77aa01\nlocal-hostname: store-0007-n2\n",
                 NETWORK_CONFIG_DUAL_STACK),
+    SeedExample("talos-controlplane-ipv6-only",
+                TALOS_USER_DATA.replace(b"https://10.20.1.10:6443", b"https://[2001:db8:20:9::10]:6443")
+                .replace(b"store-0001-n1", b"store-0009-n1"),
+                b"instance-id: store-0009-n1-9d0e11\nlocal-hostname: store-0009-n1\n", NETWORK_CONFIG_IPV6_ONLY),
     SeedExample("utf8-and-crlf", "# kommentar: blåbærgrød\r\nversion: v1alpha1\r\n".encode(),
                 "instance-id: i-ø1\nlocal-hostname: kasse-1\n".encode(), NETWORK_CONFIG_SINGLE),
 )
@@ -186,6 +205,7 @@ SEED_EXAMPLES: tuple[SeedExample, ...] = (
 NETWORK_CONFIG_EXAMPLES: dict[str, bytes] = {
     "single": NETWORK_CONFIG_SINGLE,
     "dual-stack": NETWORK_CONFIG_DUAL_STACK,
+    "ipv6-only": NETWORK_CONFIG_IPV6_ONLY,
 }
 
 

@@ -35,7 +35,7 @@ def test_ansible_inventory_reads_the_export(inventory_script: Path, tmp_path: Pa
                        capture_output=True, text=True, timeout=120, env=_ansible_env(tmp_path))
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
-    assert len(data["_meta"]["hostvars"]) == 54
+    assert len(data["_meta"]["hostvars"]) == 57  # the sample fleet's nodes
     assert data["store_dk_002"]["hosts"] == ["dk-002-n1", "dk-002-n2", "dk-002-n3"]
     assert "store_dk_002" in data["country_dk"]["children"]
     assert "store_dk_002" in data["ring_canary"]["children"]
@@ -44,6 +44,8 @@ def test_ansible_inventory_reads_the_export(inventory_script: Path, tmp_path: Pa
     assert hv["edgefleet_store"] == "us-001" and hv["ansible_host"] == "10.24.1.11"
     # group vars of the store group reach the hosts
     assert hv["edgefleet_timezone"] == "America/New_York"
+    # an IPv6-only store's hosts are reached at their IPv6 address
+    assert data["_meta"]["hostvars"]["vn-002-n1"]["ansible_host"] == "fd00:27:2::11"
     r = subprocess.run([str(VENV_BIN / "ansible-inventory"), "-i", str(inventory_script), "--graph", "country_ae"],
                        capture_output=True, text=True, timeout=120, env=_ansible_env(tmp_path))
     assert "ae-002-n1" in r.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,10 @@ def test_net_convert_accepts_the_network_configs(cloudinit: Any, network_config_
         first = next(iter(config["ethernets"].values()))
         text = (out / expect_file.format(name=next(iter(config["ethernets"])))).read_text()
         assert f"MACAddress={first['match']['macaddress']}" in text
-        assert "Destination=0.0.0.0/0" in text
+        has_ipv4 = any("." in a for a in first["addresses"])
+        assert ("Destination=0.0.0.0/0" in text) is has_ipv4
+        if "gateway6" in first:
+            assert f"Gateway={first['gateway6']}" in text
         assert "DNS=" + " ".join(first["nameservers"]["addresses"]) in text
 
 
@@ -158,3 +162,74 @@ def test_render_is_much_faster_than_cloud_localds(tmp_path: Path, seed_example: 
     print(f"render_seed_iso {ours * 1000:.2f} ms/ISO, cloud-localds {localds * 1000:.1f} ms/ISO, "
           f"ratio {localds / ours:.0f}x")
     assert ours < localds / 5
+
+
+# --- the seeds edgefleet renders, one store of each address family ---------------------------------
+
+FAMILY_STORES = {"ipv4-only": "us-002", "dual-stack": "us-001", "ipv6-only": "vn-002"}
+
+
+@pytest.fixture(scope="module")
+def sample_seeds() -> dict[str, tuple[Any, Any, SeedFiles]]:
+    """family -> (store, node, the node's seed files) from the sample inventory, validated against
+    the Talos schema. Secrets from the real clock (their certificates start now)."""
+    from edgefleet.inventory.load import load_fleet
+    from edgefleet.secrets import generate_secrets
+    from edgefleet.seeds.render import render_seed_files
+    from edgefleet.talos.config import ReleaseRef, TalosSchema
+    from tests.helpers import CONFORMANCE, SAMPLE_INVENTORY, require_tool
+
+    schema_file = CONFORMANCE / "talos-v1.12.6" / "config.schema.json"
+    require_tool(schema_file, "the Talos 1.12.6 config schema")
+    schema = TalosSchema.load(schema_file)
+    fleet = load_fleet(SAMPLE_INVENTORY)
+    secrets = generate_secrets(datetime.now(UTC))
+    release = ReleaseRef("talos-v1.12.6-r1", "v1.12.6", "1.35.0", "registry.example/edge/installer:v1.12.6-r1")
+    out = {}
+    for family, store_id in FAMILY_STORES.items():
+        store = fleet.store(store_id)
+        node = store.nodes[0]
+        out[family] = (store, node, render_seed_files(store, node, release, secrets, schema=schema))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILY_STORES))
+def test_cloud_init_reads_and_converts_the_rendered_seed_of_each_family(
+        cloudinit: Any, sample_seeds: dict[str, tuple[Any, Any, SeedFiles]], family: str, tmp_path: Path) -> None:
+    store, node, files = sample_seeds[family]
+    iso = write_seed_iso(tmp_path / f"{node.name}.iso", files).path
+    got = cloudinit.read_nocloud(iso, tmp_path / "ci")
+    assert got["found"], "cloud-init did not find the seed:\n" + "\n".join(got["log"])
+    assert got["userdata_raw"] == files.user_data
+    assert got["metadata"]["local-hostname"] == node.name
+    assert got["network_config"] == yaml.safe_load(files.network_config)
+    config = yaml.safe_load(files.user_data.split(b"\n---\n")[0])
+    endpoint = config["cluster"]["controlPlane"]["endpoint"]
+    assert endpoint == store.endpoint
+    assert ("[" in endpoint) is (family == "ipv6-only")
+
+    src = tmp_path / "network-config"
+    src.write_bytes(files.network_config)
+    v4 = family != "ipv6-only"
+    v6 = family != "ipv4-only"
+    for renderer in ("networkd", "eni"):
+        out = tmp_path / renderer
+        proc = cloudinit.net_convert(src, out, distro="debian", output=renderer)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        text = "\n".join(p.read_text() for p in out.rglob("*") if p.is_file())
+        assert str(node.ip) in text
+        if node.ipv6 is not None:
+            assert str(node.ipv6) in text
+        assert str(store.network.gateway) in text
+        if store.network.ipv6 is not None:
+            assert str(store.network.ipv6.gateway) in text
+        # The IPv6 default route must be a default route, not the ::/64 that "to: ::/0" turns into.
+        assert "::/64" not in text.replace(f"{node.ipv6}/64", "").replace(f"{node.ip}/64", "")
+        if renderer == "networkd":
+            assert ("Destination=0.0.0.0/0" in text) is v4
+            assert ("Gateway=" + str(store.network.ipv6.gateway if family == "dual-stack"
+                                     else store.network.gateway) in text)
+        else:
+            assert ("inet6 static" in text) is v6
+            assert ("inet static" in text) is v4

@@ -7,6 +7,7 @@ waves while one worker never becomes Ready (its store is rolled back automatical
 budget holds), a second operation on a locked store is refused naming the holder, then v2 is
 rolled back across the fleet. A second world: a rollout cancelled mid-flight and resumed, an
 unreachable canary that pauses the rollout until a person approves, and an abort while running.
+An IPv6-only world: the sample inventory's Vietnamese stores (vn-001 on IPv4, vn-002 IPv6-only).
 A third world mixes a store with BMCs and two without (``wipe_method: talos-api``), reimaged in
 band through the Talos API and network seeds: provisioned, rolled out and rolled back.
 After each step: the simulator's oracle reports zero safety violations and the ledger agrees with
@@ -27,6 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
+from edgefleet.inventory.load import load_fleet
 from edgefleet.inventory.model import Fleet
 from edgefleet.releases.build import ReleaseSpec, build_release
 from edgefleet.releases.catalog import ReleaseCatalog, ReleaseState
@@ -46,7 +48,7 @@ from tests.contract.rollout_world import (
     release_home,
     running_world,
 )
-from tests.helpers import require_tool
+from tests.helpers import SAMPLE_INVENTORY, require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -68,14 +70,15 @@ async def _violations(url: str) -> dict[str, Any]:
 
 
 def run_world(tmp: Path, body: Callable[[World, Endpoints, Any], Awaitable[None]], monkeypatch: pytest.MonkeyPatch,
-              *, scale: float = 600.0, inventory: Callable[[Path], Fleet] = make_inventory) -> None:
+              *, scale: float = 600.0, inventory: Callable[[Path], Fleet] = make_inventory,
+              clock: datetime = START) -> None:
     require_tool(shutil.which("packer"), "packer (Debian package `packer`)")
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     fleet = inventory(tmp / "inventory")
     home, engine = release_home(tmp, ["v1", "v2", "v3"])
 
     async def main() -> None:
-        async with running_world(fleet, home, boot_seconds=60, time_scale=scale, clock=START,
+        async with running_world(fleet, home, boot_seconds=60, time_scale=scale, clock=clock,
                                  ca_out=tmp / "talos-ca.pem") as (url, endpoints):
             assert endpoints.talos is not None and endpoints.talos_enabled
             await asyncio.wait_for(body(World(fleet, home, url), endpoints, engine), 150)
@@ -437,3 +440,48 @@ def test_stores_whose_window_never_opens_leave_the_operation_failed_not_succeede
         assert (await get_json(f"{w.url}/sim/events?kind=reset"))["events"] == []
 
     run_world(tmp_path, body, monkeypatch)
+
+
+def _vietnam_sample(root: Path) -> Fleet:
+    """The sample inventory's Vietnamese stores as they are (vn-002 is IPv6-only), only the BMC
+    password's variable renamed to the one the simulator is given."""
+    shutil.copytree(SAMPLE_INVENTORY, root, ignore=shutil.ignore_patterns("*.md"))
+    for f in (root / "stores").glob("*.yml"):
+        if f.name != "vn.yml":
+            f.unlink()
+    fleet_yml = root / "fleet.yml"
+    fleet_yml.write_text(fleet_yml.read_text().replace("EDGEFLEET_BMC_PASSWORD", PASSWORD_ENV))
+    return load_fleet(root)
+
+
+def test_ipv6_only_sample_store_is_provisioned_and_rolled_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body(w: World, ep: Endpoints, engine: Any) -> None:
+        ledger = Ledger(engine)
+        v6 = w.fleet.store("vn-002")
+        assert v6.network.families == (6,) and all(n.ip.version == 6 for n in v6.nodes)
+        created = [ops.create_provision(w.fleet, engine, w.home, sid, "v1", ep.clock(), settings=SETTINGS,
+                                        operator="test") for sid in sorted(w.fleet.stores)]
+        recs = await asyncio.gather(*(ops.run(w.fleet, w.home, engine, ep, c.record.id, settings=SETTINGS)
+                                      for c in created))
+        for r in recs:
+            assert r.status is RolloutStatus.succeeded, ops.status(engine, r.id)
+        made = ops.create_rollout(w.fleet, engine, "v2", RolloutPolicy(waves=("100%",)), ep.clock(),
+                                  settings=SETTINGS, operator="test")
+        rec = await ops.run(w.fleet, w.home, engine, ep, made.record.id, settings=SETTINGS)
+        assert rec.status is RolloutStatus.succeeded, ops.status(engine, rec.id)
+        assert {s: c for s, (c, _l) in ledger.store_releases().items()} == {"vn-001": "v2", "vn-002": "v2"}
+        assert (await _violations(w.url))["total"] == 0, await _violations(w.url)
+        await ledger_matches_sim(w.url, ledger, w.fleet)
+        # each vn-002 node booted v2 from its seed (virtual media) and joined: the simulator joins a
+        # node only when the seed's network-config carries the node's inventory address (IPv6 here)
+        boots = (await get_json(f"{w.url}/sim/events?kind=boot_done&limit=100000"))["events"]
+        joined = {e["node"] for e in boots if e["detail"].get("release") == "v2" and e["detail"].get("joined")}
+        assert {n.name for n in v6.nodes} <= joined, boots[-6:]
+        # its Kubernetes nodes report their IPv6 InternalIP
+        nodes = await get_json(f"{w.url}/k8s/vn-002/api/v1/nodes")
+        internal = {i["metadata"]["name"]: a["address"] for i in nodes["items"] for a in i["status"]["addresses"]
+                    if a["type"] == "InternalIP"}
+        assert internal == {n.name: str(n.ip) for n in v6.nodes}
+
+    # Tuesday 22:30 in Ho Chi Minh City (UTC+7): inside the sample's 22:00-05:00 window.
+    run_world(tmp_path, body, monkeypatch, inventory=_vietnam_sample, clock=datetime(2026, 11, 3, 15, 30, tzinfo=UTC))

@@ -30,7 +30,7 @@ def test_validate_sample_ok_and_json() -> None:
     r = runner.invoke(app, ["inventory", "validate", str(SAMPLE_INVENTORY), "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    assert data["stores"] == 24 and data["countries"] >= 6
+    assert data["stores"] == 25 and data["countries"] >= 6
 
 
 def test_validate_bad_inventory_exits_2_with_errors_on_stderr_and_writes_nothing(sample_copy: Path) -> None:
@@ -61,6 +61,11 @@ def test_cli_broken_yaml_is_exit_2_never_a_traceback(tmp_path_factory: pytest.Te
 def test_show_graph_and_unknown_store() -> None:
     r = _run("inventory", "show", "us-001", "-i", str(SAMPLE_INVENTORY))
     assert r.returncode == 0 and "us-001-n1" in r.stdout and "America/New_York" in r.stdout
+    assert "10.24.1.11 fd00:20:4:1::b" in r.stdout  # a dual-stack node's two addresses
+    # IPv6-only: bracketed URLs are printed as they are, not eaten as console markup
+    r = _run("inventory", "show", "vn-002", "-i", str(SAMPLE_INVENTORY))
+    assert r.returncode == 0 and "endpoint https://[fd00:27:2::10]:6443" in r.stdout, r.stdout
+    assert "https://[fd00:27:2::101]" in r.stdout and "fd00:27:2::11" in r.stdout
     r = _run("inventory", "show", "zz-999", "-i", str(SAMPLE_INVENTORY))
     assert r.returncode == 2 and "no store 'zz-999'" in r.stderr
     r = _run("inventory", "graph", "-i", str(SAMPLE_INVENTORY), "--json")

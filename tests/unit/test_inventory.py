@@ -169,3 +169,29 @@ def test_bad_freeze_is_reported_with_its_line(tmp_path: Path) -> None:
         load_fleet(inv)
     (p,) = ei.value.problems
     assert "is before start" in p.message and p.line == 7
+
+
+def test_generator_families_leave_the_ipv4_stores_unchanged(tmp_path: Path) -> None:
+    """``ipv6_every`` turns some generated stores dual-stack and IPv6-only; the default output is
+    all IPv4, and every store that stays IPv4 is the same as without the option."""
+    from edgefleet.inventory.generate import plan_synthetic_fleet, write_inventory
+
+    plain = plan_synthetic_fleet(40, 7)
+    mixed = plan_synthetic_fleet(40, 7, ipv6_every=4)
+    flat_plain = [s for sts in plain[2].values() for s in sts]
+    flat_mixed = [s for sts in mixed[2].values() for s in sts]
+    assert all(":" not in s["network"]["subnet"] and "ipv6" not in s["network"] for s in flat_plain)
+    kept = [(a, b) for a, b in zip(flat_plain, flat_mixed, strict=True)
+            if ":" not in b["network"]["subnet"] and "ipv6" not in b["network"]]
+    assert len(kept) == 20 and all(a == b for a, b in kept)
+    fleet = load_fleet(write_inventory(tmp_path / "inv", *mixed))
+    by_family = {}
+    for s in fleet.stores.values():
+        by_family.setdefault(s.network.families, []).append(s)
+    assert {k: len(v) for k, v in by_family.items()} == {(4,): 20, (4, 6): 10, (6,): 10}
+    for s in by_family[(6,)]:
+        assert all(n.ip.version == 6 for n in s.nodes) and s.pod_subnets == ["fd00:10:244::/56"]
+        assert s.cluster.vip is None or s.endpoint.startswith("https://[fd00:e0:")
+    for s in by_family[(4, 6)]:
+        assert all(n.ipv6 is not None for n in s.nodes)
+        assert s.service_subnets == ["10.96.0.0/12", "fd00:10:96::/112"]

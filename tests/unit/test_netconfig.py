@@ -3,12 +3,15 @@ tests/contract/test_seed_build.py)."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgefleet.errors import ConfigRenderError
 from edgefleet.inventory.model import Store
@@ -98,6 +101,51 @@ def test_dual_stack() -> None:
     assert eth["nameservers"]["addresses"] == ["10.0.0.53", "fd00::53"]
 
 
+V6ONLY = {"subnet": "fd00:30:1::/64", "gateway": "fd00:30:1::1", "dns": ["fd00:30::53"]}
+
+
+def test_ipv6_only() -> None:
+    doc = netcfg(store(V6ONLY, {"ip": "fd00:30:1::11"}))
+    assert doc["ethernets"]["edge0"] == {
+        "match": {"macaddress": "02:ef:00:00:00:01"},
+        "dhcp4": False, "dhcp6": False,
+        "addresses": ["fd00:30:1::11/64"],
+        # the default route as gateway6 (see test_dual_stack), and no IPv4 route at all
+        "gateway6": "fd00:30:1::1",
+        "nameservers": {"addresses": ["fd00:30::53"]},
+    }
+
+
+def test_ipv6_only_on_a_vlan_of_a_bond() -> None:
+    doc = netcfg(store({**V6ONLY, "vlan": 7, "mtu": 9000}, {"ip": "fd00:30:1::11", **BOND}))
+    assert "addresses" not in doc["bonds"]["bond0"]
+    vlan = doc["vlans"]["bond0.7"]
+    assert vlan["addresses"] == ["fd00:30:1::11/64"] and vlan["gateway6"] == "fd00:30:1::1"
+    assert "routes" not in vlan and vlan["mtu"] == 9000
+
+
+@settings(max_examples=150, deadline=None)
+@given(prefix=st.integers(min_value=48, max_value=126), net_bits=st.integers(min_value=0, max_value=2**48 - 1),
+       host=st.integers(min_value=1, max_value=2**62), v6only=st.booleans())
+def test_any_ipv6_subnet_renders_the_node_address_and_gateway(prefix: int, net_bits: int, host: int,
+                                                              v6only: bool) -> None:
+    """Whatever the IPv6 prefix, the node's address is written with the subnet's length, the
+    default route is gateway6, and an IPv4 route appears exactly when the store has IPv4."""
+    net = ipaddress.IPv6Network(((0xFD00 << 112) | (net_bits << 64), 128)).supernet(new_prefix=prefix)
+    size = net.num_addresses
+    ip = net.network_address + 2 + host % (size - 2)
+    gateway = net.network_address + 1
+    if v6only:
+        s = store({"subnet": str(net), "gateway": str(gateway), "dns": ["fd00::53"]}, {"ip": str(ip)})
+    else:
+        s = store({"ipv6": {"subnet": str(net), "gateway": str(gateway)}}, {"ipv6": str(ip)})
+    eth = netcfg(s)["ethernets"]["edge0"]
+    assert eth["addresses"][-1] == f"{ip}/{prefix}"
+    assert eth["gateway6"] == str(gateway)
+    assert ("routes" in eth) is (not v6only)
+    assert all(ipaddress.ip_interface(a).network.prefixlen in (24, prefix) for a in eth["addresses"])
+
+
 def _vocabulary(doc: dict[str, Any]) -> set[str]:
     """Dotted key paths below the interface level, interface names and list positions folded."""
     out: set[str] = set()
@@ -124,7 +172,7 @@ def test_only_fields_that_talos_own_nocloud_inputs_use() -> None:
         theirs |= _vocabulary(yaml.safe_load(f.read_text()))
     ours: set[str] = set()
     for s in (store(), store({"vlan": 9, "mtu": 1500}, BOND),
-              store({**IPV6, "vlan": 3}, {"ipv6": "fd00:30:1::b"})):
+              store({**IPV6, "vlan": 3}, {"ipv6": "fd00:30:1::b"}), store(V6ONLY, {"ip": "fd00:30:1::11"})):
         ours |= _vocabulary(netcfg(s))
     assert ours <= theirs, ours - theirs
     # And the default route is written the way Talos's own example does (not "to: default").
@@ -176,6 +224,9 @@ def test_seed_files_tie_meta_data_to_content(secrets: ClusterSecrets) -> None:
     ({}, {"ip": "10.30.2.11"}, r"ip 10\.30\.2\.11 is not a host address of the store subnet 10\.30\.1\.0/24"),
     ({}, {"ip": "10.30.1.255"}, "not a host address"),
     ({}, {"ipv6": "fd00::1"}, "has ipv6 .* but the store has no network.ipv6 subnet"),
+    (V6ONLY, {"ip": "10.30.1.11"}, r"ip 10\.30\.1\.11 is not a host address of the store subnet fd00:30:1::/64"),
+    (V6ONLY, {"ip": "fd00:30:1::"}, "not a host address"),
+    (V6ONLY, {"ip": "fd00:30:1::11", "ipv6": "fd00:30:1::12"}, "an IPv6-only store's node gives its address as ip"),
     (IPV6, {"ipv6": "fd00:99::1"}, r"ipv6 fd00:99::1 is outside fd00:30:1::/64"),
     ({}, {"bond": {"macs": ["02:ef:00:00:00:07", "02:ef:00:00:00:08"]}}, "mac 02:ef:00:00:00:01 is not one of"),
 ])

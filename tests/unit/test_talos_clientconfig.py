@@ -16,7 +16,10 @@ from cryptography import x509
 from edgefleet.cli.talos import kubeconfig_cmd, talosconfig_cmd
 from edgefleet.errors import EdgefleetError
 from edgefleet.inventory.load import load_fleet
+from edgefleet.inventory.model import url_host
+from edgefleet.rollout.endpoints import Endpoints
 from edgefleet.secrets import ClusterSecrets, generate_secrets, store_secrets
+from edgefleet.talos.api import endpoint_with_port
 from edgefleet.talos.certs import Role, cert_roles, issued_by, mint_kube_client_cert, mint_os_client_cert
 from edgefleet.talos.clientconfig import render_kubeconfig, render_talosconfig
 from tests.helpers import SAMPLE_INVENTORY
@@ -90,6 +93,25 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bundle: ClusterSecrets
     monkeypatch.setenv("EDGEFLEET_HOME", str(h))
     monkeypatch.chdir(tmp_path)
     return h
+
+
+def test_ipv6_only_store_configs_and_endpoints(bundle: ClusterSecrets) -> None:
+    """vn-002 is IPv6-only: URLs bracket the address, talosctl endpoints are bare addresses (it adds
+    the port itself), a gRPC target gets brackets and apid's port."""
+    store = load_fleet(SAMPLE_INVENTORY).store("vn-002")
+    kube = yaml.safe_load(render_kubeconfig(store, mint_kube_client_cert(bundle, admin=True, now=NOW, user="admin"),
+                                            user="admin"))
+    assert kube["clusters"][0]["cluster"]["server"] == store.endpoint == "https://[fd00:27:2::10]:6443"
+    talos = yaml.safe_load(render_talosconfig(store, mint_os_client_cert(bundle, Role.reader, now=NOW)))
+    assert talos["contexts"]["vn-002"]["endpoints"] == ["fd00:27:2::11", "fd00:27:2::12", "fd00:27:2::13"]
+    assert endpoint_with_port("fd00:27:2::11") == "[fd00:27:2::11]:50000"
+    assert endpoint_with_port("[fd00:27:2::11]:50001") == "[fd00:27:2::11]:50001"
+    assert endpoint_with_port("10.20.1.11") == "10.20.1.11:50000"
+    assert endpoint_with_port("127.0.0.1:4321") == "127.0.0.1:4321"
+    assert endpoint_with_port("cp.example") == "cp.example:50000"
+    assert url_host("fd00::1") == "[fd00::1]" and url_host("10.0.0.1") == "10.0.0.1" and url_host("x") == "x"
+    # the production health probes' Kubernetes API URL
+    assert Endpoints().k8s(store) == "https://[fd00:27:2::10]:6443"
 
 
 def test_talosconfig_command_writes_0600_and_refuses_to_overwrite(home: Path, tmp_path: Path,

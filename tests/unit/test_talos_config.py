@@ -95,16 +95,92 @@ def test_every_document_of_the_sample_fleet_validates(schema: TalosSchema, secre
     assert assert_fleet_validates(fleet, schema, secrets) > 5 * fleet.node_count
 
 
+@pytest.mark.parametrize("ipv6_every", [0, 3])
 def test_every_document_of_a_generated_fleet_validates(tmp_path: Path, schema: TalosSchema,
-                                                       secrets: ClusterSecrets) -> None:
-    fleet_yml, group_vars, stores = plan_synthetic_fleet(96, 1)
+                                                       secrets: ClusterSecrets, ipv6_every: int) -> None:
+    fleet_yml, group_vars, stores = plan_synthetic_fleet(96, 1, ipv6_every=ipv6_every)
     # The generator's own patches, plus a typed document patch.
     fleet_yml["defaults"]["talos_patches"].append(
         {"apiVersion": "v1alpha1", "kind": "TimeSyncConfig", "bootTimeout": "2m"})
     fleet = load_fleet(write_inventory(tmp_path / "inv", fleet_yml, group_vars, stores))
     sizes = {len(s.nodes) for s in fleet.stores.values()}
     assert {1, 3, 5} <= sizes and any(s.network.vlan for s in fleet.stores.values())
+    families = {s.network.families for s in fleet.stores.values()}
+    assert families == ({(4,), (4, 6), (6,)} if ipv6_every else {(4,)})
     assert assert_fleet_validates(fleet, schema, secrets) > 5 * fleet.node_count
+
+
+V6_NETWORK = {"subnet": "fd00:40:1::/64", "gateway": "fd00:40:1::1", "dns": ["fd00:40::53"]}
+
+
+def family_store(family: str, **over: Any) -> Store:
+    """``make_store`` as an IPv4-only, dual-stack (with an IPv6 VIP) or IPv6-only store."""
+    extra = over.pop("cluster_extra", {})
+    base = make_store(workers=over.pop("workers", 0))
+    nodes = [n.model_dump(mode="json") for n in base.nodes]
+    if family == "ipv4":
+        return make_store(nodes=nodes, cluster=extra, **over)
+    if family == "dual":
+        for i, n in enumerate(nodes):
+            n["ipv6"] = f"fd00:40:1::{11 + i:x}"
+        return make_store(nodes=nodes, network={"ipv6": {"subnet": V6_NETWORK["subnet"],
+                                                         "gateway": V6_NETWORK["gateway"]},
+                                                "dns": ["10.0.0.53", "fd00:40::53"]},
+                          cluster={"vip6": "fd00:40:1::a", **extra}, **over)
+    for i, n in enumerate(nodes):
+        n["ip"] = f"fd00:40:1::{11 + i:x}"
+    return make_store(nodes=nodes, network=V6_NETWORK, cluster={"vip": "fd00:40:1::a", **extra}, **over)
+
+
+@pytest.mark.parametrize(("family", "pods", "services", "endpoint", "subnets", "vips"), [
+    ("ipv4", ["10.244.0.0/16"], ["10.96.0.0/12"], "https://10.40.1.10:6443", ["10.40.1.0/24"], ["10.40.1.10"]),
+    ("dual", ["10.244.0.0/16", "fd00:10:244::/56"], ["10.96.0.0/12", "fd00:10:96::/112"],
+     "https://10.40.1.10:6443", ["10.40.1.0/24", "fd00:40:1::/64"], ["10.40.1.10", "fd00:40:1::a"]),
+    ("ipv6", ["fd00:10:244::/56"], ["fd00:10:96::/112"], "https://[fd00:40:1::a]:6443", ["fd00:40:1::/64"],
+     ["fd00:40:1::a"]),
+])
+def test_address_families_of_the_machine_config(family: str, pods: list[str], services: list[str], endpoint: str,
+                                                subnets: list[str], vips: list[str], secrets: ClusterSecrets,
+                                                schema: TalosSchema) -> None:
+    """Pod and service subnets, kubelet node IP and etcd subnets, the endpoint, SANs and VIPs follow
+    the store's families (IPv4 first on a dual-stack store); every document matches the schema."""
+    store = family_store(family, workers=1)
+    cp, worker = store.nodes[0], store.nodes[3]
+    docs = by_kind(docs_of(render_machine_config(store, cp, RELEASE, secrets)))
+    m, c = docs["v1alpha1"]["machine"], docs["v1alpha1"]["cluster"]
+    assert c["network"]["podSubnets"] == pods and c["network"]["serviceSubnets"] == services
+    assert c["controlPlane"]["endpoint"] == endpoint
+    assert m["kubelet"]["nodeIP"]["validSubnets"] == subnets
+    assert c["etcd"]["advertisedSubnets"] == subnets[:1]
+    assert m["certSANs"] == [str(a) for a in (cp.ip, cp.ipv6) if a is not None]
+    assert c["apiServer"]["certSANs"] == vips
+    all_docs = docs_of(render_machine_config(store, cp, RELEASE, secrets))
+    assert [d["name"] for d in all_docs if d.get("kind") == "Layer2VIPConfig"] == vips
+    for node in (cp, worker):
+        for doc in docs_of(render_machine_config(store, node, RELEASE, secrets)):
+            assert schema.problems(doc) == [], (family, node.name, doc)
+    wdocs = docs_of(render_machine_config(store, worker, RELEASE, secrets))
+    assert not [d for d in wdocs if d.get("kind") == "Layer2VIPConfig"]
+    assert by_kind(wdocs)["v1alpha1"]["cluster"]["controlPlane"]["endpoint"] == endpoint
+
+
+def test_dual_stack_network_with_a_node_lacking_ipv6_keeps_an_ipv4_cluster(secrets: ClusterSecrets) -> None:
+    """Inventories written before dual-stack clusters (network.ipv6, not every node's ipv6) keep
+    their IPv4 pod and service subnets; the nodes that have ipv6 still get both addresses."""
+    dual = family_store("dual")
+    nodes = [n.model_dump(mode="json") for n in dual.nodes]
+    nodes[2]["ipv6"] = None
+    store = make_store(nodes=nodes, network=dual.network.model_dump(mode="json"))
+    assert store.cluster_families == (4,) and dual.cluster_families == (4, 6)
+    c = by_kind(docs_of(render_machine_config(store, store.nodes[0], RELEASE, secrets)))["v1alpha1"]["cluster"]
+    assert c["network"]["podSubnets"] == ["10.244.0.0/16"] and c["network"]["serviceSubnets"] == ["10.96.0.0/12"]
+
+
+def test_inventory_pod_and_service_subnets_win_over_the_family_defaults(secrets: ClusterSecrets) -> None:
+    store = family_store("ipv6", cluster_extra={"pod_subnets": ["fd00:99::/56"], "service_subnets": ["fd00:98::/112"]})
+    c = by_kind(docs_of(render_machine_config(store, store.nodes[0], RELEASE, secrets)))["v1alpha1"]["cluster"]
+    assert c["network"] == {"dnsDomain": "cluster.local", "podSubnets": ["fd00:99::/56"],
+                            "serviceSubnets": ["fd00:98::/112"]}
 
 
 @pytest.mark.parametrize("variant", ["bond", "bond-vlan", "ipv6-mtu", "no-vip-single", "workers"])

@@ -12,6 +12,7 @@ without parsing messages:
 
     EdgefleetError
     ├── InputError                 exit 2: bad input, nothing was written
+    │   ├── YamlError              a YAML file is not UTF-8, broken, or over the alias limits
     │   ├── InventoryError         the inventory has one or more problems (all collected)
     │   ├── ConfigRenderError      a Talos config or patch is invalid
     │   ├── ReleaseInputError      bad Packer variables, unknown or revoked release
@@ -83,6 +84,15 @@ class Problem:
         if self.hint:
             text += f" (hint: {self.hint})"
         return text
+
+
+class YamlError(InputError):
+    """A YAML file cannot be read: not UTF-8, broken YAML, a key given twice, aliases over the
+    expansion limit. ``problem`` says where (file and line)."""
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
+        super().__init__(problem.render())
 
 
 class InventoryError(InputError):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import gc
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -108,6 +109,33 @@ def _line_of(abs_file: str, path: Iterable[str | int]) -> int | None:
     return line
 
 
+def _scalar_at(abs_file: str, path: Iterable[str | int]) -> str | None:
+    """The source text of the scalar at ``path`` (as written, before YAML typed it), or None."""
+    node = _composed(abs_file)
+    for part in path:
+        nxt: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            nxt = node.value[part]
+        if nxt is None:
+            return None
+        node = nxt
+    return node.value if isinstance(node, yaml.ScalarNode) else None
+
+
+def _time_hint(fld: str, raw: str | None) -> str:
+    """How to write a time-of-day field, from what the user wrote (``25:00``, ``0100``, ``"22:00Z"``)."""
+    suggestion = None
+    text = (raw or "").strip()
+    m = re.match(r"^(\d{1,2}):(\d{2})", text) or re.fullmatch(r"(\d{1,2})(\d{2})", text)
+    if m and int(m[1]) <= 23 and int(m[2]) <= 59:
+        suggestion = f"{int(m[1]):02d}:{m[2]}"
+    if suggestion is None:
+        return f'write {fld}: "HH:MM", quoted, local wall time (hours 00-23; "24:00" only as an end)'
+    return f'write {fld}: "{suggestion}", quoted, local wall time of the store\'s timezone'
+
+
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     """``over`` wins; mappings merge recursively, lists and scalars replace, ``talos_patches`` add up."""
     out = dict(base)
@@ -180,6 +208,8 @@ def _pydantic_problems(ctx: _Ctx, err: ValidationError, store_id: str, raw_store
         hint = None
         if loc and loc[-1] == "country" and isinstance(e.get("input"), bool):
             hint = "YAML reads an unquoted NO as false: write 'NO'"
+        elif len(loc) >= 3 and loc[0] == "maintenance_windows" and loc[-1] in ("start", "end"):
+            hint = _time_hint(str(loc[-1]), _scalar_at(file, path))
         ctx.add(msg, file=ctx.rel(Path(file)), line=_line_of(file, path), store=store_id, node=node_name,
                 fld=fld, hint=hint)
 

@@ -18,6 +18,7 @@ without parsing messages:
     │   ├── ReleaseInputError      bad Packer variables, unknown or revoked release
     │   ├── SecretsError           missing / undecryptable cluster secrets
     │   ├── UnknownRollout         no rollout with that id in the ledger
+    │   ├── OutputPathError        an output path is a file, under a file, or not writable
     │   └── SeedError              a NoCloud seed ISO cannot be built or read back
     └── OperationFailed            exit 1: the world did not do what we asked
         ├── ToolMissing            an outside program (packer, xorriso, ...) is not installed
@@ -119,6 +120,12 @@ class SecretsError(InputError):
 
 class UnknownRollout(InputError):
     """A rollout id that the ledger does not hold (a typo, or another state store)."""
+
+
+class OutputPathError(InputError):
+    """An output path (``--out``, a home directory) cannot be written: it is a file where a directory
+    is needed (or the reverse, or a device), lies under a regular file, or sits in a directory this
+    process cannot write. Raised before anything is written."""
 
 
 class OperationFailed(EdgefleetError):

@@ -123,7 +123,7 @@ def generate(stores: Annotated[int, typer.Option("--stores", min=1, max=100_000,
     from edgefleet.inventory.generate import generate_fleet
     from edgefleet.outpaths import check_output_dir
 
-    check_output_dir(out, "--out", must_not_exist=True)
+    check_output_dir(out, "--out")  # the writer refuses a directory that is not empty
     path = generate_fleet(out, stores, seed, countries)
     fleet = load_fleet(path)
     console.print(f"wrote {path}: {len(fleet.stores)} stores, {fleet.node_count} nodes")

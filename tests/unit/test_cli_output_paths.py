@@ -100,10 +100,10 @@ CASES = [
     (["seed", "build", "--release", "v1", "--store", "dk-001", "--out", RO_SELF, *INV], "cannot write in directory"),
     (["seed", "build", "--release", "v1", "--store", "dk-001", "--out", DEVNULL, *INV], "not a "),
     # inventory generate --out: a new directory
-    (["inventory", "generate", "--stores", "2", "--out", AFILE], "already exists"),
+    (["inventory", "generate", "--stores", "2", "--out", AFILE], "is a regular file"),
     (["inventory", "generate", "--stores", "2", "--out", UNDER_FILE], "nothing can be created"),
     (["inventory", "generate", "--stores", "2", "--out", RO_NEW], "cannot write in directory"),
-    (["inventory", "generate", "--stores", "2", "--out", DEVNULL], "already exists"),
+    (["inventory", "generate", "--stores", "2", "--out", DEVNULL], "not a "),
     # file outputs
     (["release", "fake-upstream", "--out", ADIR], "is a directory"),
     (["release", "fake-upstream", "--out", UNDER_FILE], "nothing can be created"),

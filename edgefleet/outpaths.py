@@ -78,13 +78,11 @@ def _nearest_existing(path: Path, option: str, target: Path, *, create_parents: 
     return p
 
 
-def check_output_dir(path: Path, option: str = "--out", *, must_not_exist: bool = False) -> None:
+def check_output_dir(path: Path, option: str = "--out") -> None:
     """``path`` can be used as an output directory: an existing writable directory, or a new one
     (missing parents are created by the writer) under a writable directory."""
     st = _stat(path, option)
     if st is not None:
-        if must_not_exist:
-            raise OutputPathError(f"{option} {path} already exists ({_kind(st.st_mode)}); give a new directory")
         if not stat.S_ISDIR(st.st_mode):
             raise OutputPathError(f"{option} {path} is {_kind(st.st_mode)}, not a directory; give a directory")
         _writable_dir(path, option, path)

@@ -91,13 +91,20 @@ class _Builder:
 
     def __init__(self, loader: yaml.SafeLoader, root: yaml.Node):
         self.loader = loader
-        self.distinct = _count_distinct(root)
-        self.budget = ALIAS_FACTOR * self.distinct + ALIAS_ALLOWANCE
+        self.root = root
+        self.distinct: int | None = None  # counted only when a document builds more than the allowance
+        self.budget = ALIAS_ALLOWANCE
         self.built = 0
+
+    def _over_budget(self) -> bool:
+        if self.distinct is None:
+            self.distinct = _count_distinct(self.root)
+            self.budget = ALIAS_FACTOR * self.distinct + ALIAS_ALLOWANCE
+        return self.built > self.budget
 
     def build(self, node: yaml.Node, depth: int = 0) -> Any:
         self.built += 1
-        if self.built > self.budget:
+        if self.built > self.budget and self._over_budget():
             raise _Refused(f"aliases expand this document beyond {self.budget:,} nodes (it has {self.distinct:,} "
                            "of its own): refused as an alias bomb", node,
                            hint=f"aliases may add at most {ALIAS_FACTOR}x the document's nodes plus "

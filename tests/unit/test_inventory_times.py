@@ -26,6 +26,7 @@ from edgefleet.errors import InventoryError
 from edgefleet.inventory.load import load_fleet
 from edgefleet.inventory.model import MaintenanceWindow, parse_wall_time
 from edgefleet.rollout.plan import RolloutPolicy, plan_rollout
+from edgefleet.schedule.groups import Verdict, freeze_decision, plan_schedule, upcoming_starts
 from edgefleet.schedule.windows import in_window, next_window
 
 ZONES = sorted(available_timezones())
@@ -85,8 +86,8 @@ def inventory_text(draw: st.DrawFn) -> dict[str, str]:
 @given(files=inventory_text(),
        now=st.datetimes(datetime(1970, 1, 2), datetime(2998, 12, 1), timezones=st.just(UTC)),
        node_minutes=st.integers(1, 24 * 60), horizon_days=st.integers(1, 400))
-def test_any_inventory_that_validates_can_be_planned(files: dict[str, str], now: datetime, node_minutes: int,
-                                                     horizon_days: int) -> None:
+def test_any_inventory_that_validates_can_be_planned_and_scheduled(files: dict[str, str], now: datetime,
+                                                                   node_minutes: int, horizon_days: int) -> None:
     root = Path(tempfile.mkdtemp())
     try:
         for rel, text in files.items():
@@ -105,6 +106,10 @@ def test_any_inventory_that_validates_can_be_planned(files: dict[str, str], now:
             assert w.start.tzinfo is None and w.start.second == 0 and w.end.tzinfo is None
         s, e = next_window(store, now)
         assert s < e and in_window(store, s)
+        # The scheduler's side of the same rules (window groups, upcoming starts, the freeze gate).
+        (gs,) = plan_schedule(fleet, now, min_duration=policy.node_duration)
+        upcoming_starts(fleet, gs.group, now, 3)
+        assert freeze_decision(fleet, ["s-1"], now).verdict in set(Verdict)
     finally:
         shutil.rmtree(root)
 

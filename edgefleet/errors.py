@@ -12,11 +12,13 @@ without parsing messages:
 
     EdgefleetError
     ├── InputError                 exit 2: bad input, nothing was written
+    │   ├── YamlError              a YAML file is not UTF-8, broken, or over the alias limits
     │   ├── InventoryError         the inventory has one or more problems (all collected)
     │   ├── ConfigRenderError      a Talos config or patch is invalid
     │   ├── ReleaseInputError      bad Packer variables, unknown or revoked release
     │   ├── SecretsError           missing / undecryptable cluster secrets
     │   ├── UnknownRollout         no rollout with that id in the ledger
+    │   ├── OutputPathError        an output path is a file, under a file, or not writable
     │   └── SeedError              a NoCloud seed ISO cannot be built or read back
     └── OperationFailed            exit 1: the world did not do what we asked
         ├── ToolMissing            an outside program (packer, xorriso, ...) is not installed
@@ -85,6 +87,15 @@ class Problem:
         return text
 
 
+class YamlError(InputError):
+    """A YAML file cannot be read: not UTF-8, broken YAML, a key given twice, aliases over the
+    expansion limit. ``problem`` says where (file and line)."""
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
+        super().__init__(problem.render())
+
+
 class InventoryError(InputError):
     """The inventory has problems. ``problems`` holds all of them, found in one pass."""
 
@@ -109,6 +120,12 @@ class SecretsError(InputError):
 
 class UnknownRollout(InputError):
     """A rollout id that the ledger does not hold (a typo, or another state store)."""
+
+
+class OutputPathError(InputError):
+    """An output path (``--out``, a home directory) cannot be written: it is a file where a directory
+    is needed (or the reverse, or a device), lies under a regular file, or sits in a directory this
+    process cannot write. Raised before anything is written."""
 
 
 class OperationFailed(EdgefleetError):

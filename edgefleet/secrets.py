@@ -33,7 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from edgefleet.errors import SecretsError
+from edgefleet.errors import SecretsError, YamlError
+from edgefleet.safeyaml import parse_yaml
 
 __all__ = [
     "SECRETS_KEY_ENV",
@@ -203,11 +204,10 @@ def render_secrets(s: ClusterSecrets) -> bytes:
 
 def parse_secrets(data: bytes, *, source: str) -> ClusterSecrets:
     """Parse secrets YAML (plain, not encrypted). ``source`` names the file in errors."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        raw: Any = yaml.load(data, Loader=loader)  # a safe loader (C if available)
-    except yaml.YAMLError as e:
-        raise SecretsError(f"{source}: not valid YAML ({e}); restore it from a backup") from None
+        raw: Any = parse_yaml(data, source=source)
+    except YamlError as e:
+        raise SecretsError(f"not valid YAML: {e}; restore it from a backup") from None
     try:
         return ClusterSecrets.model_validate(raw)
     except ValidationError as e:

@@ -4,6 +4,7 @@ wires them together and turns ``EdgefleetError`` into a message and an exit code
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import typer
@@ -19,6 +20,10 @@ from edgefleet.cli import sim as _sim
 from edgefleet.cli import talos as _talos
 from edgefleet.cli._common import err_console
 from edgefleet.errors import EdgefleetError
+
+# errno values that say "this path cannot be used as given": bad input, exit 2.
+_PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
+                          errno.ENOENT, errno.ENAMETOOLONG, errno.ELOOP, errno.ENXIO})
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="edgefleet: run fleets of edge Talos Kubernetes clusters.")
@@ -50,6 +55,13 @@ def main() -> None:
         sys.exit(130)
     except SystemExit:
         raise
+    except OSError as e:
+        # A file system refusal no check foresaw (a file where a directory was expected inside an
+        # output tree, a race): one line naming the path. A path the user gave is bad input (2);
+        # anything else (a full disk, an I/O error) is an operation that failed (1).
+        where = f"{e.filename}: " if e.filename else ""
+        err_console.print(f"error: {where}{e.strerror or e}", markup=False, soft_wrap=True)
+        sys.exit(2 if e.errno in _PATH_ERRNOS else 1)
     except Exception as e:
         # Usage errors (click's ClickException, which typer may vendor) arrive here in
         # non-standalone mode: they know how to show themselves and carry exit code 2.

@@ -42,6 +42,8 @@ def parse_instant(value: str | None, option: str) -> datetime:
     if when.tzinfo is None:
         raise InputError(f"{option} {value!r} has no UTC offset; write e.g. 2026-11-02T23:30:00Z "
                          "(it is local to no store in particular)")
+    if not 1970 <= when.year <= 2999:  # plans look months ahead: far years would overflow the calendar
+        raise InputError(f"{option} {value!r}: the year must lie in 1970-2999")
     return when.astimezone(UTC)
 
 

@@ -124,7 +124,9 @@ def generate(stores: Annotated[int, typer.Option("--stores", min=1, max=100_000,
              countries: Annotated[int, typer.Option("--countries", min=1, max=48)] = 48) -> None:
     """Write a realistic synthetic fleet (real IANA zones, 1/3/5-node stores, unique subnets)."""
     from edgefleet.inventory.generate import generate_fleet
+    from edgefleet.outpaths import check_output_dir
 
+    check_output_dir(out, "--out")  # the writer refuses a directory that is not empty
     path = generate_fleet(out, stores, seed, countries)
     fleet = load_fleet(path)
     console.print(f"wrote {path}: {len(fleet.stores)} stores, {fleet.node_count} nodes")

@@ -153,7 +153,9 @@ def fake_upstream(talos_version: Annotated[str, typer.Option("--talos-version")]
                   out: Annotated[Path, typer.Option("--out", help="ISO file to write")] = Path("talos-upstream.iso"),
                   ) -> None:
     """Write a small Talos-like upstream ISO (placeholder kernel) and print its sha256."""
+    from edgefleet.outpaths import check_output_file
     from edgefleet.releases.upstream import write_fake_upstream
 
+    check_output_file(out, "--out", create_parents=True)
     sha = write_fake_upstream(out, talos_version)
     typer.echo(f"{sha}  {out}")

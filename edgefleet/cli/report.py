@@ -24,9 +24,11 @@ TitleOpt = Annotated[str, typer.Option("--title", help="The page title")]
 def report_cmd(rollout_ids: IdsArg = None, out: OutOpt = Path("out/report.html"), max_events: MaxEventsOpt = 1000,
                title: TitleOpt = "edgefleet rollout report") -> None:
     """Write an HTML report: operations, stores per release over time, failed stores, event log."""
+    from edgefleet.outpaths import check_output_file
     from edgefleet.report import collect_report, render_report, write_report
     from edgefleet.state.db import open_state
 
+    check_output_file(out, "--out", create_parents=True)
     data = collect_report(open_state(default_state_url()), rollout_ids=rollout_ids or None,
                           now=datetime.now(UTC), title=title, max_events=max_events)
     path = write_report(out, render_report(data, max_events=max_events))

@@ -26,6 +26,7 @@ from edgefleet.cli._common import (
     print_json,
 )
 from edgefleet.errors import InputError
+from edgefleet.outpaths import check_output_dir
 from edgefleet.talos.config import ReleaseRef
 
 app = typer.Typer(no_args_is_help=True, help="Build and inspect NoCloud seed ISOs (Talos machine configs).")
@@ -59,6 +60,7 @@ def build(
 
     if bool(store) == all_stores:
         raise InputError("give either --store ID (one or more) or --all")
+    check_output_dir(out, "--out")  # before anything is generated (secrets included)
     fleet = load_fleet(inventory)
     selected = list(fleet.stores.values()) if all_stores else [fleet.store(s) for s in dict.fromkeys(store or [])]
     ref = release_ref(release)

@@ -25,6 +25,7 @@ import typer
 
 from edgefleet.cli._common import InventoryOpt, console, edgefleet_home
 from edgefleet.errors import InputError
+from edgefleet.outpaths import check_output_file
 from edgefleet.talos.certs import Role
 
 __all__ = ["kubeconfig_cmd", "talosconfig_cmd", "write_private_file"]
@@ -85,10 +86,11 @@ def talosconfig_cmd(
     from edgefleet.talos.clientconfig import render_talosconfig
 
     s = load_fleet(inventory).store(store)
+    path = out or Path(f"{s.id}.talosconfig")
+    check_output_file(path, "--out")
     secrets = load_secrets(edgefleet_home(), s.id)
     cert = mint_os_client_cert(secrets, role, now=datetime.now(UTC), store_id=s.id,
                                validity=timedelta(hours=ttl_hours))
-    path = out or Path(f"{s.id}.talosconfig")
     write_private_file(path, render_talosconfig(s, cert), force=force)
     console.print(f"wrote {path} (store {s.id}, role {role.value}, valid {ttl_hours:g} h)", markup=False)
 
@@ -109,10 +111,11 @@ def kubeconfig_cmd(
     from edgefleet.talos.clientconfig import render_kubeconfig
 
     s = load_fleet(inventory).store(store)
+    path = out or Path(f"{s.id}.kubeconfig")
+    check_output_file(path, "--out")
     secrets = load_secrets(edgefleet_home(), s.id)
     cert = mint_kube_client_cert(secrets, admin=admin, now=datetime.now(UTC), user=user, store_id=s.id,
                                  validity=timedelta(hours=ttl_hours))
-    path = out or Path(f"{s.id}.kubeconfig")
     write_private_file(path, render_kubeconfig(s, cert, user=user), force=force)
     group = "system:masters" if admin else READER_GROUP
     console.print(f"wrote {path} (store {s.id}, user {user}, group {group}, valid {ttl_hours:g} h)", markup=False)

@@ -12,8 +12,8 @@ canary, then its explicit ``groups``) <- the store itself; a node's are the merg
 ``node_defaults`` <- the node itself. Mappings merge key by key, lists replace, except
 ``talos_patches``, which accumulate in layer order (fleet, groups, store; then the node's own).
 
-Reading is done with libyaml (the C parser) for speed; line numbers are looked up lazily, only
-for the files that have problems.
+Files are read with ``edgefleet.safeyaml`` (libyaml, UTF-8 only, bounded alias expansion, no
+duplicate keys); line numbers are looked up lazily, only for the files that have problems.
 """
 
 from __future__ import annotations
@@ -21,18 +21,20 @@ from __future__ import annotations
 import functools
 import gc
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 from zoneinfo import available_timezones
 
 import yaml
 from pydantic import ValidationError
 
-from edgefleet.errors import InventoryError, Problem
+from edgefleet.errors import InventoryError, Problem, YamlError
 from edgefleet.inventory.model import Fleet, Freeze, Store
+from edgefleet.safeyaml import load_yaml_file, parse_yaml
 
 LAYER_KEYS = {
     "timezone", "region", "ring", "maintenance_windows", "network", "cluster", "node_defaults", "probes",
@@ -42,72 +44,6 @@ STORE_ONLY_KEYS = {"id", "name", "country", "canary", "groups", "nodes"}
 ACCUMULATING = "talos_patches"
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: object, line: int):
-        super().__init__(f"key {key!r} is given twice in one mapping (line {line})")
-        self.key, self.line = key, line
-
-
-_STR_TAG = "tag:yaml.org,2002:str"
-
-
-class _FastLoader(_Loader):  # type: ignore[valid-type,misc]
-    """libyaml with a memo of implicit tag resolution: inventories repeat the same keys and values
-    thousands of times, and resolving each plain scalar against YAML 1.1's regexes is the
-    dominant cost of loading a fleet."""
-
-    _tags: ClassVar[dict[tuple[str, tuple[bool, bool]], str]] = {}
-
-    def resolve(self, kind: type[yaml.Node], value: Any, implicit: Any) -> Any:
-        if kind is yaml.ScalarNode:
-            key = (value, implicit)
-            tag = self._tags.get(key)
-            if tag is None:
-                tag = super().resolve(kind, value, implicit)
-                if len(self._tags) < 100_000:
-                    self._tags[key] = tag
-            return tag
-        return super().resolve(kind, value, implicit)
-
-
-def _build(loader: yaml.SafeLoader, node: yaml.Node, depth: int = 0) -> Any:
-    """Construct Python data from a composed node tree. Unlike PyYAML's generic constructor it
-    rejects a key given twice in one mapping (YAML would silently keep the last one)."""
-    if depth > 64:
-        raise yaml.constructor.ConstructorError(None, None, "nesting deeper than 64 levels (a recursive alias?)",
-                                                node.start_mark)
-    if isinstance(node, yaml.ScalarNode):
-        if node.tag == _STR_TAG:
-            return node.value
-        return loader.yaml_constructors[node.tag](loader, node)
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(loader, n, depth + 1) for n in node.value]
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)
-        out: dict[Any, Any] = {}
-        for k, v in node.value:
-            key = _build(loader, k, depth + 1)
-            if key in out:
-                raise _DuplicateKey(key, k.start_mark.line + 1)
-            try:
-                out[key] = _build(loader, v, depth + 1)
-            except TypeError:
-                raise yaml.constructor.ConstructorError(None, None, "a mapping key must be a plain value",
-                                                        k.start_mark) from None
-        return out
-    raise yaml.constructor.ConstructorError(None, None, f"unsupported YAML node {node.tag}", node.start_mark)
-
-
-def parse_yaml(text: str) -> Any:
-    """Parse one YAML document safely (PyYAML's safe tags), rejecting duplicate keys."""
-    loader = _FastLoader(text)
-    try:
-        node = loader.get_single_node()
-        return None if node is None else _build(loader, node)
-    finally:
-        loader.dispose()
 
 
 @dataclass
@@ -135,22 +71,10 @@ class _Ctx:
 
 
 def _read_yaml(ctx: _Ctx, path: Path) -> Any:
-    rel = ctx.rel(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        ctx.add(f"cannot read: {e}", file=rel)
-        return None
-    try:
-        return parse_yaml(text)
-    except _DuplicateKey as e:
-        ctx.add(f"key {e.key!r} is given twice in one mapping", file=rel, line=e.line,
-                hint="YAML would silently keep only the last one")
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        ctx.add(f"broken YAML: {e.problem or e.context}", file=rel, line=mark.line + 1 if mark else None)
-    except yaml.YAMLError as e:
-        ctx.add(f"broken YAML: {e}", file=rel)
+        return load_yaml_file(path, source=ctx.rel(path))
+    except YamlError as e:
+        ctx.problems.append(e.problem)
     return None
 
 
@@ -183,6 +107,33 @@ def _line_of(abs_file: str, path: Iterable[str | int]) -> int | None:
             return line
         node = nxt
     return line
+
+
+def _scalar_at(abs_file: str, path: Iterable[str | int]) -> str | None:
+    """The source text of the scalar at ``path`` (as written, before YAML typed it), or None."""
+    node = _composed(abs_file)
+    for part in path:
+        nxt: yaml.Node | None = None
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            nxt = node.value[part]
+        if nxt is None:
+            return None
+        node = nxt
+    return node.value if isinstance(node, yaml.ScalarNode) else None
+
+
+def _time_hint(fld: str, raw: str | None) -> str:
+    """How to write a time-of-day field, from what the user wrote (``25:00``, ``0100``, ``"22:00Z"``)."""
+    suggestion = None
+    text = (raw or "").strip()
+    m = re.match(r"^(\d{1,2}):(\d{2})", text) or re.fullmatch(r"(\d{1,2})(\d{2})", text)
+    if m and int(m[1]) <= 23 and int(m[2]) <= 59:
+        suggestion = f"{int(m[1]):02d}:{m[2]}"
+    if suggestion is None:
+        return f'write {fld}: "HH:MM", quoted, local wall time (hours 00-23; "24:00" only as an end)'
+    return f'write {fld}: "{suggestion}", quoted, local wall time of the store\'s timezone'
 
 
 def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -257,6 +208,8 @@ def _pydantic_problems(ctx: _Ctx, err: ValidationError, store_id: str, raw_store
         hint = None
         if loc and loc[-1] == "country" and isinstance(e.get("input"), bool):
             hint = "YAML reads an unquoted NO as false: write 'NO'"
+        elif len(loc) >= 3 and loc[0] == "maintenance_windows" and loc[-1] in ("start", "end"):
+            hint = _time_hint(str(loc[-1]), _scalar_at(file, path))
         ctx.add(msg, file=ctx.rel(Path(file)), line=_line_of(file, path), store=store_id, node=node_name,
                 fld=fld, hint=hint)
 

@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from edgefleet.errors import InputError, LockHeld, SecretsError
 from edgefleet.inventory.model import Fleet, Node, Store
+from edgefleet.outpaths import check_output_dir
 from edgefleet.secrets import (
     ClusterSecrets,
     decode_secrets,
@@ -262,7 +263,10 @@ def build_seeds(fleet: Fleet, store_ids: Sequence[str] | None, node: str | None,
             rendered.append((store, n, digest, files))
         report.render_seconds = time.perf_counter() - t
 
-        # 3. Write: secrets first (seeds depend on them), then the ISOs, then the index.
+        # 3. Write: secrets first (seeds depend on them), then the ISOs, then the index. A store
+        # directory that cannot be written (a file in its place) stops the build before any of it.
+        for sid in dict.fromkeys(store.id for store, _n, _d, _f in rendered):
+            check_output_dir(out / sid, "--out")
         t = time.perf_counter()
         for sid, data in new_secrets_data.items():
             try:

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from ipaddress import ip_interface
 from typing import Any
 
-import yaml
-
+from edgefleet.errors import YamlError
 from edgefleet.inventory.model import Node
+from edgefleet.safeyaml import parse_yaml_all
 
 __all__ = [
     "NOCLOUD_ARG",
@@ -52,7 +52,6 @@ __all__ = [
 
 NOCLOUD_ARG = "talos.platform=nocloud"
 RELEASE_LABEL = "edgefleet.io/release"
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +93,8 @@ def normalize_pem(data: bytes) -> bytes:
 
 def _yaml_docs(text: bytes, what: str, problems: list[str]) -> list[Any]:
     try:
-        return [d for d in yaml.load_all(text, Loader=_Loader) if d is not None]
-    except yaml.YAMLError as e:
+        return [d for d in parse_yaml_all(text, source=what) if d is not None]
+    except YamlError as e:
         problems.append(f"{what} is not valid YAML: {str(e).splitlines()[0]}")
         return []
 

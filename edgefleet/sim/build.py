@@ -7,11 +7,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-import yaml
-
-from edgefleet.errors import InputError
 from edgefleet.inventory.load import load_fleet
 from edgefleet.inventory.model import Fleet
+from edgefleet.safeyaml import load_yaml_file
 from edgefleet.sim.fleet import SimClock, SimFleet, resolve_passwords
 from edgefleet.sim.media import MediaFetcher
 from edgefleet.sim.scenario import Scenario, parse_scenario
@@ -23,14 +21,7 @@ __all__ = ["build_sim", "load_scenario"]
 def load_scenario(path: Path | None) -> Scenario:
     if path is None:
         return Scenario()
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise InputError(f"scenario file {path}: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise InputError(f"scenario file {path} is not valid YAML: {e}") from None
+    data = load_yaml_file(path, source=f"scenario file {path}")
     return parse_scenario(data, source=str(path))
 
 

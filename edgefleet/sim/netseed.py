@@ -39,10 +39,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
-from edgefleet.errors import EdgefleetError, InputError
+from edgefleet.errors import EdgefleetError, InputError, YamlError
 from edgefleet.inventory.model import WipeMethod
+from edgefleet.safeyaml import parse_yaml_all
 from edgefleet.seeds.netseed import fetch_nocloud_seed, parse_nocloud_datasource, redact_seed_url
 from edgefleet.sim.boot import NOCLOUD_ARG, RELEASE_LABEL, ReleaseFacts, evaluate_join, parse_seed_facts
 from edgefleet.sim.fleet import NodeState, SimFleet
@@ -53,7 +52,6 @@ __all__ = ["FETCH_DEADLINE_S", "NetSeedFetcher", "ReleaseFromConfig", "install",
            "release_from_config"]
 
 FETCH_DEADLINE_S = 30.0
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 # --- registration ----------------------------------------------------------------------------------
@@ -130,8 +128,8 @@ def release_from_config(user_data: bytes) -> ReleaseFromConfig:
     """The release a Talos machine config installs: the release label, the installer image's tag
     (Talos version) and the kubelet image's tag (Kubernetes version). Missing parts are None."""
     try:
-        docs = list(yaml.load_all(user_data, Loader=_Loader))
-    except yaml.YAMLError:
+        docs = parse_yaml_all(user_data, source="user-data")
+    except YamlError:
         return ReleaseFromConfig(None, None, None)
     v1 = next((d for d in docs if isinstance(d, dict) and d.get("version") == "v1alpha1"), None)
     machine = v1.get("machine") if isinstance(v1, dict) else None

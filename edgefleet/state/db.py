@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from edgefleet.errors import StateError
+from edgefleet.errors import OutputPathError, StateError
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -57,7 +57,14 @@ def create_state_engine(url: str) -> Engine:
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            parent = Path(parsed.database).parent
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # EDGEFLEET_HOME is a file, or under one, or read-only
+                from edgefleet.outpaths import check_output_dir
+
+                check_output_dir(parent, "state store directory (EDGEFLEET_HOME / EDGEFLEET_STATE_URL)")
+                raise OutputPathError(f"state store directory {parent}: {e.strerror or e}") from None
         kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
     else:
         kwargs["pool_pre_ping"] = True

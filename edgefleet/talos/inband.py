@@ -46,10 +46,10 @@ import time
 from dataclasses import dataclass
 
 import httpx
-import yaml
 
-from edgefleet.errors import NetworkSeedError, TalosRefused, TalosUnavailable
+from edgefleet.errors import NetworkSeedError, TalosRefused, TalosUnavailable, YamlError
 from edgefleet.inventory.model import Node, Role
+from edgefleet.safeyaml import parse_yaml
 from edgefleet.seeds.netseed import fetch_nocloud_seed, nocloud_datasource, redact_seed_url
 from edgefleet.talos.api import WIPE_LABELS, TalosClient
 
@@ -125,8 +125,8 @@ async def _check_seed(node: Node, seed_url: str, http: httpx.AsyncClient | None,
         if own:
             await client.aclose()
     try:
-        meta = yaml.safe_load(files.meta_data)
-    except yaml.YAMLError:
+        meta = parse_yaml(files.meta_data, source="meta-data")
+    except YamlError:
         meta = None
     host = meta.get("local-hostname") if isinstance(meta, dict) else None
     if host != node.name:

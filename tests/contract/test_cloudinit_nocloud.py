@@ -176,12 +176,10 @@ def sample_seeds() -> dict[str, tuple[Any, Any, SeedFiles]]:
     from edgefleet.inventory.load import load_fleet
     from edgefleet.secrets import generate_secrets
     from edgefleet.seeds.render import render_seed_files
-    from edgefleet.talos.config import ReleaseRef, TalosSchema
-    from tests.helpers import CONFORMANCE, SAMPLE_INVENTORY, require_tool
+    from edgefleet.talos.config import ReleaseRef, TalosSchema, bundled_schema_path
+    from tests.helpers import SAMPLE_INVENTORY
 
-    schema_file = CONFORMANCE / "talos-v1.12.6" / "config.schema.json"
-    require_tool(schema_file, "the Talos 1.12.6 config schema")
-    schema = TalosSchema.load(schema_file)
+    schema = TalosSchema.load(bundled_schema_path())
     fleet = load_fleet(SAMPLE_INVENTORY)
     secrets = generate_secrets(datetime.now(UTC))
     release = ReleaseRef("talos-v1.12.6-r1", "v1.12.6", "1.35.0", "registry.example/edge/installer:v1.12.6-r1")

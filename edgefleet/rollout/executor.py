@@ -119,9 +119,11 @@ from edgefleet.rollout.endpoints import Endpoints, StoreApi
 from edgefleet.rollout.gates import (
     RELEASE_LABEL,
     NodeBefore,
+    Observed,
     Verdict,
     VerdictKind,
     WaveDecision,
+    api_unread_reason,
     evaluate_node,
     evaluate_quorum,
     evaluate_rollback_node,
@@ -340,8 +342,8 @@ class _Caps:
             yield
 
 
-def _before_from(snapshot: ClusterSnapshot | None, store: Store) -> dict[str, dict[str, Any]]:
-    by_name = {n.name: n for n in snapshot.nodes} if snapshot else {}
+def _before_from(snapshot: Observed, store: Store) -> dict[str, dict[str, Any]]:
+    by_name = {n.name: n for n in snapshot.nodes} if isinstance(snapshot, ClusterSnapshot) else {}
     return {n.name: {"release": by_name[n.name].label(RELEASE_LABEL) if n.name in by_name else None,
                      "ready": bool(by_name[n.name].ready) if n.name in by_name else False} for n in store.nodes}
 
@@ -710,7 +712,7 @@ class Executor:
         for node in _ordered(store):
             if self._abort and not rollback:
                 raise _Aborted()
-            snap = await self.api.snapshot(store, readyz=False)
+            snap: Observed = await self.api.snapshot(store, readyz=False)
             gate = (evaluate_rollback_node(snap, node.name, release, before.get(node.name), rel.talos_version)
                     if rollback else evaluate_node(snap, node.name, release, rel.talos_version))
             if gate.passed:
@@ -734,7 +736,7 @@ class Executor:
                                    "Talos API access (a simulator without --talos-port?)")
             if node.role is Role.controlplane:
                 snap = await self._wait_quorum(store, node, phase, first=snap)
-            others_up = snap is not None and any(
+            others_up = isinstance(snap, ClusterSnapshot) and any(
                 n.name != node.name and n.ready for n in snap.nodes if n.name in {c.name for c in cps})
             bootstrap = node.role is Role.controlplane and not others_up
             if not await self._wait_window(store, self.s.node_duration):
@@ -772,7 +774,8 @@ class Executor:
                     raise
                 await self._eject(store, node)
                 snap = await self.api.snapshot(store, readyz=False)
-                st = next((n for n in snap.nodes if n.name == node.name), None) if snap else None
+                st = (next((n for n in snap.nodes if n.name == node.name), None)
+                      if isinstance(snap, ClusterSnapshot) else None)
                 await self.journal.write(*stmt_node(node.name, store.id, st.label(RELEASE_LABEL) if st else None,
                                                     bool(st and st.ready), self.now()))
                 if in_band and st is not None and st.ready:
@@ -985,8 +988,7 @@ class Executor:
         except (TalosCallFailed, SecretsError):
             return []
 
-    async def _wait_quorum(self, store: Store, node: Node, phase: str, *, first: ClusterSnapshot | None = None
-                           ) -> ClusterSnapshot | None:
+    async def _wait_quorum(self, store: Store, node: Node, phase: str, *, first: Observed = None) -> Observed:
         """Wait until the quorum gate lets ``node`` go down; ``first``: a snapshot just read (one
         request saved per control plane when the gate passes at once)."""
         deadline = time.monotonic() + self.s.quorum_timeout_s
@@ -1046,9 +1048,10 @@ class Executor:
             if v.passed:
                 return v
             if time.monotonic() > deadline:
-                if snap is None:
-                    raise _StoreFailed(f"node {node.name}: the store's Kubernetes API never answered within "
-                                       f"{self.s.node_ready_timeout_s:g} s", inconclusive=True)
+                if not isinstance(snap, ClusterSnapshot):
+                    # Says nothing about the release: the API could not be looked at (and why).
+                    raise _StoreFailed(f"node {node.name}: for {self.s.node_ready_timeout_s:g} s, "
+                                       f"{api_unread_reason(snap)}", inconclusive=True)
                 return Verdict(VerdictKind.failed, (
                     *v.reasons, f"not Ready on {rel.name} within {self.s.node_ready_timeout_s:g} s"))
             await self._sleep(self.s.poll_s)
@@ -1070,7 +1073,8 @@ class Executor:
             elif not soaking:
                 healthy_since = None
             if time.monotonic() > deadline:
-                raise _StoreFailed(f"store gate on {release}: {v.why()}", inconclusive=snap is None)
+                raise _StoreFailed(f"store gate on {release}: {v.why()}",
+                                   inconclusive=not isinstance(snap, ClusterSnapshot))
             await self._sleep(self.s.poll_s if not soaking else min(
                 self.s.poll_s, self.endpoints.real_seconds(self.s.soak.total_seconds())))
 

@@ -377,7 +377,8 @@ def classify_failure(e: BaseException, *, endpoint: str, store: str = "", deadli
                             endpoint=endpoint, store=store)
     if isinstance(e, TimeoutError | httpx.TimeoutException):
         return KubeApiUnreachable(f"no answer within {deadline_s:g} s", endpoint=endpoint, store=store)
-    return KubeApiUnreachable(f"{type(e).__name__}: {e or 'no detail'}", endpoint=endpoint, store=store)
+    detail = next((f"{type(x).__name__}: {x}" for x in _chain(e) if str(x)), f"{type(e).__name__}: no detail")
+    return KubeApiUnreachable(detail, endpoint=endpoint, store=store)
 
 
 def check_status(response: httpx.Response, path: str, *, endpoint: str, store: str = "") -> None:

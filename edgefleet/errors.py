@@ -152,13 +152,14 @@ class ProbeError(OperationFailed):
 
 class KubeApiError(ProbeError):
     """A store's Kubernetes API could not be read. ``endpoint`` and ``store`` say which; ``status``
-    is the HTTP status when there was one."""
+    is the HTTP status when there was one; ``detail`` what happened (the message without them)."""
 
     def __init__(self, message: str, *, endpoint: str = "", store: str = "", status: int | None = None,
                  transient: bool | None = None):
         self.endpoint = endpoint
         self.store = store
         self.status = status
+        self.detail = message  # what happened, without the store and the endpoint
         if transient is not None:
             self.transient = transient
         where = f"Kubernetes API {endpoint}: " if endpoint else "Kubernetes API: "

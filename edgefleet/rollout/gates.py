@@ -84,14 +84,15 @@ def _pending(*reasons: str) -> Verdict:
 
 
 def api_unread_reason(error: KubeApiError | None) -> str:
-    """Why a gate could not look at the store (pure): credentials refused, no answer, or unreadable."""
+    """Why a gate could not look at the store (pure): credentials refused, no answer, or unreadable.
+    The error's detail only: the store is the gate's, and its endpoint is not for the ledger."""
     if isinstance(error, KubeCredentialsRefused):
-        return f"the store's Kubernetes API refused edgefleet's credentials ({error})"
+        return f"the store's Kubernetes API refused edgefleet's credentials ({error.detail})"
     if error is None:
         return "the store's Kubernetes API does not answer"
     if isinstance(error, KubeApiUnreachable):
-        return f"the store's Kubernetes API does not answer ({error})"
-    return f"the store's Kubernetes API cannot be read ({error})"
+        return f"the store's Kubernetes API does not answer ({error.detail})"
+    return f"the store's Kubernetes API cannot be read ({error.detail})"
 
 
 def node_on_release(snapshot: Observed, node: str, release: str, talos_version: str | None) -> bool:

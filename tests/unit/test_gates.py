@@ -138,6 +138,7 @@ def test_gates_say_why_the_api_could_not_be_read() -> None:
         v = gate(refused)
         assert v.kind is VerdictKind.pending, name
         assert "refused edgefleet's credentials" in v.why() and "HTTP 403" in v.why() and "not answer" not in v.why()
+        assert "10.1.0.9" not in v.why() + gate(down).why() + gate(odd).why()  # no endpoint in the ledger
         assert "does not answer" in gate(down).why() and "no answer within 10 s" in gate(down).why()
         assert "cannot be read" in gate(odd).why() and "HTTP 404" in gate(odd).why()
         assert gate(None).why() == "the store's Kubernetes API does not answer"

@@ -30,7 +30,7 @@ from tests.contract.rollout_world import (
 )
 from tests.helpers import require_tool
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.clock]  # secrets, Talos API mTLS and seed tokens on the real clock
 
 START = datetime(2026, 11, 3, 21, 30, tzinfo=UTC)  # 22:30 in Copenhagen: inside the 22:00-05:00 window
 STORE = "dk-0003"  # a control plane and a worker

@@ -31,6 +31,12 @@ without parsing messages:
         │       ├── TalosAccessDenied  UNAUTHENTICATED / PERMISSION_DENIED, refused TLS
         │       └── TalosRefused       FAILED_PRECONDITION / ALREADY_EXISTS
         ├── ProbeError             a health probe could not be evaluated
+        │   └── KubeApiError       a store's Kubernetes API could not be read (its certificate not
+        │       │                  trusted, a body that is not a node list, key material unusable)
+        │       ├── KubeApiUnreachable      no connection, or no answer in time (transient)
+        │       ├── KubeCredentialsRefused  HTTP 401/403, or a TLS alert refusing the client
+        │       │                           certificate (permanent: retrying sends the same one)
+        │       └── KubeApiStatusError      any other HTTP status (transient for 429 and 5xx)
         ├── GateFailed             a health gate said no
         ├── LockHeld               another operation holds the store
         ├── StateError             the ledger / state store refused an operation
@@ -165,6 +171,37 @@ class TalosApiError(OperationFailed):
 
 class ProbeError(OperationFailed):
     """A health probe could not be evaluated (as opposed to evaluated and failing)."""
+
+
+class KubeApiError(ProbeError):
+    """A store's Kubernetes API could not be read. ``endpoint`` and ``store`` say which; ``status``
+    is the HTTP status when there was one; ``detail`` what happened (the message without them)."""
+
+    def __init__(self, message: str, *, endpoint: str = "", store: str = "", status: int | None = None,
+                 transient: bool | None = None):
+        self.endpoint = endpoint
+        self.store = store
+        self.status = status
+        self.detail = message  # what happened, without the store and the endpoint
+        if transient is not None:
+            self.transient = transient
+        where = f"Kubernetes API {endpoint}: " if endpoint else "Kubernetes API: "
+        super().__init__((f"store {store}: " if store else "") + where + message)
+
+
+class KubeApiUnreachable(KubeApiError):
+    """No connection to the API, or no answer within the deadline: retrying later may help."""
+
+    transient = True
+
+
+class KubeCredentialsRefused(KubeApiError):
+    """The API refused our credentials: HTTP 401/403, or a TLS alert refusing the client
+    certificate. Permanent: asking again presents the same certificate."""
+
+
+class KubeApiStatusError(KubeApiError):
+    """The API answered an HTTP status other than 200, 401 or 403 (transient for 429 and 5xx)."""
 
 
 class GateFailed(OperationFailed):

@@ -12,6 +12,7 @@ and lose its record. Per-store progress lives in the ledger and in the progress 
 Where a run reads and writes: parameters ``inventory``, ``home`` and ``state_url`` when given, else the
 worker's ``EDGEFLEET_INVENTORY``, ``EDGEFLEET_HOME`` and ``EDGEFLEET_STATE_URL`` (as the CLI); with
 ``sim_url`` the run drives that fleet simulator (and its clock) instead of the inventory's addresses.
+``seed_public_url`` is the CLI's ``--seed-public-url`` (recorded with the operation, kept on resume).
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ async def rollout(release: str, stores: list[str] | None = None, canary: int = 1
                   max_per_country: int | None = None, failure_budget: str = "10%", node_minutes: float = 20.0,
                   node_timeout_s: float = 1800.0, gate_timeout_s: float = 600.0, poll_s: float = 2.0,
                   soak_s: float = 0.0, wave_soak_minutes: float = 30.0, gate_on_window: bool = True,
-                  max_wait_hours: float = 12.0, sim_url: str | None = None, inventory: str | None = None,
+                  max_wait_hours: float = 12.0, seed_public_url: str | None = None, sim_url: str | None = None,
+                  inventory: str | None = None,
                   home: str | None = None, state_url: str | None = None) -> State[Any]:
     """Roll ``release`` out to ``stores`` (default: the whole fleet) as canary + waves.
 
@@ -205,7 +207,8 @@ async def rollout(release: str, stores: list[str] | None = None, canary: int = 1
     settings = ops.settings_for(policy, EngineSettings(node_ready_timeout_s=node_timeout_s, poll_s=poll_s,
                                                        soak=timedelta(seconds=soak_s),
                                                        store_gate_timeout_s=gate_timeout_s,
-                                                       quorum_timeout_s=gate_timeout_s))
+                                                       quorum_timeout_s=gate_timeout_s,
+                                                       seed_public_url=seed_public_url))
     made = ops.create_rollout(fleet, engine, release, policy, endpoints.clock(), settings=settings,
                               operator="prefect", stores=stores)
     if made.plan is not None:
@@ -218,7 +221,7 @@ async def rollout(release: str, stores: list[str] | None = None, canary: int = 1
 async def rollback(release: str, reason: str = "", max_concurrent: int = 100, max_per_region: int | None = None,
                    max_per_country: int | None = None, failure_budget: str = "10%", node_minutes: float = 20.0,
                    node_timeout_s: float = 1800.0, gate_timeout_s: float = 600.0, poll_s: float = 2.0,
-                   sim_url: str | None = None,
+                   seed_public_url: str | None = None, sim_url: str | None = None,
                    inventory: str | None = None, home: str | None = None,
                    state_url: str | None = None) -> State[Any]:
     """Revoke ``release`` and bring every store on it (wholly or partly) back to its last known-good
@@ -231,7 +234,8 @@ async def rollback(release: str, reason: str = "", max_concurrent: int = 100, ma
                            node_duration=timedelta(minutes=node_minutes))
     settings = ops.settings_for(policy, EngineSettings(node_ready_timeout_s=node_timeout_s, poll_s=poll_s,
                                                        store_gate_timeout_s=gate_timeout_s,
-                                                       quorum_timeout_s=gate_timeout_s))
+                                                       quorum_timeout_s=gate_timeout_s,
+                                                       seed_public_url=seed_public_url))
     made = ops.create_rollback(fleet, engine, release, endpoints.clock(), reason=reason or "rollback flow",
                                policy=policy, settings=settings, operator="prefect")
     for sid, why in made.skipped:
@@ -241,7 +245,7 @@ async def rollback(release: str, reason: str = "", max_concurrent: int = 100, ma
 
 @flow(name="provision_store", retries=0)
 async def provision_store(store: str, release: str, node_timeout_s: float = 1800.0, gate_timeout_s: float = 600.0,
-                          poll_s: float = 2.0,
+                          poll_s: float = 2.0, seed_public_url: str | None = None,
                           sim_url: str | None = None, inventory: str | None = None, home: str | None = None,
                           state_url: str | None = None) -> State[Any]:
     """Provision ``store`` on ``release``: cluster secrets on first use, seeds, every node reimaged,
@@ -251,7 +255,7 @@ async def provision_store(store: str, release: str, node_timeout_s: float = 1800
     home_dir = Path(home) if home else edgefleet_home()
     endpoints = await _endpoints(fleet, sim_url)
     settings = EngineSettings(node_ready_timeout_s=node_timeout_s, poll_s=poll_s, store_gate_timeout_s=gate_timeout_s,
-                              quorum_timeout_s=gate_timeout_s)
+                              quorum_timeout_s=gate_timeout_s, seed_public_url=seed_public_url)
     made = ops.create_provision(fleet, engine, home_dir, store, release, endpoints.clock(), settings=settings,
                                 operator="prefect")
     return await _drive(fleet, home_dir, engine, endpoints, made.record.id, settings)

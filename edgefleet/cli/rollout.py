@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -60,6 +61,10 @@ SoakOpt = Annotated[float, typer.Option("--soak", min=0, help="Seconds (rollout 
 PollOpt = Annotated[float, typer.Option("--poll", min=0.01, help="Seconds between health polls")]
 PreHookOpt = Annotated[Path | None, typer.Option("--pre-hook", help="Ansible playbook run before each store is "
                                                                    "touched (failing: the store fails)")]
+SeedUrlOpt = Annotated[str | None, typer.Option(
+    "--seed-public-url", help="The address BMCs and nodes reach this run's seed server under (e.g. through a "
+                              "store VPN or a reverse proxy), like https://seeds.example.net:8443; a store's "
+                              "seed_url takes precedence for its nodes. Recorded with the rollout")]
 PostHookOpt = Annotated[Path | None, typer.Option("--post-hook", help="Ansible playbook run after each store "
                                                                      "passed its gate (failing: rolled back)")]
 
@@ -104,8 +109,17 @@ def _policy(canary: int | None, canary_stores: str | None, waves: str, wave_grou
                          failure_budget=_budget(failure_budget), node_duration=timedelta(minutes=node_minutes))
 
 
+def _seed_url(url: str | None) -> str | None:
+    from edgefleet.rollout.executor import SEED_URL_PATTERN
+
+    if url is not None and not re.fullmatch(SEED_URL_PATTERN, url):
+        raise InputError(f"--seed-public-url {url!r}: give an http:// or https:// URL with a host, like "
+                         "https://seeds.example.net:8443")
+    return url
+
+
 def _settings(node_timeout: float, soak: float, poll: float, pre_hook: Path | None = None,
-              post_hook: Path | None = None) -> EngineSettings:
+              post_hook: Path | None = None, seed_public_url: str | None = None) -> EngineSettings:
     from edgefleet.rollout.executor import EngineSettings
 
     for flag, hook in (("--pre-hook", pre_hook), ("--post-hook", post_hook)):
@@ -113,7 +127,8 @@ def _settings(node_timeout: float, soak: float, poll: float, pre_hook: Path | No
             raise InputError(f"{flag} {hook}: no such playbook")
     return EngineSettings(node_ready_timeout_s=node_timeout, soak=timedelta(seconds=soak), poll_s=poll,
                           pre_hook=str(pre_hook.resolve()) if pre_hook else None,
-                          post_hook=str(post_hook.resolve()) if post_hook else None)
+                          post_hook=str(post_hook.resolve()) if post_hook else None,
+                          seed_public_url=_seed_url(seed_public_url))
 
 
 async def _endpoints(fleet: Fleet, sim: str | None) -> Endpoints:
@@ -202,14 +217,15 @@ def start(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), cana
           max_concurrent: MaxOpt = 100, max_per_region: RegionOpt = None, max_per_country: CountryOpt = None,
           failure_budget: BudgetOpt = "10%", node_minutes: NodeMinOpt = 20.0, node_timeout: NodeTimeoutOpt = 1800.0,
           soak: SoakOpt = 0.0, poll: PollOpt = 2.0, pre_hook: PreHookOpt = None, post_hook: PostHookOpt = None,
-          sim: SimOpt = None, json_out: JsonOpt = False) -> None:
+          seed_public_url: SeedUrlOpt = None, sim: SimOpt = None, json_out: JsonOpt = False) -> None:
     """Plan, record and run a rollout of RELEASE to its end (or a halt, or a pause)."""
     from edgefleet.rollout import operations as ops
 
     fleet, engine = _fleet(inventory), _engine()
     policy = _policy(canary, canary_stores, waves, wave_groups, max_concurrent, max_per_region, max_per_country,
                      failure_budget, node_minutes)
-    settings = ops.settings_for(policy, _settings(node_timeout, soak, poll, pre_hook, post_hook))
+    settings = ops.settings_for(policy, _settings(node_timeout, soak, poll, pre_hook, post_hook,
+                                                      seed_public_url))
 
     async def main() -> RolloutRecord:
         ep = await _endpoints(fleet, sim)
@@ -243,6 +259,8 @@ def resume(rollout_id: Annotated[str, typer.Argument(help="Rollout id")], invent
                                                               "recorded node timeout (seconds)")] = None,
            poll: Annotated[float | None, typer.Option("--poll", min=0.01, help="Override the recorded "
                                                       "poll interval (seconds)")] = None,
+           seed_public_url: Annotated[str | None, typer.Option("--seed-public-url", help="Override the recorded "
+                                                               "seed server address (see rollout start)")] = None,
            sim: SimOpt = None, json_out: JsonOpt = False) -> None:
     """Continue a rollout exactly where the ledger says (after a crash, or a pause)."""
     from edgefleet.rollout import operations as ops
@@ -255,7 +273,8 @@ def resume(rollout_id: Annotated[str, typer.Argument(help="Rollout id")], invent
         ep = await _endpoints(fleet, sim)
         return await ops.resume(fleet, edgefleet_home(), engine, ep, rollout_id,
                                 decision="approve" if approve else "reject" if reject else None,
-                                overrides={"node_ready_timeout_s": node_timeout, "poll_s": poll})
+                                overrides={"node_ready_timeout_s": node_timeout, "poll_s": poll,
+                                           "seed_public_url": _seed_url(seed_public_url)})
 
     _finish(engine, asyncio.run(main()), json_out)
 
@@ -278,15 +297,15 @@ def rollback_cmd(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"
                  reason: Annotated[str, typer.Option("--reason", help="Why (recorded with the revocation)")] = "",
                  max_concurrent: MaxOpt = 100, max_per_region: RegionOpt = None, max_per_country: CountryOpt = None,
                  failure_budget: BudgetOpt = "10%", node_minutes: NodeMinOpt = 20.0,
-                 node_timeout: NodeTimeoutOpt = 1800.0, poll: PollOpt = 2.0, sim: SimOpt = None,
-                 json_out: JsonOpt = False) -> None:
+                 node_timeout: NodeTimeoutOpt = 1800.0, poll: PollOpt = 2.0, seed_public_url: SeedUrlOpt = None,
+                 sim: SimOpt = None, json_out: JsonOpt = False) -> None:
     """Revoke RELEASE and bring every store on it back to its last known-good release."""
     from edgefleet.rollout import operations as ops
 
     fleet, engine = _fleet(inventory), _engine()
     policy = _policy(None, None, "100%", None, max_concurrent, max_per_region, max_per_country, failure_budget,
                      node_minutes)
-    settings = ops.settings_for(policy, _settings(node_timeout, 0.0, poll))
+    settings = ops.settings_for(policy, _settings(node_timeout, 0.0, poll, seed_public_url=seed_public_url))
 
     async def main() -> RolloutRecord:
         ep = await _endpoints(fleet, sim)
@@ -301,12 +320,13 @@ def rollback_cmd(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"
 
 def provision_cmd(store: Annotated[str, typer.Argument(help="Store id")], release: ReleaseOpt,
                   inventory: InventoryOpt = Path("inventory"), node_timeout: NodeTimeoutOpt = 1800.0,
-                  poll: PollOpt = 2.0, sim: SimOpt = None, json_out: JsonOpt = False) -> None:
+                  poll: PollOpt = 2.0, seed_public_url: SeedUrlOpt = None, sim: SimOpt = None,
+                  json_out: JsonOpt = False) -> None:
     """Provision a store on RELEASE: secrets on first use, seeds, reimage every node, bootstrap."""
     from edgefleet.rollout import operations as ops
 
     fleet, engine = _fleet(inventory), _engine()
-    settings = _settings(node_timeout, 0.0, poll)
+    settings = _settings(node_timeout, 0.0, poll, seed_public_url=seed_public_url)
 
     async def main() -> RolloutRecord:
         ep = await _endpoints(fleet, sim)

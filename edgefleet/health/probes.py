@@ -5,13 +5,18 @@ Two halves, kept apart:
 * pure: ``parse_nodes`` reads a ``/api/v1/nodes`` list, ``expectation_for_store`` says what a healthy
   store looks like after a rollout, ``evaluate_cluster`` and ``evaluate_probe`` give verdicts. No I/O,
   no clock; results are small frozen dataclasses.
-* I/O: ``fetch_cluster`` (``/readyz`` and ``/api/v1/nodes``, with the cluster CA and a client
-  certificate, as paths or PEM bytes), ``run_probe`` / ``run_probes`` (custom HTTP probes) and
-  ``check_store`` (both). Every call has a deadline.
+* I/O: ``KubeApiClient`` (one store's API: a pooled client whose TLS context, with the cluster CA
+  and a client certificate as paths or PEM bytes, is built once; ``KeyLoader`` loads PEM keys
+  without writing them to disk on Linux), ``fetch_cluster`` (one read with a client of its own),
+  ``run_probe`` / ``run_probes`` (custom HTTP probes) and ``check_store`` (both). Every call has a
+  deadline.
 
-A probe that cannot be evaluated (the API unreachable, TLS refused, a 401, a body that is not a node
-list) raises ``ProbeError``; a probe that was evaluated and failed is a verdict with problems. A custom
-HTTP probe that cannot connect counts as failed: the service it watches is down.
+A Kubernetes API that cannot be evaluated raises a typed ``KubeApiError`` (a ``ProbeError``):
+``KubeApiUnreachable`` (no connection, no answer in time: transient), ``KubeCredentialsRefused``
+(HTTP 401/403 or a TLS alert refusing the client certificate: permanent), ``KubeApiStatusError``
+(another status), or ``KubeApiError`` itself (its certificate not trusted, not a node list). A
+probe that was evaluated and failed is a verdict with problems. A custom HTTP probe that cannot
+connect counts as failed: the service it watches is down.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import ssl
 import tempfile
 import time
@@ -29,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from edgefleet.errors import ProbeError
+from edgefleet.errors import KubeApiError, KubeApiStatusError, KubeApiUnreachable, KubeCredentialsRefused
 from edgefleet.inventory.model import Probe, Role, Store
 
 __all__ = [
@@ -39,15 +45,20 @@ __all__ = [
     "ClusterSnapshot",
     "ClusterVerdict",
     "Expectation",
+    "KeyLoader",
+    "KubeApiClient",
     "NodeStatus",
     "ProbeResult",
     "StoreHealth",
+    "check_status",
     "check_store",
+    "classify_failure",
     "evaluate_cluster",
     "evaluate_probe",
     "expectation_for_store",
     "fetch_cluster",
     "parse_nodes",
+    "parse_snapshot",
     "run_probe",
     "run_probes",
 ]
@@ -230,69 +241,256 @@ def evaluate_probe(probe: Probe, status: int | None, error: str | None, elapsed_
 # I/O
 
 
-def _pem_path(src: PemSource, tmp: Path, name: str) -> str:
-    if isinstance(src, bytes):
-        p = tmp / name
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(src)
-        return str(p)
-    return str(src)
+class KeyLoader:
+    """Loads client certificates and keys given as PEM bytes into ``ssl.SSLContext``s, which read
+    them only from files.
+
+    On Linux, through anonymous memory files (``memfd_create``, read back as ``/proc/self/fd/N``):
+    the key is never written to any filesystem. Elsewhere (or ``in_memory=False``), through one
+    private directory (mode 0700) made on first use: each pair is written once, loaded and unlinked
+    at once; ``close()`` removes the directory. One loader per run: a pair is loaded once per store
+    per run (``KubeApiClient`` keeps its context), never per poll."""
+
+    def __init__(self, *, in_memory: bool | None = None):
+        self.in_memory = hasattr(os, "memfd_create") if in_memory is None else in_memory
+        self._dir: Path | None = None
+        self._count = 0
+
+    @property
+    def directory(self) -> Path | None:
+        """The private directory, once made (never in memory mode)."""
+        return self._dir
+
+    def load(self, ctxs: Sequence[ssl.SSLContext], cert: PemSource, key: PemSource) -> None:
+        """``load_cert_chain`` of ``cert`` and ``key`` (file paths or PEM bytes) into each of ``ctxs``."""
+        if not isinstance(cert, bytes) and not isinstance(key, bytes):
+            for ctx in ctxs:
+                ctx.load_cert_chain(str(cert), str(key))
+            return
+        if self.in_memory:
+            try:
+                self._load_from_memory(ctxs, cert, key)
+                return
+            except OSError:
+                self.in_memory = False  # no memfd here (an old kernel, a sandbox): the directory then
+        self._load_from_directory(ctxs, cert, key)
+
+    def _load_from_memory(self, ctxs: Sequence[ssl.SSLContext], cert: PemSource, key: PemSource) -> None:
+        fds: list[int] = []
+        try:
+            paths = []
+            for src in (cert, key):
+                if not isinstance(src, bytes):
+                    paths.append(str(src))
+                    continue
+                fd = os.memfd_create("edgefleet-client-pem", os.MFD_CLOEXEC)
+                fds.append(fd)
+                view = memoryview(src)
+                while view:
+                    view = view[os.write(fd, view):]
+                paths.append(f"/proc/self/fd/{fd}")
+            for ctx in ctxs:
+                ctx.load_cert_chain(paths[0], paths[1])
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _load_from_directory(self, ctxs: Sequence[ssl.SSLContext], cert: PemSource, key: PemSource) -> None:
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="edgefleet-keys-"))  # mode 0700
+        self._count += 1
+        written: list[Path] = []
+        try:
+            paths = []
+            for src, name in ((cert, "client.crt"), (key, "client.key")):
+                if not isinstance(src, bytes):
+                    paths.append(str(src))
+                    continue
+                p = self._dir / f"{self._count}-{name}"
+                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                written.append(p)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(src)
+                paths.append(str(p))
+            for ctx in ctxs:
+                ctx.load_cert_chain(paths[0], paths[1])
+        finally:
+            for p in written:
+                p.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        d, self._dir = self._dir, None
+        if d is not None:
+            shutil.rmtree(d, ignore_errors=True)
 
 
-def _ssl_context(access: ClusterAccess) -> ssl.SSLContext:
-    try:
+def _ssl_contexts(access: ClusterAccess, keys: KeyLoader) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """The client's context and its diagnostic twin (TLS 1.2 at most, see ``KubeApiClient``)."""
+    def context() -> ssl.SSLContext:
         if access.ca is None:
-            ctx = ssl.create_default_context()
-        elif isinstance(access.ca, bytes):
-            ctx = ssl.create_default_context(cadata=access.ca.decode("ascii"))
-        else:
-            ctx = ssl.create_default_context(cafile=str(access.ca))
-        if access.client_cert is not None:
-            # ssl loads a key pair only from files: PEM bytes go through a private temporary
-            # directory that is removed as soon as they are loaded.
-            with tempfile.TemporaryDirectory(prefix="edgefleet-cert-") as d:
-                cert = _pem_path(access.client_cert.cert, Path(d), "client.crt")
-                key = _pem_path(access.client_cert.key, Path(d), "client.key")
-                ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError, ValueError) as e:
-        raise ProbeError(f"Kubernetes API {access.endpoint}: cannot load the cluster CA or client "
-                         f"certificate: {e}") from None
-    return ctx
+            return ssl.create_default_context()
+        if isinstance(access.ca, bytes):
+            return ssl.create_default_context(cadata=access.ca.decode("ascii"))
+        return ssl.create_default_context(cafile=str(access.ca))
 
-
-async def fetch_cluster(access: ClusterAccess, *, deadline_s: float = 15.0) -> ClusterSnapshot:
-    """Read ``/readyz`` and ``/api/v1/nodes``. Raises ``ProbeError`` when the API cannot be
-    evaluated (unreachable, TLS or auth refused, not a node list, past the deadline)."""
-    base = access.endpoint.rstrip("/")
-    headers = {"Accept": "application/json"}
-    if access.token:
-        headers["Authorization"] = f"Bearer {access.token}"
-    timeout = httpx.Timeout(min(5.0, deadline_s), read=deadline_s)
-    ctx = _ssl_context(access)
     try:
-        async with asyncio.timeout(deadline_s), httpx.AsyncClient(
-                verify=ctx, timeout=timeout, trust_env=False, headers=headers) as client:
-            readyz, nodes = await asyncio.gather(client.get(f"{base}/readyz"), client.get(f"{base}/api/v1/nodes"))
-    except TimeoutError:
-        raise ProbeError(f"Kubernetes API {base}: no answer within {deadline_s:g} s") from None
-    except (httpx.HTTPError, ssl.SSLError, OSError) as e:
-        # ssl.SSLError: a TLS alert after the handshake (a refused client certificate under TLS 1.3)
-        # surfaces on the first read, unmapped by httpcore.
-        raise ProbeError(f"Kubernetes API {base}: {type(e).__name__}: {e or 'no detail'}") from None
-    if nodes.status_code in (401, 403):
-        raise ProbeError(f"Kubernetes API {base}: HTTP {nodes.status_code} on /api/v1/nodes; check the "
-                         "client certificate (or token) for this store")
-    if nodes.status_code != 200:
-        raise ProbeError(f"Kubernetes API {base}: HTTP {nodes.status_code} on /api/v1/nodes: "
-                         f"{nodes.text[:200]}")
+        ctx, diag = context(), context()
+        diag.maximum_version = ssl.TLSVersion.TLSv1_2
+        if access.client_cert is not None:
+            keys.load((ctx, diag), access.client_cert.cert, access.client_cert.key)
+    except (OSError, ssl.SSLError, ValueError) as e:
+        raise KubeApiError(f"cannot load the cluster CA or client certificate: {e}",
+                           endpoint=access.endpoint.rstrip("/")) from None
+    return ctx, diag
+
+
+# OpenSSL reasons of a TLS alert by which a server refuses the client certificate (TLS 1.3 sends it
+# after the handshake: it surfaces on the first read).
+_REFUSED_ALERTS = ("ALERT_CERTIFICATE_REQUIRED", "ALERT_UNKNOWN_CA", "ALERT_BAD_CERTIFICATE",
+                   "ALERT_CERTIFICATE_EXPIRED", "ALERT_CERTIFICATE_REVOKED", "ALERT_CERTIFICATE_UNKNOWN",
+                   "ALERT_UNSUPPORTED_CERTIFICATE", "ALERT_ACCESS_DENIED")
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and cur not in out and len(out) < 10:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def classify_failure(e: BaseException, *, endpoint: str, store: str = "", deadline_s: float) -> KubeApiError:
+    """The typed error for an exception raised while reading a Kubernetes API (see ``KubeApiError``)."""
+    if isinstance(e, KubeApiError):
+        return e
+    text = " ".join(f"{type(x).__name__}: {x}" for x in _chain(e))
+    upper = text.upper()
+    if any(a in upper for a in _REFUSED_ALERTS):
+        return KubeCredentialsRefused(
+            f"the TLS handshake refused edgefleet's client certificate ({text[:300]}); the API server does "
+            "not trust the store's Kubernetes CA it was minted from: check that the store's secrets are its "
+            "cluster's", endpoint=endpoint, store=store)
+    if "CERTIFICATE_VERIFY_FAILED" in upper:
+        return KubeApiError(f"the API's server certificate is not trusted ({text[:300]}): it is not signed by the "
+                            "store's Kubernetes CA (wrong endpoint, or secrets of another cluster)",
+                            endpoint=endpoint, store=store)
+    if isinstance(e, TimeoutError | httpx.TimeoutException):
+        return KubeApiUnreachable(f"no answer within {deadline_s:g} s", endpoint=endpoint, store=store)
+    detail = next((f"{type(x).__name__}: {x}" for x in _chain(e) if str(x)), f"{type(e).__name__}: no detail")
+    return KubeApiUnreachable(detail, endpoint=endpoint, store=store)
+
+
+def check_status(response: httpx.Response, path: str, *, endpoint: str, store: str = "") -> None:
+    """Raise the typed error for an answer other than 200 on ``path``."""
+    code = response.status_code
+    if code == 200:
+        return
+    body = response.text[:200].strip()
+    if code in (401, 403):
+        raise KubeCredentialsRefused(
+            f"HTTP {code} on {path}: the API refused edgefleet's credentials ({body or 'no detail'}); "
+            + ("check that the client certificate is signed by the cluster's CA" if code == 401 else
+               "bind the client certificate's group (its subject organization) to a role that may list nodes, "
+               "e.g. the view ClusterRole"), endpoint=endpoint, store=store, status=code)
+    raise KubeApiStatusError(f"HTTP {code} on {path}: {body}", endpoint=endpoint, store=store, status=code,
+                             transient=code == 429 or code >= 500)
+
+
+def parse_snapshot(endpoint: str, nodes: httpx.Response, readyz: httpx.Response | None, *,
+                   store: str = "") -> ClusterSnapshot:
+    """A snapshot from the answers to ``/api/v1/nodes`` and (when read) ``/readyz``; typed errors for
+    refused credentials, other statuses and a body that is not a node list."""
+    check_status(nodes, "/api/v1/nodes", endpoint=endpoint, store=store)
+    if readyz is not None and readyz.status_code in (401, 403):
+        check_status(readyz, "/readyz", endpoint=endpoint, store=store)
     try:
         parsed = parse_nodes(json.loads(nodes.content))
     except ValueError as e:
-        raise ProbeError(f"Kubernetes API {base}: /api/v1/nodes is not a node list ({e})") from None
+        raise KubeApiError(f"/api/v1/nodes is not a node list ({e})", endpoint=endpoint, store=store) from None
+    if readyz is None:
+        return ClusterSnapshot(endpoint=endpoint, readyz_ok=False, readyz_detail="not read", nodes=parsed)
     text = readyz.text.strip()
-    return ClusterSnapshot(endpoint=base, readyz_ok=readyz.status_code == 200 and text == "ok",
+    return ClusterSnapshot(endpoint=endpoint, readyz_ok=readyz.status_code == 200 and text == "ok",
                            readyz_detail=f"HTTP {readyz.status_code}: {text[:300]}", nodes=parsed)
+
+
+class KubeApiClient:
+    """One store's Kubernetes API over TLS: one pooled ``httpx.AsyncClient`` whose SSL context (the
+    cluster CA, the client certificate) is built once. Keep it for the run; ``aclose()`` at its end.
+    Reads raise ``KubeApiError`` subclasses (see ``edgefleet.errors``).
+
+    Under TLS 1.3 a server refuses a client certificate after the handshake, and its alert is
+    mostly lost: it closes the connection with our request unread, and the reset discards the
+    alert (measured with Python's and uvicorn's TLS servers: "connection reset by peer", never the
+    alert). So when a read fails that way, one handshake capped at TLS 1.2 (where the certificate is
+    judged inside the handshake and the alert arrives) tells a refused certificate from a server
+    that drops connections; a server that speaks only TLS 1.3 leaves it "unreachable"."""
+
+    def __init__(self, access: ClusterAccess, *, keys: KeyLoader, store: str = "", deadline_s: float = 15.0):
+        self.endpoint = access.endpoint.rstrip("/")
+        self.store = store
+        self.deadline_s = deadline_s
+        headers = {"Accept": "application/json"}
+        if access.token:
+            headers["Authorization"] = f"Bearer {access.token}"
+        ctx, self._diag_ctx = _ssl_contexts(access, keys)
+        self._client = httpx.AsyncClient(
+            verify=ctx, timeout=httpx.Timeout(min(5.0, deadline_s), read=deadline_s), trust_env=False,
+            headers=headers, limits=httpx.Limits(max_connections=4, max_keepalive_connections=2, keepalive_expiry=30))
+
+    async def snapshot(self, *, readyz: bool = True) -> ClusterSnapshot:
+        """``/api/v1/nodes`` and (``readyz``) ``/readyz`` now, within the deadline."""
+        base = self.endpoint
+        try:
+            async with asyncio.timeout(self.deadline_s):
+                if readyz:
+                    rz, nodes = await asyncio.gather(self._client.get(f"{base}/readyz"),
+                                                     self._client.get(f"{base}/api/v1/nodes"))
+                else:
+                    rz, nodes = None, await self._client.get(f"{base}/api/v1/nodes")
+        except (TimeoutError, httpx.HTTPError, ssl.SSLError, OSError) as e:
+            # ssl.SSLError: a TLS alert after the handshake (a refused client certificate under TLS
+            # 1.3) surfaces on the first read, unmapped by httpcore.
+            err = classify_failure(e, endpoint=base, store=self.store, deadline_s=self.deadline_s)
+            if isinstance(err, KubeApiUnreachable) and isinstance(e, httpx.ReadError | httpx.RemoteProtocolError):
+                err = await self._diagnose(err)
+            raise err from None
+        return parse_snapshot(base, nodes, rz, store=self.store)
+
+    async def _diagnose(self, err: KubeApiUnreachable) -> KubeApiError:
+        """A connection dropped after the handshake: refused credentials, or a server dropping it?"""
+        url = httpx.URL(self.endpoint)
+        host, port = url.host, url.port or 443
+        try:
+            async with asyncio.timeout(min(5.0, self.deadline_s)):
+                _, writer = await asyncio.open_connection(host, port, ssl=self._diag_ctx, server_hostname=host)
+            writer.close()
+            return err
+        except (TimeoutError, ssl.SSLError, OSError) as e:
+            refused = classify_failure(e, endpoint=self.endpoint, store=self.store, deadline_s=self.deadline_s)
+            return refused if isinstance(refused, KubeCredentialsRefused) else err
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> KubeApiClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def fetch_cluster(access: ClusterAccess, *, deadline_s: float = 15.0) -> ClusterSnapshot:
+    """Read ``/readyz`` and ``/api/v1/nodes`` once (a client for this one read). Raises a
+    ``KubeApiError`` (a ``ProbeError``) when the API cannot be evaluated: unreachable, credentials
+    refused, another HTTP status, its certificate not trusted, not a node list, past the deadline."""
+    keys = KeyLoader()
+    try:
+        async with KubeApiClient(access, keys=keys, deadline_s=deadline_s) as client:
+            return await client.snapshot()
+    finally:
+        keys.close()
 
 
 async def run_probe(probe: Probe, client: httpx.AsyncClient | None = None) -> ProbeResult:

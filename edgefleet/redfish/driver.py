@@ -17,9 +17,11 @@ that the node is powered, not that it rebooted; proving the new release booted i
 probes' job.
 
 ``reimage_sequence`` = eject stale media, insert boot image + seed, one-time boot from CD, reset,
-wait until the power is On. Waiting for the node to be healthy is the orchestrator's job, and so is
-calling ``eject_reimage_media`` once the node has installed itself (ejecting earlier would pull the
-installer's medium from under it).
+wait until the power is On. It is the one implementation of the sequence: the rollout engine runs
+it (with a ``before_step`` hook that re-checks the maintenance window before each step the store
+would notice) and the sushy-tools conformance test runs it. Waiting for the node to be healthy is
+the orchestrator's job, and so is calling ``eject_reimage_media`` once the node has installed
+itself (ejecting earlier would pull the installer's medium from under it).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -41,6 +43,7 @@ __all__ = [
     "PowerState",
     "RedfishDriver",
     "ReimageResult",
+    "ReimageStep",
     "SlotPlan",
     "choose_reset",
     "choose_slots",
@@ -410,10 +413,31 @@ class ReimageResult:
     total_s: float
 
 
+class ReimageStep(StrEnum):
+    """The steps of ``reimage_sequence`` a store notices, in order (``before_step`` is awaited
+    before each; ejecting stale media and waiting for the power are not among them)."""
+
+    insert_boot = "insert_boot"
+    insert_seed = "insert_seed"
+    boot_override = "boot_override"
+    reset = "reset"
+
+
+async def _no_guard(step: ReimageStep) -> None:
+    del step
+
+
 async def reimage_sequence(driver: RedfishDriver, boot_image_url: str, seed_url: str, *,
-                           power_deadline_s: float | None = None) -> ReimageResult:
+                           power_deadline_s: float | None = None,
+                           before_step: Callable[[ReimageStep], Awaitable[None]] | None = None) -> ReimageResult:
     """Insert the boot image (CD slot) and the seed (second slot), set a one-time boot from CD,
-    reset, and wait until the power is On. Stale media in either slot is ejected first."""
+    reset, and wait until the power is On. Stale media in either slot is ejected first.
+
+    ``before_step(step)`` is awaited before each ``ReimageStep``; it stops the sequence by raising
+    (the rollout engine raises when the maintenance window would close before the step: a slow
+    BMC must not push the reset past the window's end). What was done until then stays done: the
+    caller ejects the media when it gives up on the node."""
+    guard = before_step or _no_guard
     start = time.monotonic()
     plan = choose_slots(await driver.media_slots(), bmc=driver.bmc)
     ejected = []
@@ -422,10 +446,14 @@ async def reimage_sequence(driver: RedfishDriver, boot_image_url: str, seed_url:
             await driver.eject_media(slot)
             ejected.append(slot.id)
     t0 = time.monotonic()
+    await guard(ReimageStep.insert_boot)
     await driver.insert_media(plan.boot, boot_image_url)
+    await guard(ReimageStep.insert_seed)
     await driver.insert_media(plan.seed, seed_url)
     insert_s = time.monotonic() - t0
+    await guard(ReimageStep.boot_override)
     system = await driver.set_boot_once_cd()
+    await guard(ReimageStep.reset)
     # The body just read back (one request ago) carries PowerState and the Reset action: no
     # second read before the reset.
     reset_types = await driver.reset(power_deadline_s, system=system)

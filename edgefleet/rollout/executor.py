@@ -94,6 +94,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import Engine
 
 from edgefleet.errors import (
@@ -113,15 +114,17 @@ from edgefleet.errors import (
 from edgefleet.health.probes import ClusterSnapshot, run_probes
 from edgefleet.inventory.model import Fleet, Node, Role, Store, WipeMethod
 from edgefleet.redfish.connector import BmcClients, RetryPolicy, connector_for_node
-from edgefleet.redfish.driver import PowerState, RedfishDriver, choose_slots, eject_reimage_media
+from edgefleet.redfish.driver import RedfishDriver, ReimageStep, eject_reimage_media, reimage_sequence
 from edgefleet.releases.catalog import Release, ReleaseCatalog, verify_artifact
 from edgefleet.rollout.endpoints import Endpoints, StoreApi
 from edgefleet.rollout.gates import (
     RELEASE_LABEL,
     NodeBefore,
+    Observed,
     Verdict,
     VerdictKind,
     WaveDecision,
+    api_unread_reason,
     evaluate_node,
     evaluate_quorum,
     evaluate_rollback_node,
@@ -148,8 +151,8 @@ from edgefleet.schedule.windows import next_allowed_start
 from edgefleet.seeds.netseed import NetSeeds, nocloud_net_url
 from edgefleet.seeds.server import SeedServer
 
-__all__ = ["NETSEED_EXPIRES", "SEED_KEY_FILE", "EngineSettings", "Executor", "execute", "load_seed_server_key",
-           "nocloud_urls", "redact", "seeds_dir"]
+__all__ = ["NETSEED_EXPIRES", "SEED_KEY_FILE", "SEED_URL_PATTERN", "EngineSettings", "Executor", "execute",
+           "load_seed_server_key", "nocloud_urls", "redact", "seeds_dir"]
 
 WINDOW_SHUT = "its maintenance window did not open"  # the reason of a store skipped for want of a window
 
@@ -168,64 +171,89 @@ def redact(text: str) -> str:
     return _TOKEN.sub("/<token>/", text)
 
 
-@dataclass(frozen=True)
-class EngineSettings:
-    """Knobs of one execution. Durations ending in ``_s`` are real seconds; ``node_duration`` and
-    ``soak`` are on the rollout's clock (simulated time in sim mode)."""
+# The names an older edgefleet wrote into a rollout's ``policy`` (one flat dict, durations as
+# ``<name>_s`` seconds), and the plan's own keys that sat beside them (``operations._policy_json``).
+_LEGACY_SECONDS = {"node_duration_s": "node_duration", "soak_s": "soak", "wave_soak_s": "wave_soak",
+                   "step_margin_s": "step_margin"}
+SEED_URL_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"  # an http(s) URL with a host, no query, no userinfo
+_POLICY_KEYS = frozenset({"canary", "waves", "wave_groups", "failure_budget"})
 
-    max_concurrent: int = 100
-    max_per_region: int | None = None
-    max_per_country: int | None = None
+
+class EngineSettings(BaseModel):
+    """Knobs of one execution, validated. Durations ending in ``_s`` are real seconds;
+    ``node_duration``, ``soak``, ``wave_soak`` and ``step_margin`` are on the rollout's clock
+    (simulated time in sim mode).
+
+    Recorded whole with the rollout (``to_json``: every field, ``model_dump(mode="json")``) and read
+    back whole on resume (``from_json``), so a resumed rollout runs with exactly the settings it was
+    started with. A field missing from a record (one written before the field existed) takes its
+    default; a key this version does not know is refused (``StateError`` naming it), rather than
+    resuming with a setting silently dropped: it was written by a newer edgefleet."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_concurrent: int = Field(100, ge=1)
+    max_per_region: int | None = Field(None, ge=1)
+    max_per_country: int | None = Field(None, ge=1)
     node_duration: timedelta = timedelta(minutes=20)
     soak: timedelta = timedelta(0)
     wave_soak: timedelta = timedelta(0)  # between waves, after a wave passed its gate
-    node_ready_timeout_s: float = 1800.0
-    quorum_timeout_s: float = 600.0
-    store_gate_timeout_s: float = 600.0
-    window_wait_max_s: float = 25 * 3600.0  # the next daily window always opens within this
-    poll_s: float = 2.0
-    power_deadline_s: float | None = None
-    heartbeat_s: float = 5.0
-    seed_public_url: str | None = None
-    seed_token_ttl_s: float = 6 * 3600.0
+    node_ready_timeout_s: float = Field(1800.0, gt=0)
+    quorum_timeout_s: float = Field(600.0, gt=0)
+    store_gate_timeout_s: float = Field(600.0, gt=0)
+    window_wait_max_s: float = Field(25 * 3600.0, ge=0)  # the next daily window always opens within this
+    poll_s: float = Field(2.0, gt=0)
+    power_deadline_s: float | None = Field(None, gt=0)  # None: the BMC vendor's power transition time
+    heartbeat_s: float = Field(5.0, gt=0)
+    seed_public_url: str | None = Field(None, pattern=SEED_URL_PATTERN)
+    seed_token_ttl_s: float = Field(6 * 3600.0, gt=0)
     step_margin: timedelta = timedelta(minutes=5)  # room left in the window before each BMC step
     pre_hook: str | None = None  # Ansible playbook run before a store is touched (edgefleet.rollout.hooks)
     post_hook: str | None = None  # ... and after its store gate passed; failing: the store is rolled back
-    hook_timeout_s: float = 300.0
-    bmc_attempts: int = 4
-    bmc_backoff_s: float = 0.5
-    reimage_attempts: int = 3  # a node's Redfish sequence, from its start after an action failed transiently
-    inband_deadline_s: float = 120.0  # a talos-api node's Version, seed check and Reset, together
+    hook_timeout_s: float = Field(300.0, gt=0)
+    bmc_attempts: int = Field(4, ge=1)
+    bmc_backoff_s: float = Field(0.5, ge=0)
+    # a node's Redfish sequence, from its start after an action failed transiently
+    reimage_attempts: int = Field(3, ge=1)
+    inband_deadline_s: float = Field(120.0, gt=0)  # a talos-api node's Version, seed check and Reset, together
+
+    @field_validator("node_duration", "soak", "wave_soak", "step_margin")
+    @classmethod
+    def _not_negative(cls, v: timedelta) -> timedelta:
+        if v < timedelta(0):
+            raise ValueError("must not be negative")
+        return v
 
     def to_json(self) -> dict[str, Any]:
-        return {"max_concurrent": self.max_concurrent, "max_per_region": self.max_per_region,
-                "max_per_country": self.max_per_country, "node_duration_s": self.node_duration.total_seconds(),
-                "soak_s": self.soak.total_seconds(), "wave_soak_s": self.wave_soak.total_seconds(),
-                "node_ready_timeout_s": self.node_ready_timeout_s,
-                "quorum_timeout_s": self.quorum_timeout_s, "store_gate_timeout_s": self.store_gate_timeout_s,
-                "window_wait_max_s": self.window_wait_max_s, "poll_s": self.poll_s,
-                "bmc_attempts": self.bmc_attempts, "bmc_backoff_s": self.bmc_backoff_s,
-                "reimage_attempts": self.reimage_attempts,
-                "step_margin_s": self.step_margin.total_seconds(), "pre_hook": self.pre_hook,
-                "post_hook": self.post_hook, "hook_timeout_s": self.hook_timeout_s,
-                "inband_deadline_s": self.inband_deadline_s}
+        """Every field, as JSON (durations as ISO 8601 durations)."""
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_json(cls, data: dict[str, Any], **override: Any) -> EngineSettings:
-        names = ("max_concurrent", "max_per_region", "max_per_country", "node_ready_timeout_s", "quorum_timeout_s",
-                 "store_gate_timeout_s", "window_wait_max_s", "poll_s", "bmc_attempts", "bmc_backoff_s", "pre_hook",
-                 "post_hook", "hook_timeout_s", "inband_deadline_s", "reimage_attempts")
-        known: dict[str, Any] = {k: data[k] for k in names if k in data}
-        if "node_duration_s" in data:
-            known["node_duration"] = timedelta(seconds=float(data["node_duration_s"]))
-        if "step_margin_s" in data:
-            known["step_margin"] = timedelta(seconds=float(data["step_margin_s"]))
-        if "wave_soak_s" in data:
-            known["wave_soak"] = timedelta(seconds=float(data["wave_soak_s"]))
-        if "soak_s" in data:
-            known["soak"] = timedelta(seconds=float(data["soak_s"]))
+        """The settings recorded in a rollout's ``policy``: ``{"settings": {...}, <plan keys>}`` as
+        written now, or the flat dict an older edgefleet wrote (``node_duration_s`` and the other
+        ``_s`` durations in seconds, the plan's keys beside them). ``override``: fields to replace
+        (None values are ignored). Raises ``StateError`` for unknown keys or invalid values."""
+        if isinstance(data.get("settings"), dict):
+            known = dict(data["settings"])
+        else:
+            known = {k: v for k, v in data.items() if k not in _POLICY_KEYS}
+            for old, name in _LEGACY_SECONDS.items():
+                if old in known and name not in known:
+                    known[name] = timedelta(seconds=float(known.pop(old)))
         known.update({k: v for k, v in override.items() if v is not None})
-        return cls(**known)
+        unknown = sorted(set(known) - set(cls.model_fields))
+        if unknown:
+            raise StateError(f"the recorded engine settings hold {', '.join(unknown)}, which this edgefleet does not "
+                             "know: the rollout was recorded by a newer edgefleet; resume it with that version")
+        try:
+            return cls.model_validate(known)
+        except ValidationError as e:
+            raise StateError(f"the recorded engine settings are invalid: {_validation_text(e)}") from None
+
+
+def _validation_text(e: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
 
 
 def load_seed_server_key(home: Path) -> bytes:
@@ -315,8 +343,8 @@ class _Caps:
             yield
 
 
-def _before_from(snapshot: ClusterSnapshot | None, store: Store) -> dict[str, dict[str, Any]]:
-    by_name = {n.name: n for n in snapshot.nodes} if snapshot else {}
+def _before_from(snapshot: Observed, store: Store) -> dict[str, dict[str, Any]]:
+    by_name = {n.name: n for n in snapshot.nodes} if isinstance(snapshot, ClusterSnapshot) else {}
     return {n.name: {"release": by_name[n.name].label(RELEASE_LABEL) if n.name in by_name else None,
                      "ready": bool(by_name[n.name].ready) if n.name in by_name else False} for n in store.nodes}
 
@@ -396,6 +424,11 @@ class Executor:
                            secret=seed_key) as seeds:
             self.clients, self.api, self.seeds = clients, api, seeds
             self.netseeds = NetSeeds.attach(seeds)
+            # What this execution runs with, whole (a resume must show the settings of the start),
+            # and where its seed server listens (what a seed_public_url must lead to).
+            await self._event("execution_started", reason=f"seed server on {seeds.host}:{seeds.port}",
+                              detail={"settings": self.s.to_json(), "seed_server": f"{seeds.host}:{seeds.port}",
+                                      "resumed": rec.status is not RolloutStatus.planned})
             beat = asyncio.create_task(self._heartbeat())
             try:
                 status, reason = await self._waves(rec)
@@ -680,7 +713,7 @@ class Executor:
         for node in _ordered(store):
             if self._abort and not rollback:
                 raise _Aborted()
-            snap = await self.api.snapshot(store, readyz=False)
+            snap: Observed = await self.api.snapshot(store, readyz=False)
             gate = (evaluate_rollback_node(snap, node.name, release, before.get(node.name), rel.talos_version)
                     if rollback else evaluate_node(snap, node.name, release, rel.talos_version))
             if gate.passed:
@@ -704,7 +737,7 @@ class Executor:
                                    "Talos API access (a simulator without --talos-port?)")
             if node.role is Role.controlplane:
                 snap = await self._wait_quorum(store, node, phase, first=snap)
-            others_up = snap is not None and any(
+            others_up = isinstance(snap, ClusterSnapshot) and any(
                 n.name != node.name and n.ready for n in snap.nodes if n.name in {c.name for c in cps})
             bootstrap = node.role is Role.controlplane and not others_up
             if not await self._wait_window(store, self.s.node_duration):
@@ -742,7 +775,8 @@ class Executor:
                     raise
                 await self._eject(store, node)
                 snap = await self.api.snapshot(store, readyz=False)
-                st = next((n for n in snap.nodes if n.name == node.name), None) if snap else None
+                st = (next((n for n in snap.nodes if n.name == node.name), None)
+                      if isinstance(snap, ClusterSnapshot) else None)
                 await self.journal.write(*stmt_node(node.name, store.id, st.label(RELEASE_LABEL) if st else None,
                                                     bool(st and st.ready), self.now()))
                 if in_band and st is not None and st.ready:
@@ -825,7 +859,8 @@ class Executor:
 
         if store.seed_url is None and self.s.seed_public_url is None and self.endpoints.simulator is None:
             raise _StoreFailed(f"store {store.id} is reimaged in band but has no seed_url (the address its nodes "
-                               "reach the seed server under); set seed_url in the inventory or --seed-public-url")
+                               "reach the seed server under); set seed_url in the inventory, or give the run "
+                               "--seed-public-url (rollout start, rollback, provision, resume)")
         seed_file = seed_path(seeds_dir(self.home, rel.name, store.id), store.id, node.name)
         step = f"{phase}:{node.name}:reimage"
         await self.journal.write(stmt_run(self.id, store.id, step=step),
@@ -898,24 +933,17 @@ class Executor:
             raise _WindowClosed()
 
     async def _sequence(self, store: Store, driver: RedfishDriver, image_url: str, seed_url: str) -> dict[str, Any]:
-        """``redfish.driver.reimage_sequence``, step by step, with the window checked on our clock
-        before every step that the store would notice (insert, boot override, reset): a slow BMC
-        must not push the reset past the window's end."""
-        plan = choose_slots(await driver.media_slots(), bmc=driver.bmc)
-        for slot in (plan.boot, plan.seed):
-            if slot.inserted:
-                await driver.eject_media(slot)
-        self._guard(store)
-        await driver.insert_media(plan.boot, image_url)
-        self._guard(store)
-        await driver.insert_media(plan.seed, seed_url)
-        self._guard(store)
-        system = await driver.set_boot_once_cd()
-        self._guard(store)
-        # The System just read back carries PowerState and the Reset action: no second read.
-        resets = await driver.reset(self.s.power_deadline_s, system=system)
-        await driver.wait_power(PowerState.on, self.s.power_deadline_s)
-        return {"reset": list(resets), "boot_slot": plan.boot.id, "seed_slot": plan.seed.id}
+        """``redfish.driver.reimage_sequence`` (the code the sushy-tools conformance test runs),
+        with the window checked on our clock before every step that the store would notice
+        (insert, boot override, reset): a slow BMC must not push the reset past the window's end."""
+
+        async def before_step(step: ReimageStep) -> None:
+            del step  # every step the store notices needs the same room in the window
+            self._guard(store)
+
+        res = await reimage_sequence(driver, image_url, seed_url, power_deadline_s=self.s.power_deadline_s,
+                                     before_step=before_step)
+        return {"reset": list(res.reset_types), "boot_slot": res.boot_slot, "seed_slot": res.seed_slot}
 
     async def _eject(self, store: Store, node: Node) -> None:
         if _in_band(store):
@@ -962,8 +990,7 @@ class Executor:
         except (TalosCallFailed, SecretsError):
             return []
 
-    async def _wait_quorum(self, store: Store, node: Node, phase: str, *, first: ClusterSnapshot | None = None
-                           ) -> ClusterSnapshot | None:
+    async def _wait_quorum(self, store: Store, node: Node, phase: str, *, first: Observed = None) -> Observed:
         """Wait until the quorum gate lets ``node`` go down; ``first``: a snapshot just read (one
         request saved per control plane when the gate passes at once)."""
         deadline = time.monotonic() + self.s.quorum_timeout_s
@@ -1023,9 +1050,10 @@ class Executor:
             if v.passed:
                 return v
             if time.monotonic() > deadline:
-                if snap is None:
-                    raise _StoreFailed(f"node {node.name}: the store's Kubernetes API never answered within "
-                                       f"{self.s.node_ready_timeout_s:g} s", inconclusive=True)
+                if not isinstance(snap, ClusterSnapshot):
+                    # Says nothing about the release: the API could not be looked at (and why).
+                    raise _StoreFailed(f"node {node.name}: for {self.s.node_ready_timeout_s:g} s, "
+                                       f"{api_unread_reason(snap)}", inconclusive=True)
                 return Verdict(VerdictKind.failed, (
                     *v.reasons, f"not Ready on {rel.name} within {self.s.node_ready_timeout_s:g} s"))
             await self._sleep(self.s.poll_s)
@@ -1047,7 +1075,8 @@ class Executor:
             elif not soaking:
                 healthy_since = None
             if time.monotonic() > deadline:
-                raise _StoreFailed(f"store gate on {release}: {v.why()}", inconclusive=snap is None)
+                raise _StoreFailed(f"store gate on {release}: {v.why()}",
+                                   inconclusive=not isinstance(snap, ClusterSnapshot))
             await self._sleep(self.s.poll_s if not soaking else min(
                 self.s.poll_s, self.endpoints.real_seconds(self.s.soak.total_seconds())))
 

@@ -22,15 +22,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
+from edgefleet.errors import KubeApiError, KubeApiUnreachable, KubeCredentialsRefused
 from edgefleet.health.probes import ClusterSnapshot, ProbeResult, evaluate_cluster, expectation_for_store
 from edgefleet.inventory.model import Role, Store
 
 __all__ = [
     "RELEASE_LABEL",
     "NodeBefore",
+    "Observed",
     "Verdict",
     "VerdictKind",
     "WaveDecision",
+    "api_unread_reason",
     "evaluate_node",
     "evaluate_quorum",
     "evaluate_rollback_node",
@@ -72,20 +75,37 @@ class NodeBefore:
     ready: bool
 
 
+# What the store's Kubernetes API said: a snapshot, or why it could not be read (None: unknown).
+Observed = ClusterSnapshot | KubeApiError | None
+
+
 def _pending(*reasons: str) -> Verdict:
     return Verdict(VerdictKind.pending, tuple(reasons))
 
 
-def node_on_release(snapshot: ClusterSnapshot | None, node: str, release: str, talos_version: str | None) -> bool:
+def api_unread_reason(error: KubeApiError | None) -> str:
+    """Why a gate could not look at the store (pure): credentials refused, no answer, or unreadable.
+    The error's detail only: the store is the gate's, and its endpoint is not for the ledger."""
+    if isinstance(error, KubeCredentialsRefused):
+        return f"the store's Kubernetes API refused edgefleet's credentials ({error.detail})"
+    if error is None:
+        return "the store's Kubernetes API does not answer"
+    if isinstance(error, KubeApiUnreachable):
+        return f"the store's Kubernetes API does not answer ({error.detail})"
+    return f"the store's Kubernetes API cannot be read ({error.detail})"
+
+
+def node_on_release(snapshot: Observed, node: str, release: str, talos_version: str | None) -> bool:
     """Ready, labelled with ``release`` and (when given) running ``talos_version``: nothing to do."""
     return evaluate_node(snapshot, node, release, talos_version).passed
 
 
-def evaluate_node(snapshot: ClusterSnapshot | None, node: str, release: str, talos_version: str | None) -> Verdict:
+def evaluate_node(snapshot: Observed, node: str, release: str, talos_version: str | None) -> Verdict:
     """Node gate: the node is registered, Ready, labelled ``edgefleet.io/release=<release>`` and its
-    OS image names ``talos_version``. ``snapshot`` None: the API could not be read (pending)."""
-    if snapshot is None:
-        return _pending("the store's Kubernetes API does not answer")
+    OS image names ``talos_version``. No snapshot (an error, or None): the API could not be read
+    (pending, saying why)."""
+    if not isinstance(snapshot, ClusterSnapshot):
+        return _pending(api_unread_reason(snapshot))
     st = next((n for n in snapshot.nodes if n.name == node), None)
     if st is None:
         return _pending(f"node {node} is not registered")
@@ -99,12 +119,12 @@ def evaluate_node(snapshot: ClusterSnapshot | None, node: str, release: str, tal
     return _pending(*reasons) if reasons else PASSED
 
 
-def evaluate_rollback_node(snapshot: ClusterSnapshot | None, node: str, release: str, before: NodeBefore | None,
+def evaluate_rollback_node(snapshot: Observed, node: str, release: str, before: NodeBefore | None,
                            talos_version: str | None) -> Verdict:
     """A node brought back to ``release``: as ``evaluate_node``, except that a node which was not
     Ready before the operation touched it only has to be back on the release (label), not Ready."""
     v = evaluate_node(snapshot, node, release, talos_version)
-    if v.passed or before is None or before.ready or snapshot is None:
+    if v.passed or before is None or before.ready or not isinstance(snapshot, ClusterSnapshot):
         return v
     st = next((n for n in snapshot.nodes if n.name == node), None)
     if st is not None and st.label(RELEASE_LABEL) == release:
@@ -112,15 +132,15 @@ def evaluate_rollback_node(snapshot: ClusterSnapshot | None, node: str, release:
     return v
 
 
-def evaluate_quorum(store: Store, snapshot: ClusterSnapshot | None, node: str,
+def evaluate_quorum(store: Store, snapshot: Observed, node: str,
                     etcd_members: Sequence[str] | None) -> Verdict:
     """May control plane ``node`` go down now? Every OTHER control plane must be Ready in
     Kubernetes and, when the Talos API was asked (``etcd_members`` not None), an etcd member."""
     others = [n.name for n in store.nodes if n.role is Role.controlplane and n.name != node]
     if not others:
         return PASSED  # a single control plane: the store is down during its reimage by design
-    if snapshot is None:
-        return _pending("the store's Kubernetes API does not answer")
+    if not isinstance(snapshot, ClusterSnapshot):
+        return _pending(api_unread_reason(snapshot))
     by_name = {n.name: n for n in snapshot.nodes}
     reasons = []
     for o in others:
@@ -132,14 +152,14 @@ def evaluate_quorum(store: Store, snapshot: ClusterSnapshot | None, node: str,
     return _pending(*reasons) if reasons else PASSED
 
 
-def evaluate_store(store: Store, snapshot: ClusterSnapshot | None, release: str, probes: Sequence[ProbeResult], *,
+def evaluate_store(store: Store, snapshot: Observed, release: str, probes: Sequence[ProbeResult], *,
                    healthy_since: datetime | None, now: datetime, soak: timedelta,
                    before: Mapping[str, NodeBefore] | None = None) -> Verdict:
     """Store gate: ``/readyz`` ok, every node Ready on ``release`` (nodes that were not Ready before
     the operation, when ``before`` is given, need only be on the release), the custom probes pass,
     and the store has been healthy for ``soak`` (``healthy_since``: when it was first seen healthy)."""
-    if snapshot is None:
-        return _pending("the store's Kubernetes API does not answer")
+    if not isinstance(snapshot, ClusterSnapshot):
+        return _pending(api_unread_reason(snapshot))
     verdict = evaluate_cluster(snapshot, expectation_for_store(store, labels={RELEASE_LABEL: release}))
     reasons = list(verdict.problems)
     if before:

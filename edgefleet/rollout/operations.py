@@ -59,9 +59,13 @@ def settings_for(policy: RolloutPolicy, base: EngineSettings | None = None) -> E
                              "node_duration": policy.node_duration, "wave_soak": policy.wave_soak})
 
 
-def _policy_json(policy: RolloutPolicy, settings: EngineSettings) -> dict[str, Any]:
+def _policy_json(policy: RolloutPolicy | None, settings: EngineSettings) -> dict[str, Any]:
+    """What a rollout records of how it was asked to run: the engine settings whole (read back by
+    ``EngineSettings.from_json`` on resume) and the plan's policy."""
+    if policy is None:
+        return {"settings": settings.to_json()}
     canary: Any = policy.canary if isinstance(policy.canary, int) else list(policy.canary)
-    return {**settings.to_json(), "canary": canary, "waves": [str(w) for w in policy.waves],
+    return {"settings": settings.to_json(), "canary": canary, "waves": [str(w) for w in policy.waves],
             "wave_groups": list(policy.wave_groups), "failure_budget": str(policy.failure_budget)}
 
 
@@ -150,7 +154,7 @@ def create_provision(fleet: Fleet, engine: Engine, home: Path, store_id: str, re
     st = settings or EngineSettings()
     rid = new_rollout_id("provision", now)
     rec = ledger.create_rollout(rollout_id=rid, kind=Kind.provision, release=release, now=now,
-                                policy=st.to_json(), plan={"stores": [store_id]}, operator=operator,
+                                policy=_policy_json(None, st), plan={"stores": [store_id]}, operator=operator,
                                 waves=[(0, "provision", 0)], runs=[(store_id, 0, None, release)])
     ledger.write(stmt_run(rid, store_id, detail={"cluster_exists": seen}))
     return Created(rec, None)

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edgefleet.errors import ProbeError
+from edgefleet.errors import KubeApiError, KubeApiUnreachable, KubeCredentialsRefused, ProbeError
 from edgefleet.health import (
     CONTROL_PLANE_LABEL,
     ClientCert,
@@ -295,6 +295,19 @@ def test_refused_tls_is_a_probe_error(pki: Pki, kube: tuple[str, KubeState], whi
     }[which]
     with pytest.raises(ProbeError, match=r"Kubernetes API https://127\.0\.0\.1:\d+: "):
         run(fetch_cluster(access, deadline_s=5))
+
+
+def test_refusals_are_typed(pki: Pki, kube: tuple[str, KubeState]) -> None:
+    """A client certificate of another CA is refused credentials (permanent), not an unreachable API;
+    a server certificate the given CA does not sign is neither."""
+    url, _ = kube
+    rogue = ClusterAccess(url, ca=pki.ca, client_cert=ClientCert(pki.other_client_cert, pki.other_client_key))
+    with pytest.raises(KubeCredentialsRefused, match="refused edgefleet's client certificate") as ei:
+        run(fetch_cluster(rogue, deadline_s=5))
+    assert not ei.value.transient
+    with pytest.raises(KubeApiError, match="server certificate is not trusted") as ej:
+        run(fetch_cluster(ClusterAccess(url, client_cert=ClientCert(pki.client_cert, pki.client_key)), deadline_s=5))
+    assert not isinstance(ej.value, KubeCredentialsRefused | KubeApiUnreachable) and not ej.value.transient
 
 
 def test_not_a_node_list_is_a_probe_error(pki: Pki, kube: tuple[str, KubeState]) -> None:

@@ -40,6 +40,7 @@ from edgefleet.redfish import (
     BmcClients,
     PowerState,
     RedfishDriver,
+    ReimageStep,
     RetryPolicy,
     Timeouts,
     connector_for_node,
@@ -54,7 +55,7 @@ USER = "fleetadmin"
 PASSWORD = "s3cret-Pa55-w0rd-42"
 PASSWORD_ENV = "EDGEFLEET_TEST_BMC_PASSWORD"
 ENV = {PASSWORD_ENV: PASSWORD}
-SYSTEMS = [f"node-{i}" for i in range(8)]
+SYSTEMS = [f"node-{i}" for i in range(10)]
 POWER_DEADLINE_S = 25.0  # the fake driver applies power changes 1-11 s after the action
 
 
@@ -247,6 +248,49 @@ def test_reimage_sequence_basic_auth(sushy_http: Sushy, images: dict[str, str],
     asyncio.run(run())
     assert PASSWORD not in caplog.text
     assert PASSWORD not in sushy_http.log.read_text()
+
+
+class _Stop(Exception):
+    """Raised by a test's ``before_step`` hook, as the rollout engine's window guard would."""
+
+
+def test_before_step_hook_sees_each_step_and_can_stop_the_sequence(sushy_http: Sushy, images: dict[str, str]) -> None:
+    """The hook the rollout engine guards the maintenance window with: awaited before each step the
+    store notices, in order, with the emulator's state showing the previous steps done and the
+    next one not yet; a hook that raises stops the sequence before its step."""
+    async def run() -> None:
+        async with BmcClients() as clients:
+            drv = driver_for(node(SYSTEMS[8], sushy_http.url), clients)
+            await eject_reimage_media(drv)
+            seen: list[tuple[str, bool, bool, Any]] = []
+
+            async def record(step: ReimageStep) -> None:
+                slots = {s.id: s for s in await drv.media_slots()}
+                target = (await drv.system())["Boot"].get("BootSourceOverrideTarget")
+                seen.append((step.value, slots["Cd"].inserted, slots["Floppy"].inserted, target))
+
+            result = await reimage_sequence(drv, images["boot"], images["seed"], power_deadline_s=POWER_DEADLINE_S,
+                                            before_step=record)
+            assert [s[0] for s in seen] == ["insert_boot", "insert_seed", "boot_override", "reset"]
+            assert seen[0][1:3] == (False, False) and seen[1][1:3] == (True, False)
+            assert seen[2][1:3] == (True, True) and seen[3][1:] == (True, True, "Cd")
+            assert result.reset_types and await drv.power_state() is PowerState.on
+
+            # Stopped before the seed goes in: the boot image is in, the seed slot untouched.
+            await eject_reimage_media(drv)
+
+            async def stop_at_seed(step: ReimageStep) -> None:
+                if step is ReimageStep.insert_seed:
+                    raise _Stop()
+
+            with pytest.raises(_Stop):
+                await reimage_sequence(drv, images["boot"], images["seed"], power_deadline_s=POWER_DEADLINE_S,
+                                       before_step=stop_at_seed)
+            slots = {s.id: s for s in await drv.media_slots()}
+            assert slots["Cd"].inserted and not slots["Floppy"].inserted
+            assert await eject_reimage_media(drv) == ("Cd",)
+
+    asyncio.run(run())
 
 
 def test_wrong_password_is_a_typed_401(sushy_http: Sushy, caplog: pytest.LogCaptureFixture) -> None:

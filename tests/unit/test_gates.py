@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgefleet.errors import KubeApiStatusError, KubeApiUnreachable, KubeCredentialsRefused
 from edgefleet.health.probes import ClusterSnapshot, NodeStatus, ProbeResult
 from edgefleet.inventory.model import Store
 from edgefleet.rollout.gates import (
@@ -118,3 +119,26 @@ def test_wave_gate_properties(failed: int, inconclusive: int, budget: int) -> No
     if failed + inconclusive <= budget:
         assert decision is WaveDecision.proceed
     assert str(budget) in why
+
+
+def test_gates_say_why_the_api_could_not_be_read() -> None:
+    """Refused credentials read as such, not as an API that does not answer; every gate is pending."""
+    store = _store(["controlplane"] * 3)
+    refused = KubeCredentialsRefused("HTTP 403 on /api/v1/nodes", endpoint="https://10.1.0.9:6443", store="s1",
+                                     status=403)
+    down = KubeApiUnreachable("no answer within 10 s", endpoint="https://10.1.0.9:6443", store="s1")
+    odd = KubeApiStatusError("HTTP 404 on /api/v1/nodes", endpoint="https://10.1.0.9:6443", status=404)
+    verdicts = {
+        "node": lambda e: evaluate_node(e, "n1", "v2", None),
+        "rollback": lambda e: evaluate_rollback_node(e, "n1", "v2", NodeBefore("v1", False), None),
+        "quorum": lambda e: evaluate_quorum(store, e, "n1", None),
+        "store": lambda e: evaluate_store(store, e, "v2", (), healthy_since=None, now=NOW, soak=timedelta(0)),
+    }
+    for name, gate in verdicts.items():
+        v = gate(refused)
+        assert v.kind is VerdictKind.pending, name
+        assert "refused edgefleet's credentials" in v.why() and "HTTP 403" in v.why() and "not answer" not in v.why()
+        assert "10.1.0.9" not in v.why() + gate(down).why() + gate(odd).why()  # no endpoint in the ledger
+        assert "does not answer" in gate(down).why() and "no answer within 10 s" in gate(down).why()
+        assert "cannot be read" in gate(odd).why() and "HTTP 404" in gate(odd).why()
+        assert gate(None).why() == "the store's Kubernetes API does not answer"

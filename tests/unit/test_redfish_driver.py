@@ -130,3 +130,20 @@ def test_insert_media_409_is_done_only_when_the_slot_holds_this_very_url(held: s
     else:
         with pytest.raises(BmcError, match="409"):
             asyncio.run(call)
+
+
+def test_the_rollout_engine_runs_the_one_reimage_sequence() -> None:
+    """The engine reimages through ``reimage_sequence`` (what the sushy-tools conformance test runs),
+    guarding the window through its ``before_step`` hook; it sends none of the sequence's steps
+    itself (only the eject after the node is up, which is not part of the sequence)."""
+    import ast
+    import inspect
+
+    import edgefleet.rollout.executor as executor
+
+    tree = ast.parse(inspect.getsource(executor))
+    called = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
+              for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    steps = {"choose_slots", "media_slots", "insert_media", "eject_media", "set_boot_once_cd", "reset", "wait_power"}
+    assert not called & steps, sorted(called & steps)
+    assert "reimage_sequence" in called

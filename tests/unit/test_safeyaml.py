@@ -29,6 +29,20 @@ def _bomb(levels: int = 9, key: str = "lol") -> str:
     return "\n".join(lines) + "\n"
 
 
+# The child reports its own high-water mark (VmHWM belongs to the address space exec made):
+# ru_maxrss of a child forked from this test process would count pytest's own pages too.
+_MEASURED = """
+import atexit, runpy, sys
+out = sys.argv.pop(1)
+def _peak():
+    hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0]
+    open(out, "w").write(str(int(hwm.split()[1]) * 1024))
+atexit.register(_peak)
+sys.argv[0] = "edgefleet"
+runpy.run_module("edgefleet.cli", run_name="__main__")
+"""
+
+
 def _run_cli_measured(args: list[str], cwd: Path) -> tuple[int, str, float, int]:
     """``edgefleet ARGS`` in a child process: (exit code, stderr, seconds, peak RSS in bytes). The
     child's address space is capped at 2 GiB so that a loader without limits fails fast instead of
@@ -37,14 +51,15 @@ def _run_cli_measured(args: list[str], cwd: Path) -> tuple[int, str, float, int]
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
 
+    peak = cwd / "peak-rss"
     t0 = time.monotonic()
-    p = subprocess.Popen([sys.executable, "-m", "edgefleet.cli", *args], cwd=cwd, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "300"}, preexec_fn=cap)
-    assert p.stderr is not None
-    err = p.stderr.read().decode(errors="replace")
-    _pid, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, err, time.monotonic() - t0, usage.ru_maxrss * 1024  # Linux: ru_maxrss in KiB
+    p = subprocess.run([sys.executable, "-c", _MEASURED, str(peak), *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "300"}, preexec_fn=cap, timeout=120,
+                       check=False)
+    seconds = time.monotonic() - t0
+    err = p.stderr.decode(errors="replace")
+    assert peak.exists(), f"the child did not report its peak memory: {err[-2000:]}"
+    return p.returncode, err, seconds, int(peak.read_text())
 
 
 def test_alias_bomb_in_an_inventory_is_refused_fast_with_bounded_memory_and_a_line(sample_copy: Path) -> None:

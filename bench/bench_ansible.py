@@ -118,7 +118,6 @@ def run_ansible(fleet: Any, waves: list[list[str]], sim: Simulator, home: Path, 
     from edgefleet.releases.catalog import ReleaseCatalog, verify_artifact
     from edgefleet.seeds.build import build_seeds
     from edgefleet.state.db import create_state_engine
-    from edgefleet.talos.config import ReleaseRef
 
     engine = create_state_engine(state)
     try:
@@ -127,8 +126,7 @@ def run_ansible(fleet: Any, waves: list[list[str]], sim: Simulator, home: Path, 
         engine.dispose()
     image_rel = verify_artifact(rel).resolve().relative_to(home.resolve()).as_posix()
     seed_dir = home / "seeds" / "ansible" / release
-    ref = ReleaseRef(name=rel.name, talos_version=rel.talos_version, kubernetes_version=rel.kubernetes_version,
-                     installer_image=rel.installer_image)
+    ref = rel.ref()
     stores = [s for w in waves for s in w]
     build_seeds(fleet, stores, None, ref, home, seed_dir, now=datetime.now(UTC), existing_clusters=stores)
     endpoints = sim.get("/sim/endpoints")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgefleet.prefect_server import free_port
 from tests.helpers import require_tool
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -27,13 +27,6 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 def _as_postgres(cmd: str, timeout: float = 120) -> None:
     argv = ["su", "postgres", "-c", cmd] if os.geteuid() == 0 else ["sh", "-c", cmd]
     subprocess.run(argv, check=True, capture_output=True, timeout=timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ def existing_catalog() -> ReleaseCatalog:
     """The release catalog of the state store in use, which must already exist: a command that only
     reads releases never creates an empty state store (a SQLite file in the wrong directory)."""
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
     from edgefleet.releases.catalog import ReleaseCatalog
     from edgefleet.state.db import open_state
@@ -73,7 +74,7 @@ def existing_catalog() -> ReleaseCatalog:
     url = default_state_url()
     try:
         parsed = make_url(url)
-    except Exception:
+    except ArgumentError:  # open_state names a bad URL with the fix
         parsed = None
     if parsed is not None and parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         db = Path(str(parsed.database))

@@ -35,9 +35,7 @@ app = typer.Typer(no_args_is_help=True, help="Build and inspect NoCloud seed ISO
 def release_ref(name: str) -> ReleaseRef:
     """The catalog's release ``name`` as a ``ReleaseRef``; ReleaseInputError (exit 2) if it was never
     built or was revoked."""
-    release = existing_catalog().require_rollable(name)
-    return ReleaseRef(name=release.name, talos_version=release.talos_version,
-                      kubernetes_version=release.kubernetes_version, installer_image=release.installer_image)
+    return existing_catalog().require_rollable(name).ref()
 
 
 @app.command()

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from edgefleet.errors import ArtifactError, ReleaseInputError, StateError
 from edgefleet.state.db import Base, session_scope
+from edgefleet.talos.config import ReleaseRef
 
 
 class ReleaseState(StrEnum):
@@ -97,6 +98,11 @@ class Release:
     created_at: datetime
     state_changed_at: datetime
     note: str = ""
+
+    def ref(self) -> ReleaseRef:
+        """What a machine config needs of this release (versions and installer image)."""
+        return ReleaseRef(name=self.name, talos_version=self.talos_version,
+                          kubernetes_version=self.kubernetes_version, installer_image=self.installer_image)
 
     def to_json(self) -> dict[str, object]:
         return {"name": self.name, "state": self.state.value, "artifact_path": str(self.artifact_path),

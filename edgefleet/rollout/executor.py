@@ -792,10 +792,9 @@ class Executor:
 
     async def _build_seeds(self, store: Store, rel: Release, cluster_exists: bool) -> None:
         from edgefleet.seeds.build import build_seeds
-        from edgefleet.talos.config import ReleaseRef, default_schema
+        from edgefleet.talos.config import default_schema
 
-        ref = ReleaseRef(name=rel.name, talos_version=rel.talos_version, kubernetes_version=rel.kubernetes_version,
-                         installer_image=rel.installer_image)
+        ref = rel.ref()
         out = seeds_dir(self.home, rel.name, store.id)
         try:
             report = await asyncio.to_thread(build_seeds, self.fleet, [store.id], None, ref, self.home, out,

@@ -10,8 +10,8 @@ from datetime import datetime
 import pytest
 
 from edgefleet.errors import InputError, ScheduleError
+from edgefleet.prefect_server import free_port
 from edgefleet.schedule.prefect_schedule import RunRequest, cancel_runs, create_runs, list_runs
-from tests.pg import free_port
 
 
 @pytest.fixture

@@ -63,23 +63,40 @@ class TalosAccess:
 
 class SimClock:
     """The simulator's clock: read from ``/sim/clock`` (``await sync()``), then extrapolated locally
-    with its time scale until the next sync."""
+    with its time scale until the next sync.
 
-    def __init__(self, url: str):
+    A reading is ``samples`` round trips, NTP-style: each answer is taken to hold the clock at the
+    midpoint of its round trip, and the fastest round trip wins. At the simulator's time scales a
+    slow answer matters: at 3600x, 1.5 s spent waiting for ``/sim/clock`` on a loaded machine
+    would put our clock an hour and a half behind the simulator's, and window checks would let a
+    step through long after the window shut. ``uncertainty`` is what remains: half the best round
+    trip, in simulated time."""
+
+    def __init__(self, url: str, *, samples: int = 5):
         self.url = url.rstrip("/") + "/sim/clock"
+        self.samples = max(1, samples)
         self.scale = 1.0
+        self.uncertainty = timedelta(0)
         self._base = datetime.now(UTC)
         self._mono = time.monotonic()
 
     async def sync(self) -> None:
+        best: tuple[float, float, datetime, float] | None = None  # (round trip, midpoint, clock, scale)
         try:
             async with httpx.AsyncClient(trust_env=False, timeout=10) as c:
-                data = (await c.get(self.url)).json()
-            base = datetime.fromisoformat(str(data["now"]).replace("Z", "+00:00")).astimezone(UTC)
-            scale = float(data["time_scale"])
+                for _ in range(self.samples):
+                    sent = time.monotonic()
+                    data = (await c.get(self.url)).json()
+                    got = time.monotonic()
+                    base = datetime.fromisoformat(str(data["now"]).replace("Z", "+00:00")).astimezone(UTC)
+                    scale = float(data["time_scale"])
+                    if best is None or got - sent < best[0]:
+                        best = (got - sent, (sent + got) / 2, base, scale)
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
             raise ProbeError(f"cannot read the simulator's clock at {self.url}: {e}") from None
-        self._base, self.scale, self._mono = base, scale, time.monotonic()
+        assert best is not None
+        rtt, self._mono, self._base, self.scale = best
+        self.uncertainty = timedelta(seconds=rtt / 2 * self.scale)
 
     def __call__(self) -> datetime:
         return self._base + timedelta(seconds=(time.monotonic() - self._mono) * self.scale)

@@ -35,7 +35,7 @@ class _Clock(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Clock
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         self.server.calls += 1
         body = json.dumps({"now": self.server.now().isoformat(), "time_scale": SCALE}).encode()
         if self.server.calls <= self.server.slow:

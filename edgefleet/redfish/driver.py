@@ -16,6 +16,13 @@ fake driver goes ``Off`` at once, real firmware varies), so "power is On" after 
 that the node is powered, not that it rebooted; proving the new release booted is the health
 probes' job.
 
+Reads are retried, actions are not blindly repeated: a read (the System, its power state, virtual
+media, the service root) that fails transiently is read again until ``read_deadline_s`` (the
+sequence sets it to its power deadline; a 500 on a power-state GET says nothing about the node),
+while wait loops (``wait_power``) read through transient failures until their own deadline. An
+action (InsertMedia, the boot override PATCH, a reset) is left to the connector's rule: repeated
+only when it cannot have been applied, else it fails the step.
+
 ``reimage_sequence`` = eject stale media, insert boot image + seed, one-time boot from CD, reset,
 wait until the power is On. It is the one implementation of the sequence: the rollout engine runs
 it (with a ``before_step`` hook that re-checks the maintenance window before each step the store
@@ -32,11 +39,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from edgefleet.errors import BmcError
-from edgefleet.redfish.connector import Connector
+from edgefleet.redfish.connector import Connector, RedfishResponse
 from edgefleet.redfish.quirks import GENERIC, VendorQuirks, quirks_for
+from edgefleet.retry import RetryPolicy, retrying
 
 __all__ = [
     "MediaSlot",
@@ -52,6 +60,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("edgefleet.redfish")
+
+T = TypeVar("T")
 
 CD_TYPES = frozenset({"CD", "DVD"})
 REMOVABLE_TYPES = frozenset({"USBStick", "Floppy"})
@@ -181,6 +191,8 @@ class RedfishDriver:
     vendor: str | None = None  # the inventory's bmc.vendor
     system_id: str | None = None
     poll_interval_s: float = 1.0
+    # how long a read is retried after transient failures (None: the connector's attempts only)
+    read_deadline_s: float | None = None
     quirks: VendorQuirks = field(default=GENERIC, init=False)
     _system: str | None = field(default=None, init=False, repr=False)
     _system_body: dict[str, Any] | None = field(default=None, init=False, repr=False)
@@ -193,6 +205,24 @@ class RedfishDriver:
     def _err(self, message: str, operation: str, *, transient: bool = False) -> BmcError:
         return BmcError(message, bmc=self.bmc, operation=operation, transient=transient)
 
+    def _read_policy(self, deadline_s: float) -> RetryPolicy:
+        return RetryPolicy(attempts=None, backoff_s=self.poll_interval_s, backoff_max_s=4 * self.poll_interval_s,
+                           deadline_s=max(0.0, deadline_s))
+
+    async def _read(self, read: Callable[[], Awaitable[T]], deadline_s: float | None = None) -> T:
+        """An idempotent read, read again after a transient failure until ``deadline_s`` (default
+        ``read_deadline_s``; None: once, the connector's own attempts only)."""
+        limit = self.read_deadline_s if deadline_s is None else deadline_s
+        if limit is None:
+            return await read()
+        return await retrying(self._read_policy(limit), read)
+
+    async def _get(self, path: str, operation: str) -> RedfishResponse:
+        return await self._read(lambda: self.conn.get(path, operation))
+
+    async def _root(self, operation: str) -> dict[str, Any]:
+        return await self._read(lambda: self.conn.service_root(operation))
+
     # -- discovery -----------------------------------------------------------------------------
 
     async def system_path(self) -> str:
@@ -200,11 +230,11 @@ class RedfishDriver:
         if self._system is not None:
             return self._system
         op = "find the system"
-        root = await self.conn.service_root(op)
+        root = await self._root(op)
         systems = _link(root, "Systems")
         if systems is None:
             raise self._err("the service root has no Systems link", op)
-        members = _members((await self.conn.get(systems, op)).body)
+        members = _members((await self._get(systems, op)).body)
         if not members:
             raise self._err(f"{systems} lists no systems", op)
         chosen: str | None = None
@@ -213,14 +243,14 @@ class RedfishDriver:
             chosen = members[0]
         else:
             for m in members:
-                b = (await self.conn.get(m, op)).body
+                b = (await self._get(m, op)).body
                 if self.system_id in (b.get("Id"), b.get("Name"), b.get("UUID")):
                     chosen, body = m, b
                     break
             if chosen is None:
                 raise self._err(f"no system with Id/Name {self.system_id!r} among {len(members)}", op)
         if body is None:
-            body = (await self.conn.get(chosen, op)).body
+            body = (await self._get(chosen, op)).body
         self._system, self._system_body = chosen, body
         manufacturer = body.get("Manufacturer")
         self.quirks = quirks_for(self.vendor, manufacturer if isinstance(manufacturer, str) else None)
@@ -229,7 +259,7 @@ class RedfishDriver:
     async def system(self, operation: str = "read the system") -> dict[str, Any]:
         """A fresh read of the ComputerSystem resource."""
         path = await self.system_path()
-        body = (await self.conn.get(path, operation)).body
+        body = (await self._get(path, operation)).body
         self._system_body = body
         return body
 
@@ -250,33 +280,42 @@ class RedfishDriver:
         managers = [m["@odata.id"] for m in (sysbody.get("Links") or {}).get("ManagedBy") or []
                     if isinstance(m, dict) and isinstance(m.get("@odata.id"), str)]
         if not managers:
-            root = await self.conn.service_root(op)
+            root = await self._root(op)
             mlink = _link(root, "Managers")
             if mlink:
-                managers = _members((await self.conn.get(mlink, op)).body)
+                managers = _members((await self._get(mlink, op)).body)
         for m in managers:
-            vm = _link((await self.conn.get(m, op)).body, "VirtualMedia")
+            vm = _link((await self._get(m, op)).body, "VirtualMedia")
             if vm and vm not in collections:
                 collections.append(vm)
         if not collections:
             raise self._err(f"neither {sys_path} nor its managers link a VirtualMedia collection", op)
         seen: dict[str, None] = {}
         for c in collections:
-            for member in _members((await self.conn.get(c, op)).body):
+            for member in _members((await self._get(c, op)).body):
                 seen.setdefault(member)
         slots = [await self._read_slot(member, op) for member in seen]
         self._slot_paths = list(seen)
         return slots
 
     async def _read_slot(self, member: str, op: str) -> MediaSlot:
-        slot = parse_media_slot((await self.conn.get(member, op)).body)
+        slot = parse_media_slot((await self._get(member, op)).body)
         return slot if slot.path else MediaSlot(member, slot.id, slot.media_types, slot.inserted, slot.image,
                                                 slot.insert_target, slot.eject_target)
 
     # -- power --------------------------------------------------------------------------------
 
     async def power_state(self) -> PowerState:
-        body = await self.system("get power state")
+        return self._power_of(await self.system("get power state"))
+
+    async def _power_now(self) -> PowerState:
+        """One power-state read (the connector's attempts only): ``wait_power`` decides how long
+        to read again."""
+        body = (await self.conn.get(await self.system_path(), "get power state")).body
+        self._system_body = body
+        return self._power_of(body)
+
+    def _power_of(self, body: dict[str, Any]) -> PowerState:
         value = body.get("PowerState")
         try:
             return PowerState(str(value))
@@ -284,13 +323,15 @@ class RedfishDriver:
             raise self._err(f"unknown PowerState {value!r}", "get power state") from None
 
     async def wait_power(self, want: PowerState, deadline_s: float | None = None) -> float:
-        """Poll until the power state is ``want``; returns the seconds waited. Raises a transient
-        ``BmcError`` at the deadline (default: the vendor's power transition time)."""
+        """Poll until the power state is ``want``; returns the seconds waited. A read failing
+        transiently is read again within the deadline (default: the vendor's power transition
+        time); at the deadline a transient ``BmcError`` (the last read's failure, or the state)."""
         limit = deadline_s if deadline_s is not None else self.quirks.power_transition_s
         start = time.monotonic()
         last: PowerState | None = None
         while True:
-            last = await self.power_state()
+            # Read through transient failures until the wait's own deadline.
+            last = await self._read(self._power_now, deadline_s=limit - (time.monotonic() - start))
             waited = time.monotonic() - start
             if last is want:
                 return waited
@@ -344,7 +385,7 @@ class RedfishDriver:
         a GET (sushy-tools answers 204)."""
         op = "set one-time boot from CD"
         path = await self.system_path()
-        current = await self.conn.get(path, op)
+        current = await self._get(path, op)
         boot = current.body.get("Boot") or {}
         allowed = boot.get("BootSourceOverrideTarget@Redfish.AllowableValues")
         if isinstance(allowed, list) and "Cd" not in allowed:
@@ -355,7 +396,7 @@ class RedfishDriver:
         except BmcError as e:
             if e.status != 412:
                 raise
-            fresh = await self.conn.get(path, op)  # someone changed it between read and write
+            fresh = await self._get(path, op)  # someone changed it between read and write
             resp = await self.conn.patch(path, patch, op, etag=fresh.etag)
         if resp.status == 200 and isinstance(resp.body.get("Boot"), dict):
             body = self._system_body = resp.body
@@ -384,12 +425,12 @@ class RedfishDriver:
             # this very URL (unique to this reimage) means the insert is done.
             if e.status != 409:
                 raise
-            held = parse_media_slot((await self.conn.get(slot.path, op)).body)
+            held = parse_media_slot((await self._get(slot.path, op)).body)
             if not (held.inserted and held.image == image_url):
                 raise
             log.info("BMC %s: %s already holds this image (an earlier attempt landed)", self.bmc, slot.id)
             return
-        after = parse_media_slot((await self.conn.get(slot.path, op)).body)
+        after = parse_media_slot((await self._get(slot.path, op)).body)
         if not after.inserted:
             raise self._err("InsertMedia returned success but the slot reads back not inserted", op)
 
@@ -438,6 +479,19 @@ async def reimage_sequence(driver: RedfishDriver, boot_image_url: str, seed_url:
     BMC must not push the reset past the window's end). What was done until then stays done: the
     caller ejects the media when it gives up on the node."""
     guard = before_step or _no_guard
+    if driver.read_deadline_s is None:
+        # Reads during the sequence get the step's deadline: a run of 500s on a GET while the
+        # node is fine must not fail its reimage.
+        driver.read_deadline_s = power_deadline_s if power_deadline_s is not None else driver.quirks.power_transition_s
+        try:
+            return await _sequence(driver, boot_image_url, seed_url, guard, power_deadline_s)
+        finally:
+            driver.read_deadline_s = None
+    return await _sequence(driver, boot_image_url, seed_url, guard, power_deadline_s)
+
+
+async def _sequence(driver: RedfishDriver, boot_image_url: str, seed_url: str,
+                    guard: Callable[[ReimageStep], Awaitable[None]], power_deadline_s: float | None) -> ReimageResult:
     start = time.monotonic()
     plan = choose_slots(await driver.media_slots(), bmc=driver.bmc)
     ejected = []

@@ -18,8 +18,10 @@ probes' job.
 
 Reads are retried, actions are not blindly repeated: a read (the System, its power state, virtual
 media, the service root) that fails transiently is read again until ``read_deadline_s`` (the
-sequence sets it to its power deadline; a 500 on a power-state GET says nothing about the node),
-while wait loops (``wait_power``) read through transient failures until their own deadline. An
+sequence sets it to its power deadline once it has acted on the node: a 500 on a power-state GET
+says nothing about the node, and giving up then costs a rollback; its discovery reads, before any
+action, fail fast), while wait loops (``wait_power``) read through transient failures until their
+own deadline. An
 action (InsertMedia, the boot override PATCH, a reset) is left to the connector's rule: repeated
 only when it cannot have been applied, else it fails the step.
 
@@ -372,21 +374,24 @@ async def reimage_sequence(driver: RedfishDriver, boot_image_url: str, seed_url:
     BMC must not push the reset past the window's end). What was done until then stays done: the
     caller ejects the media when it gives up on the node."""
     guard = before_step or _no_guard
-    if driver.read_deadline_s is None:
-        # Reads during the sequence get the step's deadline: a run of 500s on a GET while the
-        # node is fine must not fail its reimage.
-        driver.read_deadline_s = power_deadline_s if power_deadline_s is not None else driver.quirks.power_transition_s
-        try:
-            return await _sequence(driver, boot_image_url, seed_url, guard, power_deadline_s)
-        finally:
-            driver.read_deadline_s = None
-    return await _sequence(driver, boot_image_url, seed_url, guard, power_deadline_s)
-
-
-async def _sequence(driver: RedfishDriver, boot_image_url: str, seed_url: str,
-                    guard: Callable[[ReimageStep], Awaitable[None]], power_deadline_s: float | None) -> ReimageResult:
     start = time.monotonic()
+    # Discovery, before anything is done to the node: the connector's attempts only (a BMC that
+    # does not answer fails fast, nothing to undo).
     plan = choose_slots(await driver.media_slots(), bmc=driver.bmc)
+    if driver.read_deadline_s is not None:
+        return await _act(driver, plan, boot_image_url, seed_url, guard, power_deadline_s, start)
+    # From the first action on, reads get the step's deadline: a run of 500s on a GET while the
+    # node is fine must not fail (and roll back) its reimage.
+    driver.read_deadline_s = power_deadline_s if power_deadline_s is not None else driver.quirks.power_transition_s
+    try:
+        return await _act(driver, plan, boot_image_url, seed_url, guard, power_deadline_s, start)
+    finally:
+        driver.read_deadline_s = None
+
+
+async def _act(driver: RedfishDriver, plan: SlotPlan, boot_image_url: str, seed_url: str,
+               guard: Callable[[ReimageStep], Awaitable[None]], power_deadline_s: float | None,
+               start: float) -> ReimageResult:
     ejected = []
     for slot in (plan.boot, plan.seed):
         if slot.inserted:

@@ -28,11 +28,19 @@ Async use (the rollout engine's loops can use it as they are)::
     # the step's deadline instead of a count: keep reading until 90 s have passed
     state = await retrying(policy.within(90.0), driver.power_state, sleep=clock_sleep)
 
-    @retry_async(RetryPolicy(attempts=3), retry_if=lambda e: is_transient(e) and not is_action(e))
-    async def read_members() -> list[str]: ...
+    # narrower than ``transient``: a write that may have run is repeated only when not delivered
+    @retry_async(RetryPolicy(attempts=3), retry_if=lambda e: is_transient(e) and e.code == "UNAVAILABLE")
+    async def bootstrap() -> None: ...
 
-    # a hook to log or record each retry (attempt number, the failure, the wait before the next try)
-    await retrying(policy, fetch, before_sleep=lambda n, e, wait: log.info("try %d: %s", n, e))
+    # the rollout engine's sequence retry: at most ``reimage_attempts`` sequences, only after an
+    # action the connector sent once, each retry recorded (an async hook) and slept on its clock
+    async def record(attempt: int, err: BaseException, wait: float) -> None:
+        await self._event("reimage_retry", ..., reason=str(err), detail={"attempt": attempt})
+
+    res = await retrying(RetryPolicy(attempts=s.reimage_attempts, backoff_s=s.bmc_backoff_s),
+                         lambda: self._sequence(store, driver, image_url, seed_url),
+                         retry_if=lambda e: is_transient(e) and e.attempts < s.bmc_attempts,
+                         before_sleep=record, sleep=self._sleep)
 
 ``sleep`` replaces ``asyncio.sleep`` (a simulated clock, a test); ``rng`` makes the jitter
 reproducible. The first try runs outside tenacity (a call that succeeds costs a plain await: the
@@ -44,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -69,7 +78,7 @@ P = ParamSpec("P")
 
 RetryIf = Callable[[BaseException], bool]
 WaitHint = Callable[[BaseException], float | None]
-BeforeSleep = Callable[[int, BaseException, float], None]
+BeforeSleep = Callable[[int, BaseException, float], Awaitable[None] | None]
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -123,6 +132,13 @@ def _stop(policy: RetryPolicy, tries_done: int, elapsed_s: float) -> stop_base:
     return stop
 
 
+async def _announce(hook: BeforeSleep | None, attempt: int, exc: BaseException, wait: float) -> None:
+    if hook is not None:
+        result = hook(attempt, exc, wait)
+        if inspect.isawaitable(result):
+            await result
+
+
 async def retrying(policy: RetryPolicy, fn: Callable[[], Awaitable[T]], *, retry_if: RetryIf = is_transient,
                    wait_hint: WaitHint | None = None, before_sleep: BeforeSleep | None = None,
                    sleep: Sleep = asyncio.sleep, rng: random.Random | None = None) -> T:
@@ -131,7 +147,7 @@ async def retrying(policy: RetryPolicy, fn: Callable[[], Awaitable[T]], *, retry
 
     ``wait_hint(exc)``: a wait the failure itself asks for (a 503's Retry-After), capped at
     ``policy.retry_after_cap_s``, instead of the backoff. ``before_sleep(attempt, exc, wait)``: called
-    before each wait (to log, or to record the retry)."""
+    before each wait, and awaited when it is a coroutine function (to log, or to record the retry)."""
     start = time.monotonic()
     try:
         return await fn()
@@ -147,18 +163,17 @@ async def retrying(policy: RetryPolicy, fn: Callable[[], Awaitable[T]], *, retry
     pause = wait_for(1, first)
     if policy.deadline_s is not None and time.monotonic() - start + pause >= policy.deadline_s:
         raise first
-    if before_sleep is not None:
-        before_sleep(1, first, pause)
+    await _announce(before_sleep, 1, first, pause)
     await sleep(pause)
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
         return wait_for(state.attempt_number + 1, exc)
 
-    def announce(state: RetryCallState) -> None:
+    async def announce(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
-        if before_sleep is not None and exc is not None:
-            before_sleep(state.attempt_number + 1, exc, state.upcoming_sleep)
+        if exc is not None:
+            await _announce(before_sleep, state.attempt_number + 1, exc, state.upcoming_sleep)
 
     retryer = AsyncRetrying(sleep=sleep, stop=_stop(policy, 1, time.monotonic() - start), wait=wait,
                             retry=retry_if_exception(retry_if), before_sleep=announce, reraise=True)

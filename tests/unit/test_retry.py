@@ -133,3 +133,15 @@ def test_nothing_retries_forever() -> None:
         RetryPolicy(attempts=None)
     with pytest.raises(ValueError):
         RetryPolicy(attempts=0)
+
+
+def test_an_async_hook_is_awaited_before_each_wait() -> None:
+    recorded: list[tuple[int, str]] = []
+
+    async def record(attempt: int, err: BaseException, wait: float) -> None:
+        await asyncio.sleep(0)
+        recorded.append((attempt, str(err)))
+
+    call, calls = failing([BmcError("a", transient=True), BmcError("b", transient=True)])
+    assert asyncio.run(retrying(FAST, call, before_sleep=record)) == "ok" and calls[0] == 3
+    assert recorded == [(1, "a"), (2, "b")]

@@ -42,6 +42,7 @@ without parsing messages:
         ├── StateError             the ledger / state store refused an operation
         ├── NetworkSeedError       a node's nocloud-net seed cannot be fetched over HTTP
         ├── ScheduleError          the Prefect API is unreachable or refused a scheduling call
+        │   └── SchedulerBusy      ... because its database was busy (transient)
         ├── ServiceStartError      a local service (Prefect server, simulator) did not come up (transient)
         └── ReportError            the rollout report cannot be written
 """
@@ -255,6 +256,13 @@ class TalosRefused(TalosCallFailed):
 class ScheduleError(OperationFailed):
     """The Prefect API could not be reached or refused a scheduling call (create, list, cancel runs);
     the message names the API URL or the deployment and what to do."""
+
+
+class SchedulerBusy(ScheduleError):
+    """The Prefect server refused a scheduling call because its database was busy (a SQLite file
+    another writer holds): asking again shortly may succeed."""
+
+    transient = True
 
 
 class ServiceStartError(OperationFailed):

@@ -1,42 +1,51 @@
 """Health probes of a store: its Kubernetes API and the inventory's custom HTTP probes.
 
-Two halves, kept apart:
+Three modules, kept apart:
 
-* pure: ``parse_nodes`` reads a ``/api/v1/nodes`` list, ``expectation_for_store`` says what a healthy
-  store looks like after a rollout, ``evaluate_cluster`` and ``evaluate_probe`` give verdicts. No I/O,
-  no clock; results are small frozen dataclasses.
-* I/O: ``KubeApiClient`` (one store's API: a pooled client whose TLS context, with the cluster CA
-  and a client certificate as paths or PEM bytes, is built once; ``KeyLoader`` loads PEM keys
-  without writing them to disk on Linux), ``fetch_cluster`` (one read with a client of its own),
-  ``run_probe`` / ``run_probes`` (custom HTTP probes) and ``check_store`` (both). Every call has a
-  deadline.
+* ``edgefleet.health.cluster`` (pure): snapshots, expectations and verdicts;
+* ``edgefleet.health.kube`` (I/O): the Kubernetes client, the one module speaking to Kubernetes;
+* here (I/O): ``run_probe`` / ``run_probes`` (custom HTTP probes) and ``check_store`` (both). A probe
+  that was evaluated and failed is a verdict with problems. A custom HTTP probe that cannot connect
+  counts as failed: the service it watches is down.
 
-A Kubernetes API that cannot be evaluated raises a typed ``KubeApiError`` (a ``ProbeError``):
-``KubeApiUnreachable`` (no connection, no answer in time: transient), ``KubeCredentialsRefused``
-(HTTP 401/403 or a TLS alert refusing the client certificate: permanent), ``KubeApiStatusError``
-(another status), or ``KubeApiError`` itself (its certificate not trusted, not a node list). A
-probe that was evaluated and failed is a verdict with problems. A custom HTTP probe that cannot
-connect counts as failed: the service it watches is down.
+The names of the other two are re-exported here, where callers have always found them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import shutil
 import ssl
-import tempfile
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
 
 import httpx
 
-from edgefleet.errors import KubeApiError, KubeApiStatusError, KubeApiUnreachable, KubeCredentialsRefused
-from edgefleet.inventory.model import Probe, Role, Store
+from edgefleet.health.cluster import (
+    CONTROL_PLANE_LABEL,
+    ClusterSnapshot,
+    ClusterVerdict,
+    Expectation,
+    NodeStatus,
+    ProbeResult,
+    StoreHealth,
+    evaluate_cluster,
+    evaluate_probe,
+    expectation_for_store,
+    parse_nodes,
+)
+from edgefleet.health.kube import (
+    ClientCert,
+    ClusterAccess,
+    KeyLoader,
+    KubeApiClient,
+    PemSource,
+    check_status,
+    classify_failure,
+    fetch_cluster,
+    parse_snapshot,
+    read_snapshot,
+)
+from edgefleet.inventory.model import Probe, Store
 
 __all__ = [
     "CONTROL_PLANE_LABEL",
@@ -48,6 +57,7 @@ __all__ = [
     "KeyLoader",
     "KubeApiClient",
     "NodeStatus",
+    "PemSource",
     "ProbeResult",
     "StoreHealth",
     "check_status",
@@ -59,438 +69,10 @@ __all__ = [
     "fetch_cluster",
     "parse_nodes",
     "parse_snapshot",
+    "read_snapshot",
     "run_probe",
     "run_probes",
 ]
-
-CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
-
-PemSource = str | Path | bytes  # a file path, or the PEM itself
-
-
-@dataclass(frozen=True, slots=True)
-class ClientCert:
-    """A client certificate and key, each a file path or PEM bytes."""
-
-    cert: PemSource
-    key: PemSource = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterAccess:
-    """How to reach a store's Kubernetes API: endpoint, the cluster CA (path or PEM bytes), and a
-    client certificate or a bearer token."""
-
-    endpoint: str
-    ca: PemSource | None = None
-    client_cert: ClientCert | None = None
-    token: str | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class NodeStatus:
-    name: str
-    ready: bool
-    ready_reason: str  # the Ready condition's reason and message, or why there is none
-    os_image: str
-    kubelet_version: str
-    labels: tuple[tuple[str, str], ...] = ()
-
-    def label(self, key: str) -> str | None:
-        return next((v for k, v in self.labels if k == key), None)
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterSnapshot:
-    """What the Kubernetes API said, as read at one moment."""
-
-    endpoint: str
-    readyz_ok: bool
-    readyz_detail: str
-    nodes: tuple[NodeStatus, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Expectation:
-    """A healthy store: these nodes present and Ready, on this version, with these roles."""
-
-    nodes: tuple[str, ...]
-    control_planes: tuple[str, ...] = ()
-    kubelet_version: str | None = None  # "1.35.0" or "v1.35.0"
-    os_image: str | None = None  # a substring of nodeInfo.osImage, e.g. "Talos (v1.9.2)" or "v1.9.2"
-    labels: tuple[tuple[str, str], ...] = ()  # labels every expected node must carry
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterVerdict:
-    healthy: bool
-    problems: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeResult:
-    name: str
-    url: str
-    ok: bool
-    status: int | None
-    detail: str
-    elapsed_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class StoreHealth:
-    store: str
-    cluster: ClusterVerdict
-    probes: tuple[ProbeResult, ...]
-
-    @property
-    def healthy(self) -> bool:
-        return self.cluster.healthy and all(p.ok for p in self.probes)
-
-    @property
-    def problems(self) -> tuple[str, ...]:
-        return self.cluster.problems + tuple(f"probe {p.name}: {p.detail}" for p in self.probes if not p.ok)
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure
-
-
-def parse_nodes(body: Any) -> tuple[NodeStatus, ...]:
-    """Nodes from a ``/api/v1/nodes`` NodeList. Raises ``ValueError`` when it is not one."""
-    if not isinstance(body, dict) or not isinstance(body.get("items"), list):
-        raise ValueError("not a NodeList: no items list")
-    out = []
-    for item in body["items"]:
-        if not isinstance(item, dict):
-            raise ValueError("a NodeList item is not an object")
-        meta = item.get("metadata") if isinstance(item.get("metadata"), dict) else {}
-        status = item.get("status") if isinstance(item.get("status"), dict) else {}
-        assert isinstance(meta, dict) and isinstance(status, dict)
-        name = meta.get("name")
-        if not isinstance(name, str):
-            raise ValueError("a node without metadata.name")
-        ready, reason = False, "no Ready condition reported"
-        for cond in status.get("conditions") or []:
-            if isinstance(cond, dict) and cond.get("type") == "Ready":
-                ready = cond.get("status") == "True"
-                reason = " ".join(str(cond[k]) for k in ("reason", "message") if cond.get(k)) or str(
-                    cond.get("status"))
-        info = status.get("nodeInfo") if isinstance(status.get("nodeInfo"), dict) else {}
-        assert isinstance(info, dict)
-        labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
-        assert isinstance(labels, dict)
-        out.append(NodeStatus(
-            name=name, ready=ready, ready_reason=reason, os_image=str(info.get("osImage", "")),
-            kubelet_version=str(info.get("kubeletVersion", "")),
-            labels=tuple(sorted((str(k), str(v)) for k, v in labels.items()))))
-    return tuple(out)
-
-
-def expectation_for_store(store: Store, *, os_image: str | None = None, kubelet_version: str | None = None,
-                          labels: Mapping[str, str] | None = None) -> Expectation:
-    """Every inventory node present, control planes labelled, kubelet on the store's Kubernetes
-    version (unless given), and ``os_image`` (the release's Talos version) when given."""
-    return Expectation(
-        nodes=tuple(n.name for n in store.nodes),
-        control_planes=tuple(n.name for n in store.nodes if n.role is Role.controlplane),
-        kubelet_version=kubelet_version or store.cluster.kubernetes_version,
-        os_image=os_image, labels=tuple(sorted((labels or {}).items())))
-
-
-def _v(version: str) -> str:
-    return version.strip().removeprefix("v")
-
-
-def evaluate_cluster(snapshot: ClusterSnapshot, expect: Expectation) -> ClusterVerdict:
-    """The verdict on one snapshot: every problem found, in a stable order. Extra nodes are allowed."""
-    problems: list[str] = []
-    if not snapshot.readyz_ok:
-        problems.append(f"API server not ready: {snapshot.readyz_detail}")
-    by_name = {n.name: n for n in snapshot.nodes}
-    for name in expect.nodes:
-        node = by_name.get(name)
-        if node is None:
-            problems.append(f"node {name} is not registered")
-            continue
-        if not node.ready:
-            problems.append(f"node {name} is NotReady: {node.ready_reason}")
-        if expect.kubelet_version and _v(node.kubelet_version) != _v(expect.kubelet_version):
-            problems.append(f"node {name} runs kubelet {node.kubelet_version or '(unknown)'}, expected "
-                            f"v{_v(expect.kubelet_version)}")
-        if expect.os_image and expect.os_image not in node.os_image:
-            problems.append(f"node {name} runs {node.os_image or '(unknown OS)'!r}, expected {expect.os_image!r}")
-        if name in expect.control_planes and node.label(CONTROL_PLANE_LABEL) is None:
-            problems.append(f"node {name} should be a control plane but lacks the {CONTROL_PLANE_LABEL} label")
-        for key, value in expect.labels:
-            if node.label(key) != value:
-                problems.append(f"node {name} has label {key}={node.label(key)!r}, expected {value!r}")
-    return ClusterVerdict(healthy=not problems, problems=tuple(problems))
-
-
-def evaluate_probe(probe: Probe, status: int | None, error: str | None, elapsed_s: float) -> ProbeResult:
-    """A custom probe passes when it answered with the expected status."""
-    if error is not None:
-        return ProbeResult(probe.name, probe.url, False, status, error, elapsed_s)
-    ok = status == probe.expect_status
-    detail = f"HTTP {status}" + ("" if ok else f", expected {probe.expect_status}")
-    return ProbeResult(probe.name, probe.url, ok, status, detail, elapsed_s)
-
-
-# ---------------------------------------------------------------------------------------------
-# I/O
-
-
-class KeyLoader:
-    """Loads client certificates and keys given as PEM bytes into ``ssl.SSLContext``s, which read
-    them only from files.
-
-    On Linux, through anonymous memory files (``memfd_create``, read back as ``/proc/self/fd/N``):
-    the key is never written to any filesystem. Elsewhere (or ``in_memory=False``), through one
-    private directory (mode 0700) made on first use: each pair is written once, loaded and unlinked
-    at once; ``close()`` removes the directory. One loader per run: a pair is loaded once per store
-    per run (``KubeApiClient`` keeps its context), never per poll."""
-
-    def __init__(self, *, in_memory: bool | None = None):
-        self.in_memory = hasattr(os, "memfd_create") if in_memory is None else in_memory
-        self._dir: Path | None = None
-        self._count = 0
-
-    @property
-    def directory(self) -> Path | None:
-        """The private directory, once made (never in memory mode)."""
-        return self._dir
-
-    def load(self, ctxs: Sequence[ssl.SSLContext], cert: PemSource, key: PemSource) -> None:
-        """``load_cert_chain`` of ``cert`` and ``key`` (file paths or PEM bytes) into each of ``ctxs``."""
-        if not isinstance(cert, bytes) and not isinstance(key, bytes):
-            for ctx in ctxs:
-                ctx.load_cert_chain(str(cert), str(key))
-            return
-        if self.in_memory:
-            try:
-                self._load_from_memory(ctxs, cert, key)
-                return
-            except OSError:
-                self.in_memory = False  # no memfd here (an old kernel, a sandbox): the directory then
-        self._load_from_directory(ctxs, cert, key)
-
-    def _load_from_memory(self, ctxs: Sequence[ssl.SSLContext], cert: PemSource, key: PemSource) -> None:
-        fds: list[int] = []
-        try:
-            paths = []
-            for src in (cert, key):
-                if not isinstance(src, bytes):
-                    paths.append(str(src))
-                    continue
-                fd = os.memfd_create("edgefleet-client-pem", os.MFD_CLOEXEC)
-                fds.append(fd)
-                view = memoryview(src)
-                while view:
-                    view = view[os.write(fd, view):]
-                paths.append(f"/proc/self/fd/{fd}")
-            for ctx in ctxs:
-                ctx.load_cert_chain(paths[0], paths[1])
-        finally:
-            for fd in fds:
-                os.close(fd)
-
-    def _load_from_directory(self, ctxs: Sequence[ssl.SSLContext], cert: PemSource, key: PemSource) -> None:
-        if self._dir is None:
-            self._dir = Path(tempfile.mkdtemp(prefix="edgefleet-keys-"))  # mode 0700
-        self._count += 1
-        written: list[Path] = []
-        try:
-            paths = []
-            for src, name in ((cert, "client.crt"), (key, "client.key")):
-                if not isinstance(src, bytes):
-                    paths.append(str(src))
-                    continue
-                p = self._dir / f"{self._count}-{name}"
-                fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                written.append(p)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(src)
-                paths.append(str(p))
-            for ctx in ctxs:
-                ctx.load_cert_chain(paths[0], paths[1])
-        finally:
-            for p in written:
-                p.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        d, self._dir = self._dir, None
-        if d is not None:
-            shutil.rmtree(d, ignore_errors=True)
-
-
-def _ssl_contexts(access: ClusterAccess, keys: KeyLoader) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """The client's context and its diagnostic twin (TLS 1.2 at most, see ``KubeApiClient``)."""
-    def context() -> ssl.SSLContext:
-        if access.ca is None:
-            return ssl.create_default_context()
-        if isinstance(access.ca, bytes):
-            return ssl.create_default_context(cadata=access.ca.decode("ascii"))
-        return ssl.create_default_context(cafile=str(access.ca))
-
-    try:
-        ctx, diag = context(), context()
-        diag.maximum_version = ssl.TLSVersion.TLSv1_2
-        if access.client_cert is not None:
-            keys.load((ctx, diag), access.client_cert.cert, access.client_cert.key)
-    except (OSError, ssl.SSLError, ValueError) as e:
-        raise KubeApiError(f"cannot load the cluster CA or client certificate: {e}",
-                           endpoint=access.endpoint.rstrip("/")) from None
-    return ctx, diag
-
-
-# OpenSSL reasons of a TLS alert by which a server refuses the client certificate (TLS 1.3 sends it
-# after the handshake: it surfaces on the first read).
-_REFUSED_ALERTS = ("ALERT_CERTIFICATE_REQUIRED", "ALERT_UNKNOWN_CA", "ALERT_BAD_CERTIFICATE",
-                   "ALERT_CERTIFICATE_EXPIRED", "ALERT_CERTIFICATE_REVOKED", "ALERT_CERTIFICATE_UNKNOWN",
-                   "ALERT_UNSUPPORTED_CERTIFICATE", "ALERT_ACCESS_DENIED")
-
-
-def _chain(e: BaseException) -> list[BaseException]:
-    out: list[BaseException] = []
-    cur: BaseException | None = e
-    while cur is not None and cur not in out and len(out) < 10:
-        out.append(cur)
-        cur = cur.__cause__ or cur.__context__
-    return out
-
-
-def classify_failure(e: BaseException, *, endpoint: str, store: str = "", deadline_s: float) -> KubeApiError:
-    """The typed error for an exception raised while reading a Kubernetes API (see ``KubeApiError``)."""
-    if isinstance(e, KubeApiError):
-        return e
-    text = " ".join(f"{type(x).__name__}: {x}" for x in _chain(e))
-    upper = text.upper()
-    if any(a in upper for a in _REFUSED_ALERTS):
-        return KubeCredentialsRefused(
-            f"the TLS handshake refused edgefleet's client certificate ({text[:300]}); the API server does "
-            "not trust the store's Kubernetes CA it was minted from: check that the store's secrets are its "
-            "cluster's", endpoint=endpoint, store=store)
-    if "CERTIFICATE_VERIFY_FAILED" in upper:
-        return KubeApiError(f"the API's server certificate is not trusted ({text[:300]}): it is not signed by the "
-                            "store's Kubernetes CA (wrong endpoint, or secrets of another cluster)",
-                            endpoint=endpoint, store=store)
-    if isinstance(e, TimeoutError | httpx.TimeoutException):
-        return KubeApiUnreachable(f"no answer within {deadline_s:g} s", endpoint=endpoint, store=store)
-    detail = next((f"{type(x).__name__}: {x}" for x in _chain(e) if str(x)), f"{type(e).__name__}: no detail")
-    return KubeApiUnreachable(detail, endpoint=endpoint, store=store)
-
-
-def check_status(response: httpx.Response, path: str, *, endpoint: str, store: str = "") -> None:
-    """Raise the typed error for an answer other than 200 on ``path``."""
-    code = response.status_code
-    if code == 200:
-        return
-    body = response.text[:200].strip()
-    if code in (401, 403):
-        raise KubeCredentialsRefused(
-            f"HTTP {code} on {path}: the API refused edgefleet's credentials ({body or 'no detail'}); "
-            + ("check that the client certificate is signed by the cluster's CA" if code == 401 else
-               "bind the client certificate's group (its subject organization) to a role that may list nodes, "
-               "e.g. the view ClusterRole"), endpoint=endpoint, store=store, status=code)
-    raise KubeApiStatusError(f"HTTP {code} on {path}: {body}", endpoint=endpoint, store=store, status=code,
-                             transient=code == 429 or code >= 500)
-
-
-def parse_snapshot(endpoint: str, nodes: httpx.Response, readyz: httpx.Response | None, *,
-                   store: str = "") -> ClusterSnapshot:
-    """A snapshot from the answers to ``/api/v1/nodes`` and (when read) ``/readyz``; typed errors for
-    refused credentials, other statuses and a body that is not a node list."""
-    check_status(nodes, "/api/v1/nodes", endpoint=endpoint, store=store)
-    if readyz is not None and readyz.status_code in (401, 403):
-        check_status(readyz, "/readyz", endpoint=endpoint, store=store)
-    try:
-        parsed = parse_nodes(json.loads(nodes.content))
-    except ValueError as e:
-        raise KubeApiError(f"/api/v1/nodes is not a node list ({e})", endpoint=endpoint, store=store) from None
-    if readyz is None:
-        return ClusterSnapshot(endpoint=endpoint, readyz_ok=False, readyz_detail="not read", nodes=parsed)
-    text = readyz.text.strip()
-    return ClusterSnapshot(endpoint=endpoint, readyz_ok=readyz.status_code == 200 and text == "ok",
-                           readyz_detail=f"HTTP {readyz.status_code}: {text[:300]}", nodes=parsed)
-
-
-class KubeApiClient:
-    """One store's Kubernetes API over TLS: one pooled ``httpx.AsyncClient`` whose SSL context (the
-    cluster CA, the client certificate) is built once. Keep it for the run; ``aclose()`` at its end.
-    Reads raise ``KubeApiError`` subclasses (see ``edgefleet.errors``).
-
-    Under TLS 1.3 a server refuses a client certificate after the handshake, and its alert is
-    mostly lost: it closes the connection with our request unread, and the reset discards the
-    alert (measured with Python's and uvicorn's TLS servers: "connection reset by peer", never the
-    alert). So when a read fails that way, one handshake capped at TLS 1.2 (where the certificate is
-    judged inside the handshake and the alert arrives) tells a refused certificate from a server
-    that drops connections; a server that speaks only TLS 1.3 leaves it "unreachable"."""
-
-    def __init__(self, access: ClusterAccess, *, keys: KeyLoader, store: str = "", deadline_s: float = 15.0):
-        self.endpoint = access.endpoint.rstrip("/")
-        self.store = store
-        self.deadline_s = deadline_s
-        headers = {"Accept": "application/json"}
-        if access.token:
-            headers["Authorization"] = f"Bearer {access.token}"
-        ctx, self._diag_ctx = _ssl_contexts(access, keys)
-        self._client = httpx.AsyncClient(
-            verify=ctx, timeout=httpx.Timeout(min(5.0, deadline_s), read=deadline_s), trust_env=False,
-            headers=headers, limits=httpx.Limits(max_connections=4, max_keepalive_connections=2, keepalive_expiry=30))
-
-    async def snapshot(self, *, readyz: bool = True) -> ClusterSnapshot:
-        """``/api/v1/nodes`` and (``readyz``) ``/readyz`` now, within the deadline."""
-        base = self.endpoint
-        try:
-            async with asyncio.timeout(self.deadline_s):
-                if readyz:
-                    rz, nodes = await asyncio.gather(self._client.get(f"{base}/readyz"),
-                                                     self._client.get(f"{base}/api/v1/nodes"))
-                else:
-                    rz, nodes = None, await self._client.get(f"{base}/api/v1/nodes")
-        except (TimeoutError, httpx.HTTPError, ssl.SSLError, OSError) as e:
-            # ssl.SSLError: a TLS alert after the handshake (a refused client certificate under TLS
-            # 1.3) surfaces on the first read, unmapped by httpcore.
-            err = classify_failure(e, endpoint=base, store=self.store, deadline_s=self.deadline_s)
-            if isinstance(err, KubeApiUnreachable) and isinstance(e, httpx.ReadError | httpx.RemoteProtocolError):
-                err = await self._diagnose(err)
-            raise err from None
-        return parse_snapshot(base, nodes, rz, store=self.store)
-
-    async def _diagnose(self, err: KubeApiUnreachable) -> KubeApiError:
-        """A connection dropped after the handshake: refused credentials, or a server dropping it?"""
-        url = httpx.URL(self.endpoint)
-        host, port = url.host, url.port or 443
-        try:
-            async with asyncio.timeout(min(5.0, self.deadline_s)):
-                _, writer = await asyncio.open_connection(host, port, ssl=self._diag_ctx, server_hostname=host)
-            writer.close()
-            return err
-        except (TimeoutError, ssl.SSLError, OSError) as e:
-            refused = classify_failure(e, endpoint=self.endpoint, store=self.store, deadline_s=self.deadline_s)
-            return refused if isinstance(refused, KubeCredentialsRefused) else err
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-    async def __aenter__(self) -> KubeApiClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-
-async def fetch_cluster(access: ClusterAccess, *, deadline_s: float = 15.0) -> ClusterSnapshot:
-    """Read ``/readyz`` and ``/api/v1/nodes`` once (a client for this one read). Raises a
-    ``KubeApiError`` (a ``ProbeError``) when the API cannot be evaluated: unreachable, credentials
-    refused, another HTTP status, its certificate not trusted, not a node list, past the deadline."""
-    keys = KeyLoader()
-    try:
-        async with KubeApiClient(access, keys=keys, deadline_s=deadline_s) as client:
-            return await client.snapshot()
-    finally:
-        keys.close()
 
 
 async def run_probe(probe: Probe, client: httpx.AsyncClient | None = None) -> ProbeResult:

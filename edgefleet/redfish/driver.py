@@ -9,12 +9,21 @@ Virtual media slots: the boot image goes in a CD/DVD slot and the node's NoCloud
 slot (another CD/DVD, or a USB stick / removable slot). A BMC with a single slot cannot present both
 at once; the driver refuses with a ``BmcError`` telling the user to switch the store to
 ``wipe_method: talos-api`` (in-band reset with the seed served over the network). Choosing slots is
-the pure function ``choose_slots``.
+the pure function ``choose_slots`` (in ``edgefleet.redfish.resources``, with the other pure choices).
 
 Power: after ``ForceRestart`` a BMC may still read ``On`` before the restart takes effect (sushy's
 fake driver goes ``Off`` at once, real firmware varies), so "power is On" after a reset proves only
 that the node is powered, not that it rebooted; proving the new release booted is the health
 probes' job.
+
+Reads are retried, actions are not blindly repeated: a read (the System, its power state, virtual
+media, the service root) that fails transiently is read again until ``read_deadline_s`` (the
+sequence sets it to its power deadline once it has acted on the node: a 500 on a power-state GET
+says nothing about the node, and giving up then costs a rollback; its discovery reads, before any
+action, fail fast), while wait loops (``wait_power``) read through transient failures until their
+own deadline. An
+action (InsertMedia, the boot override PATCH, a reset) is left to the connector's rule: repeated
+only when it cannot have been applied, else it fails the step.
 
 ``reimage_sequence`` = eject stale media, insert boot image + seed, one-time boot from CD, reset,
 wait until the power is On. It is the one implementation of the sequence: the rollout engine runs
@@ -29,14 +38,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from edgefleet.errors import BmcError
-from edgefleet.redfish.connector import Connector
+from edgefleet.redfish.connector import Connector, RedfishResponse
 from edgefleet.redfish.quirks import GENERIC, VendorQuirks, quirks_for
+from edgefleet.redfish.resources import (
+    MediaSlot,
+    PowerState,
+    SlotPlan,
+    choose_reset,
+    choose_slots,
+    parse_media_slot,
+)
+from edgefleet.redfish.resources import link as _link
+from edgefleet.redfish.resources import members as _members
+from edgefleet.retry import RetryPolicy, retrying
 
 __all__ = [
     "MediaSlot",
@@ -53,123 +73,8 @@ __all__ = [
 
 log = logging.getLogger("edgefleet.redfish")
 
-CD_TYPES = frozenset({"CD", "DVD"})
-REMOVABLE_TYPES = frozenset({"USBStick", "Floppy"})
+T = TypeVar("T")
 
-
-class PowerState(StrEnum):
-    """Redfish ``PowerState`` values."""
-
-    on = "On"
-    off = "Off"
-    powering_on = "PoweringOn"
-    powering_off = "PoweringOff"
-    paused = "Paused"
-
-
-@dataclass(frozen=True, slots=True)
-class MediaSlot:
-    """One VirtualMedia resource as read from the BMC."""
-
-    path: str  # its @odata.id
-    id: str
-    media_types: frozenset[str]
-    inserted: bool
-    image: str | None
-    insert_target: str | None
-    eject_target: str | None
-
-    @property
-    def is_cd(self) -> bool:
-        return bool(self.media_types & CD_TYPES)
-
-    @property
-    def is_removable(self) -> bool:
-        return bool(self.media_types & REMOVABLE_TYPES)
-
-
-@dataclass(frozen=True, slots=True)
-class SlotPlan:
-    boot: MediaSlot
-    seed: MediaSlot
-
-
-def parse_media_slot(body: dict[str, Any]) -> MediaSlot:
-    """A ``MediaSlot`` from a VirtualMedia resource body (pure)."""
-    actions = body.get("Actions") if isinstance(body.get("Actions"), dict) else {}
-    assert isinstance(actions, dict)
-
-    def target(name: str) -> str | None:
-        a = actions.get(name)
-        t = a.get("target") if isinstance(a, dict) else None
-        return t if isinstance(t, str) else None
-
-    types = body.get("MediaTypes")
-    image = body.get("Image")
-    return MediaSlot(
-        path=str(body.get("@odata.id", "")),
-        id=str(body.get("Id", "")),
-        media_types=frozenset(t for t in types if isinstance(t, str)) if isinstance(types, list) else frozenset(),
-        inserted=bool(body.get("Inserted")),
-        image=image if isinstance(image, str) and image else None,
-        insert_target=target("#VirtualMedia.InsertMedia"),
-        eject_target=target("#VirtualMedia.EjectMedia"),
-    )
-
-
-def choose_slots(slots: Sequence[MediaSlot], *, bmc: str = "") -> SlotPlan:
-    """Pick the boot-image slot (a CD/DVD slot) and the seed slot (a second CD/DVD slot, else a
-    USB stick / removable slot). Pure. A BMC with one usable slot is refused with a clear error."""
-    usable = [s for s in slots if s.insert_target is not None or s.path]
-    cds = [s for s in usable if s.is_cd]
-    if not cds:
-        found = ", ".join(f"{s.id} {sorted(s.media_types)}" for s in usable) or "none"
-        raise BmcError(f"no CD/DVD virtual media slot to boot from (slots: {found})", bmc=bmc,
-                       operation="choose media slots")
-    boot = cds[0]
-    others = [s for s in usable if s.path != boot.path]
-    seed = next((s for s in others if s.is_cd), None) or next((s for s in others if s.is_removable), None)
-    if seed is None:
-        raise BmcError(
-            f"the BMC has a single virtual media slot ({boot.id}); the reimage needs two, one for the "
-            "boot image and one for the NoCloud seed. Set this store's wipe_method to talos-api (the "
-            "seed is then served over the network from seed_url) or give the BMC a second slot",
-            bmc=bmc, operation="choose media slots")
-    return SlotPlan(boot=boot, seed=seed)
-
-
-def choose_reset(allowed: Sequence[str] | None, quirks: VendorQuirks) -> tuple[str, ...]:
-    """The ResetType sequence to restart a powered-on node: ``ForceRestart`` when allowed, else
-    ``ForceOff`` then ``On``. ``allowed`` is ``ResetType@Redfish.AllowableValues`` (None: not
-    advertised, assume the standard set). Pure."""
-    ok = set(allowed) if allowed is not None else {"ForceRestart", "ForceOff", "On"}
-    ok -= quirks.unsupported_reset_types
-    if "ForceRestart" in ok:
-        return ("ForceRestart",)
-    on = "On" if "On" in ok else "ForceOn" if "ForceOn" in ok else None
-    off = "ForceOff" if "ForceOff" in ok else "GracefulShutdown" if "GracefulShutdown" in ok else None
-    if on is None or off is None:
-        raise BmcError(f"the BMC allows no usable ResetType (allowed: {sorted(ok)})", operation="reset")
-    return (off, on)
-
-
-def _link(body: dict[str, Any], *keys: str) -> str | None:
-    cur: Any = body
-    for k in keys:
-        if not isinstance(cur, dict):
-            return None
-        cur = cur.get(k)
-    if isinstance(cur, dict):
-        cur = cur.get("@odata.id")
-    return cur if isinstance(cur, str) else None
-
-
-def _members(body: dict[str, Any]) -> list[str]:
-    out = []
-    for m in body.get("Members") or []:
-        if isinstance(m, dict) and isinstance(m.get("@odata.id"), str):
-            out.append(m["@odata.id"])
-    return out
 
 
 @dataclass
@@ -181,6 +86,8 @@ class RedfishDriver:
     vendor: str | None = None  # the inventory's bmc.vendor
     system_id: str | None = None
     poll_interval_s: float = 1.0
+    # how long a read is retried after transient failures (None: the connector's attempts only)
+    read_deadline_s: float | None = None
     quirks: VendorQuirks = field(default=GENERIC, init=False)
     _system: str | None = field(default=None, init=False, repr=False)
     _system_body: dict[str, Any] | None = field(default=None, init=False, repr=False)
@@ -193,6 +100,24 @@ class RedfishDriver:
     def _err(self, message: str, operation: str, *, transient: bool = False) -> BmcError:
         return BmcError(message, bmc=self.bmc, operation=operation, transient=transient)
 
+    def _read_policy(self, deadline_s: float) -> RetryPolicy:
+        return RetryPolicy(attempts=None, backoff_s=self.poll_interval_s, backoff_max_s=4 * self.poll_interval_s,
+                           deadline_s=max(0.0, deadline_s))
+
+    async def _read(self, read: Callable[[], Awaitable[T]], deadline_s: float | None = None) -> T:
+        """An idempotent read, read again after a transient failure until ``deadline_s`` (default
+        ``read_deadline_s``; None: once, the connector's own attempts only)."""
+        limit = self.read_deadline_s if deadline_s is None else deadline_s
+        if limit is None:
+            return await read()
+        return await retrying(self._read_policy(limit), read)
+
+    async def _get(self, path: str, operation: str) -> RedfishResponse:
+        return await self._read(lambda: self.conn.get(path, operation))
+
+    async def _root(self, operation: str) -> dict[str, Any]:
+        return await self._read(lambda: self.conn.service_root(operation))
+
     # -- discovery -----------------------------------------------------------------------------
 
     async def system_path(self) -> str:
@@ -200,11 +125,11 @@ class RedfishDriver:
         if self._system is not None:
             return self._system
         op = "find the system"
-        root = await self.conn.service_root(op)
+        root = await self._root(op)
         systems = _link(root, "Systems")
         if systems is None:
             raise self._err("the service root has no Systems link", op)
-        members = _members((await self.conn.get(systems, op)).body)
+        members = _members((await self._get(systems, op)).body)
         if not members:
             raise self._err(f"{systems} lists no systems", op)
         chosen: str | None = None
@@ -213,14 +138,14 @@ class RedfishDriver:
             chosen = members[0]
         else:
             for m in members:
-                b = (await self.conn.get(m, op)).body
+                b = (await self._get(m, op)).body
                 if self.system_id in (b.get("Id"), b.get("Name"), b.get("UUID")):
                     chosen, body = m, b
                     break
             if chosen is None:
                 raise self._err(f"no system with Id/Name {self.system_id!r} among {len(members)}", op)
         if body is None:
-            body = (await self.conn.get(chosen, op)).body
+            body = (await self._get(chosen, op)).body
         self._system, self._system_body = chosen, body
         manufacturer = body.get("Manufacturer")
         self.quirks = quirks_for(self.vendor, manufacturer if isinstance(manufacturer, str) else None)
@@ -229,7 +154,7 @@ class RedfishDriver:
     async def system(self, operation: str = "read the system") -> dict[str, Any]:
         """A fresh read of the ComputerSystem resource."""
         path = await self.system_path()
-        body = (await self.conn.get(path, operation)).body
+        body = (await self._get(path, operation)).body
         self._system_body = body
         return body
 
@@ -250,33 +175,42 @@ class RedfishDriver:
         managers = [m["@odata.id"] for m in (sysbody.get("Links") or {}).get("ManagedBy") or []
                     if isinstance(m, dict) and isinstance(m.get("@odata.id"), str)]
         if not managers:
-            root = await self.conn.service_root(op)
+            root = await self._root(op)
             mlink = _link(root, "Managers")
             if mlink:
-                managers = _members((await self.conn.get(mlink, op)).body)
+                managers = _members((await self._get(mlink, op)).body)
         for m in managers:
-            vm = _link((await self.conn.get(m, op)).body, "VirtualMedia")
+            vm = _link((await self._get(m, op)).body, "VirtualMedia")
             if vm and vm not in collections:
                 collections.append(vm)
         if not collections:
             raise self._err(f"neither {sys_path} nor its managers link a VirtualMedia collection", op)
         seen: dict[str, None] = {}
         for c in collections:
-            for member in _members((await self.conn.get(c, op)).body):
+            for member in _members((await self._get(c, op)).body):
                 seen.setdefault(member)
         slots = [await self._read_slot(member, op) for member in seen]
         self._slot_paths = list(seen)
         return slots
 
     async def _read_slot(self, member: str, op: str) -> MediaSlot:
-        slot = parse_media_slot((await self.conn.get(member, op)).body)
+        slot = parse_media_slot((await self._get(member, op)).body)
         return slot if slot.path else MediaSlot(member, slot.id, slot.media_types, slot.inserted, slot.image,
                                                 slot.insert_target, slot.eject_target)
 
     # -- power --------------------------------------------------------------------------------
 
     async def power_state(self) -> PowerState:
-        body = await self.system("get power state")
+        return self._power_of(await self.system("get power state"))
+
+    async def _power_now(self) -> PowerState:
+        """One power-state read (the connector's attempts only): ``wait_power`` decides how long
+        to read again."""
+        body = (await self.conn.get(await self.system_path(), "get power state")).body
+        self._system_body = body
+        return self._power_of(body)
+
+    def _power_of(self, body: dict[str, Any]) -> PowerState:
         value = body.get("PowerState")
         try:
             return PowerState(str(value))
@@ -284,13 +218,15 @@ class RedfishDriver:
             raise self._err(f"unknown PowerState {value!r}", "get power state") from None
 
     async def wait_power(self, want: PowerState, deadline_s: float | None = None) -> float:
-        """Poll until the power state is ``want``; returns the seconds waited. Raises a transient
-        ``BmcError`` at the deadline (default: the vendor's power transition time)."""
+        """Poll until the power state is ``want``; returns the seconds waited. A read failing
+        transiently is read again within the deadline (default: the vendor's power transition
+        time); at the deadline a transient ``BmcError`` (the last read's failure, or the state)."""
         limit = deadline_s if deadline_s is not None else self.quirks.power_transition_s
         start = time.monotonic()
         last: PowerState | None = None
         while True:
-            last = await self.power_state()
+            # Read through transient failures until the wait's own deadline.
+            last = await self._read(self._power_now, deadline_s=limit - (time.monotonic() - start))
             waited = time.monotonic() - start
             if last is want:
                 return waited
@@ -344,7 +280,7 @@ class RedfishDriver:
         a GET (sushy-tools answers 204)."""
         op = "set one-time boot from CD"
         path = await self.system_path()
-        current = await self.conn.get(path, op)
+        current = await self._get(path, op)
         boot = current.body.get("Boot") or {}
         allowed = boot.get("BootSourceOverrideTarget@Redfish.AllowableValues")
         if isinstance(allowed, list) and "Cd" not in allowed:
@@ -355,7 +291,7 @@ class RedfishDriver:
         except BmcError as e:
             if e.status != 412:
                 raise
-            fresh = await self.conn.get(path, op)  # someone changed it between read and write
+            fresh = await self._get(path, op)  # someone changed it between read and write
             resp = await self.conn.patch(path, patch, op, etag=fresh.etag)
         if resp.status == 200 and isinstance(resp.body.get("Boot"), dict):
             body = self._system_body = resp.body
@@ -384,12 +320,12 @@ class RedfishDriver:
             # this very URL (unique to this reimage) means the insert is done.
             if e.status != 409:
                 raise
-            held = parse_media_slot((await self.conn.get(slot.path, op)).body)
+            held = parse_media_slot((await self._get(slot.path, op)).body)
             if not (held.inserted and held.image == image_url):
                 raise
             log.info("BMC %s: %s already holds this image (an earlier attempt landed)", self.bmc, slot.id)
             return
-        after = parse_media_slot((await self.conn.get(slot.path, op)).body)
+        after = parse_media_slot((await self._get(slot.path, op)).body)
         if not after.inserted:
             raise self._err("InsertMedia returned success but the slot reads back not inserted", op)
 
@@ -439,7 +375,23 @@ async def reimage_sequence(driver: RedfishDriver, boot_image_url: str, seed_url:
     caller ejects the media when it gives up on the node."""
     guard = before_step or _no_guard
     start = time.monotonic()
+    # Discovery, before anything is done to the node: the connector's attempts only (a BMC that
+    # does not answer fails fast, nothing to undo).
     plan = choose_slots(await driver.media_slots(), bmc=driver.bmc)
+    if driver.read_deadline_s is not None:
+        return await _act(driver, plan, boot_image_url, seed_url, guard, power_deadline_s, start)
+    # From the first action on, reads get the step's deadline: a run of 500s on a GET while the
+    # node is fine must not fail (and roll back) its reimage.
+    driver.read_deadline_s = power_deadline_s if power_deadline_s is not None else driver.quirks.power_transition_s
+    try:
+        return await _act(driver, plan, boot_image_url, seed_url, guard, power_deadline_s, start)
+    finally:
+        driver.read_deadline_s = None
+
+
+async def _act(driver: RedfishDriver, plan: SlotPlan, boot_image_url: str, seed_url: str,
+               guard: Callable[[ReimageStep], Awaitable[None]], power_deadline_s: float | None,
+               start: float) -> ReimageResult:
     ejected = []
     for slot in (plan.boot, plan.seed):
         if slot.inserted:

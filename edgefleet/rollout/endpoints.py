@@ -14,8 +14,9 @@ Two sources:
   nocloud-net seed URL from the simulator's registration (``register_netseeds``: ``POST
   /sim/netseed``), where a real node reads it from its SMBIOS serial or kernel command line.
 
-``StoreApi`` reads a store's ``/readyz`` and node list: through one shared pooled client for plain
-http endpoints (thousands of stores polled), through one ``health.probes.KubeApiClient`` per store
+``StoreApi`` reads a store's ``/readyz`` and node list (``edgefleet.health.kube``, which reads again
+after a transient failure within the read's deadline): through one shared pooled client for plain
+http endpoints (thousands of stores polled), through one ``health.kube.KubeApiClient`` per store
 per run otherwise (TLS with a reader client certificate minted from the store's secrets, its
 context built once; on Linux the key never touches a disk, elsewhere it is written once per store
 per run into a private 0700 directory that the end of the run removes). Failures come back typed
@@ -34,15 +35,14 @@ from pathlib import Path
 import httpx
 
 from edgefleet.errors import EdgefleetError, InputError, KubeApiError, ProbeError
-from edgefleet.health.probes import (
+from edgefleet.health.cluster import ClusterSnapshot
+from edgefleet.health.kube import (
     ClientCert,
     ClusterAccess,
-    ClusterSnapshot,
     KeyLoader,
     KubeApiClient,
-    check_status,
     classify_failure,
-    parse_snapshot,
+    read_snapshot,
 )
 from edgefleet.inventory.model import BmcTls, Fleet, Node, Probe, Role, Store, url_host
 from edgefleet.redfish.connector import BmcClients, PooledClient, Timeouts, bmc_base_url
@@ -270,10 +270,8 @@ class StoreApi:
             url = self.endpoints.k8s(store)
             if url.startswith("https://"):
                 return await (await self._tls_client(store, url)).snapshot(readyz=readyz)
-            nodes = await self._get(store, f"{url}/api/v1/nodes")
-            check_status(nodes, "/api/v1/nodes", endpoint=url, store=store.id)
-            rz = await self._get(store, f"{url}/readyz") if readyz else None
-            return parse_snapshot(url, nodes, rz, store=store.id)
+            return await read_snapshot(lambda u: self._get(store, u), url, store=store.id, readyz=readyz,
+                                       deadline_s=self.deadline_s)
         except KubeApiError as e:
             return e
         except EdgefleetError as e:  # no address for the store, its secrets unreadable

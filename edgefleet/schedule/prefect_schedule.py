@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
-from edgefleet.errors import EdgefleetError, InputError, ScheduleError
+from edgefleet.errors import EdgefleetError, InputError, ScheduleError, SchedulerBusy
+from edgefleet.retry import RetryPolicy, retrying
 
 __all__ = [
     "SCHEDULE_TAG",
@@ -50,13 +51,34 @@ __all__ = [
 SCHEDULE_TAG = "edgefleet-schedule"
 _PAGE = 200  # the Prefect API's default (and maximum) page size
 _BULK = 100  # the most runs the server creates in one bulk call
-_BULK_ATTEMPTS = 4
+# A SQLite-backed server refuses a transaction while another writer holds the file; the
+# idempotency keys make a retry of the whole batch safe.
+_BULK_RETRY = RetryPolicy(attempts=4, backoff_s=0.5, backoff_max_s=2.0)
 _BULK_STATE = 50  # the most runs the server changes the state of in one bulk call
 _FINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 _NOT_STARTED = {"SCHEDULED", "PENDING"}
 _RETRYABLE = {"FAILED", "CANCELLED", "CRASHED"}  # runs that do not keep a store from being scheduled again
 
 T = TypeVar("T")
+
+
+async def _create_bulk(client: Any, deployment: str, deployment_id: Any, items: list[tuple[int, dict[str, Any]]],
+                       requests: Sequence[RunRequest]) -> list[dict[str, Any]]:
+    """One bulk create of ``items`` (index into ``requests``, run body); the server's per-run
+    results. A run refused because the server's database was busy: ``SchedulerBusy`` (transient);
+    refused otherwise: ``ScheduleError``."""
+    resp = await client.request("POST", cast(Any, f"/deployments/{deployment_id}/create_flow_run/bulk"),
+                                json=[body for _, body in items])
+    resp.raise_for_status()
+    outcome: list[dict[str, Any]] = resp.json()["results"]
+    failed = [(requests[i].group_id, str(o.get("error")))
+              for (i, _), o in zip(items, outcome, strict=True) if o["status"] != "CREATED"]
+    if failed:
+        busy = any("database is locked" in e for _, e in failed)
+        raise (SchedulerBusy if busy else ScheduleError)(
+            f"deployment {deployment!r} refused {len(failed)} run(s): "
+            + "; ".join(f"group {g}: {e}" for g, e in failed[:5]))
+    return outcome
 
 
 def release_tag(release: str) -> str:
@@ -243,22 +265,8 @@ def create_runs(requests: Sequence[RunRequest], *, concurrency: int = 1) -> list
                 # instead of one per group (per-run calls measured 0.1 s each on a 2-core machine).
                 dep = deployments[deployment]
                 async with sem:
-                    for attempt in range(_BULK_ATTEMPTS):
-                        resp = await client.request(
-                            "POST", cast(Any, f"/deployments/{dep.id}/create_flow_run/bulk"),
-                            json=[body for _, body in items])
-                        resp.raise_for_status()
-                        outcome = resp.json()["results"]
-                        failed = [(requests[i].group_id, str(o.get("error")))
-                                  for (i, _), o in zip(items, outcome, strict=True) if o["status"] != "CREATED"]
-                        # A SQLite-backed server refuses a transaction while another writer holds the
-                        # file; the idempotency keys make a retry of the whole batch safe.
-                        if not any("database is locked" in e for _, e in failed):
-                            break
-                        await asyncio.sleep(0.5 * (attempt + 1))
-                    if failed:
-                        raise ScheduleError(f"deployment {deployment!r} refused {len(failed)} run(s): " + "; ".join(
-                            f"group {g}: {e}" for g, e in failed[:5]))
+                    outcome = await retrying(_BULK_RETRY, lambda: _create_bulk(client, deployment, dep.id, items,
+                                                                               requests))
                     ids = [uuid.UUID(o["flow_run_id"]) for o in outcome]
                     made = {str(fr.id): fr for fr in await client.read_flow_runs(
                         flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids))}

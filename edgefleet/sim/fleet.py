@@ -251,6 +251,26 @@ class SimFleet:
         self.flapping = frozenset(sc.flapping)
         self.offline = frozenset(sc.offline_stores)
         self.slow = frozenset(sc.slow_boot.nodes)
+        # per burst: requests left to fail, and whether it has started (``after: reset``: not yet)
+        self.bursts = [[b.count, b.after is None] for b in sc.bmc_bursts]
+        self.kube_bursts = [b.count for b in sc.k8s_bursts]
+
+    def kube_burst_fault(self, store: str) -> bool:
+        """Whether this node-list read of ``store`` falls in a run of 500s (``Scenario.k8s_bursts``)."""
+        for i, burst in enumerate(self.scenario.k8s_bursts):
+            if burst.store == store and self.kube_bursts[i] > 0:
+                self.kube_bursts[i] -= 1
+                return True
+        return False
+
+    def burst_fault(self, node: str, method: str, path: str) -> bool:
+        """Whether this BMC request falls in a started run of 500s (``Scenario.bmc_bursts``); counts it."""
+        for burst, state in zip(self.scenario.bmc_bursts, self.bursts, strict=True):
+            if (state[1] and state[0] > 0 and burst.node == node and burst.method == method
+                    and path.endswith(burst.path)):
+                state[0] -= 1
+                return True
+        return False
 
     def set_scenario(self, scenario: Scenario) -> None:
         if scenario.seed != self.scenario.seed:
@@ -433,6 +453,9 @@ class SimFleet:
             raise ActionError(f"ResetType {reset_type!r} is not supported; use one of {', '.join(RESET_TYPES)}",
                               message_id="Base.1.8.ActionParameterNotSupported")
         self.event("reset", node=ns, operation=operation, detail={"type": reset_type, "power": ns.power})
+        for burst, state in zip(self.scenario.bmc_bursts, self.bursts, strict=True):
+            if burst.after == "reset" and burst.node == ns.name:
+                state[1] = True
         if reset_type == "Nmi" or (reset_type == "On" and ns.power == POWER_ON):
             return
         if reset_type in ("ForceOff", "GracefulShutdown") and ns.power == POWER_OFF:

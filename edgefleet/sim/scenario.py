@@ -10,6 +10,10 @@ A scenario file is YAML; every key is optional::
     bmc_timeout_seconds: 45       # ... after this many real seconds (bounded: at most 300)
     bmc_reset_rate: 0.001         # share of BMC requests whose connection is closed mid-response
     image_fetch_fail_rate: 0.02   # share of InsertMedia calls that fail as if the download failed
+    bmc_bursts:                   # runs of 500s on one BMC: the next `count` requests of `method`
+      - {node: dk-0001-n1, method: GET, path: Systems/1, count: 4, after: reset}
+                                  # whose path ends in `path`; `after: reset`: only once the node was reset
+    k8s_bursts: [{store: dk-0002, count: 2}]   # the store's next `count` node-list reads answer 500
     slow_boot: {nodes: [dk-0001-n1], rate: 0.05, factor: 4}   # these nodes / this share boot 4x slower
     never_ready: [dk-0002-n2]     # nodes that are never Ready (before or after a reimage)
     flapping: [se-0001-n1]        # nodes whose readiness flips every flap_seconds (simulated)
@@ -32,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefleet.errors import InputError
 
-__all__ = ["Caps", "Scenario", "SlowBoot", "parse_scenario", "update_scenario"]
+__all__ = ["BmcBurst", "Caps", "KubeBurst", "Scenario", "SlowBoot", "parse_scenario", "update_scenario"]
 
 Rate = float
 
@@ -47,6 +51,26 @@ class SlowBoot(_Model):
     nodes: list[str] = Field(default_factory=list)
     rate: Rate = Field(default=0.0, ge=0, le=1)
     factor: float = Field(default=3.0, ge=1, le=1000)
+
+
+class BmcBurst(_Model):
+    """A run of HTTP 500s on one node's BMC: its next ``count`` requests of ``method`` whose Redfish
+    path ends in ``path`` fail; with ``after: reset`` the run starts only once the node was reset
+    (a power-state read failing while the node boots). A reproducible fault where the rates are
+    random."""
+
+    node: str
+    method: str = Field(default="GET", pattern="^(GET|POST|PATCH|DELETE)$")
+    path: str = ""
+    count: int = Field(ge=1, le=1_000_000)
+    after: str | None = Field(default=None, pattern="^reset$")
+
+
+class KubeBurst(_Model):
+    """A run of HTTP 500s on one store's Kubernetes API: its next ``count`` node-list reads fail."""
+
+    store: str
+    count: int = Field(ge=1, le=1_000_000)
 
 
 class Caps(_Model):
@@ -65,6 +89,8 @@ class Scenario(_Model):
     bmc_timeout_seconds: float = Field(default=45.0, ge=0, le=300)
     bmc_reset_rate: Rate = Field(default=0.0, ge=0, le=1)
     image_fetch_fail_rate: Rate = Field(default=0.0, ge=0, le=1)
+    bmc_bursts: list[BmcBurst] = Field(default_factory=list)
+    k8s_bursts: list[KubeBurst] = Field(default_factory=list)
     slow_boot: SlowBoot = Field(default_factory=SlowBoot)
     never_ready: list[str] = Field(default_factory=list)
     flapping: list[str] = Field(default_factory=list)

@@ -149,6 +149,11 @@ class BmcEndpoint:
             sim.event("fault", node=ns, detail={"fault": "5xx", "method": method, "path": rest})
             await _send_reply(send, error_reply(500, "internal BMC error (simulated)", "Base.1.8.InternalError"))
             return
+        if sim.burst_fault(node, method, rest):
+            sim.faults["bmc_burst"] += 1
+            sim.event("fault", node=ns, detail={"fault": "5xx burst", "method": method, "path": rest})
+            await _send_reply(send, error_reply(500, "internal BMC error (simulated burst)", "Base.1.8.InternalError"))
+            return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         sub = rest[len("redfish/v1"):] if rest.startswith("redfish/v1") else None
         if sub is None:
@@ -288,6 +293,11 @@ def build_app(sim: SimFleet, talos: Mapping[str, str] | None = None) -> Starlett
             return JSONResponse({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                  "message": readyz(sim, sid)[1].strip(), "reason": "ServiceUnavailable",
                                  "code": 503}, 503)
+        if sim.kube_burst_fault(sid):
+            sim.faults["k8s_burst"] += 1
+            return JSONResponse({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                 "message": "internal error (simulated burst)", "reason": "InternalError",
+                                 "code": 500}, 500)
         return Response(_dumps(node_list(sim, sid)), media_type="application/json")
 
     routes = [

@@ -16,8 +16,9 @@ think about:
   PERMISSION_DENIED -> ``TalosAccessDenied``, FAILED_PRECONDITION / ALREADY_EXISTS ->
   ``TalosRefused``, anything else -> ``TalosCallFailed`` (permanent). A TLS handshake the server
   rejected (wrong CA, wrong server name) is permanent too (``TalosAccessDenied``);
-* retries: only transient failures, at most ``Retry.attempts`` tries with exponential backoff and
-  jitter. Reads retry both transient codes; Bootstrap / Reset / Reboot retry only UNAVAILABLE
+* retries: through the one retry policy (``edgefleet.retry``; default ``TALOS_RETRY``: 3 tries,
+  exponential backoff with full jitter), only for transient failures. Reads retry both transient
+  codes; Bootstrap / Reset / Reboot retry only UNAVAILABLE
   (the call may have run when its deadline fired; a retried Bootstrap that had run comes back
   ALREADY_EXISTS, which ``bootstrap`` reports as ``TalosRefused``).
 
@@ -29,7 +30,6 @@ Usage::
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +45,7 @@ from google.protobuf import empty_pb2
 
 from edgefleet.errors import TalosAccessDenied, TalosCallFailed, TalosRefused, TalosUnavailable
 from edgefleet.inventory.model import Node, Store, url_host
+from edgefleet.retry import RetryPolicy, is_transient, retrying
 from edgefleet.secrets import load_secrets
 from edgefleet.talos.certs import Role, mint_os_client_cert
 from edgefleet.talos.proto.machine import machine_pb2 as pb
@@ -52,9 +53,9 @@ from edgefleet.talos.proto.machine import machine_pb2_grpc as pb_grpc
 
 __all__ = [
     "APID_PORT",
+    "TALOS_RETRY",
     "EtcdMember",
     "NodeVersion",
-    "Retry",
     "ServiceStatus",
     "TalosClient",
     "client_for",
@@ -82,17 +83,9 @@ _TLS_REFUSED = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed", "Tls h
                 "TSI_PROTOCOL_FAILURE", "Peer name", "is not in peer certificate")
 
 
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """Bounded retries of transient failures: ``attempts`` tries in all, backoff doubling from
-    ``base_s`` up to ``max_s``, with full jitter."""
-
-    attempts: int = 3
-    base_s: float = 0.2
-    max_s: float = 2.0
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        return rng.uniform(0, min(self.max_s, self.base_s * 2 ** attempt))
+# Bounded retries of transient failures: 3 tries in all, backoff doubling from 0.2 s up to 2 s, with
+# full jitter (many stores' clients retrying at once do not retry in step).
+TALOS_RETRY = RetryPolicy(attempts=3, backoff_s=0.2, backoff_max_s=2.0, jitter=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +136,7 @@ class TalosClient:
 
     def __init__(self, endpoint: str, *, ca_pem: bytes, cert_pem: bytes, key_pem: bytes,
                  server_name: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S, node: str | None = None,
-                 store: str = "", retry: Retry = Retry(), rng: random.Random | None = None):
+                 store: str = "", retry: RetryPolicy = TALOS_RETRY, rng: random.Random | None = None):
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
         self.endpoint = endpoint_with_port(endpoint)
@@ -177,25 +170,23 @@ class TalosClient:
         target = node or self.node
         who = target or self.endpoint
         metadata = (("nodes", target),) if target else None
-        last: TalosCallFailed | None = None
-        for attempt in range(max(1, self.retry.attempts)):
-            if attempt:
-                await asyncio.sleep(self.retry.delay(attempt - 1, self._rng))
-            err: TalosCallFailed | None
+
+        async def once() -> _T:
             try:
                 reply = await send(metadata, self.timeout_s)
             except grpc.aio.AioRpcError as e:
-                err = map_error(e.code(), e.details() or "", store=self.store, node=who, operation=operation)
-            else:
-                err = self._reply_error(reply, operation, who)
-                if err is None:
-                    return reply
-            retryable = err.transient and (idempotent or err.code == grpc.StatusCode.UNAVAILABLE.name)
-            if not retryable:
+                raise map_error(e.code(), e.details() or "", store=self.store, node=who,
+                                operation=operation) from None
+            err = self._reply_error(reply, operation, who)
+            if err is not None:
                 raise err
-            last = err
-        assert last is not None
-        raise last
+            return reply
+
+        def retryable(e: BaseException) -> bool:
+            # A write may have run when its deadline fired: repeated only when it was not delivered.
+            return is_transient(e) and (idempotent or getattr(e, "code", "") == grpc.StatusCode.UNAVAILABLE.name)
+
+        return await retrying(self.retry, once, retry_if=retryable, rng=self._rng)
 
     def _reply_error(self, reply: Any, operation: str, who: str) -> TalosCallFailed | None:
         """A per-node failure carried in a proxied reply's ``metadata`` (apid's one-to-many mode)."""
@@ -272,7 +263,7 @@ def endpoint_with_port(endpoint: str) -> str:
 
 def client_for(home: Path, store: Store, node: Node, role: Role, *, now: datetime | None = None,
                endpoint: str | None = None, ca_pem: bytes | None = None, server_name: str | None = None,
-               timeout_s: float = DEFAULT_TIMEOUT_S, retry: Retry = Retry()) -> TalosClient:
+               timeout_s: float = DEFAULT_TIMEOUT_S, retry: RetryPolicy = TALOS_RETRY) -> TalosClient:
     """A client acting on ``node`` with a fresh ``role`` certificate from the store's secrets.
 
     By default it dials the node itself (``<ip>:50000``) and trusts the store's OS CA. Through

@@ -470,6 +470,28 @@ def test_task_monitor_is_followed_to_completion_and_failure() -> None:
     run(main())
 
 
+def test_a_task_monitor_failing_transiently_is_read_again_and_the_action_not_resent() -> None:
+    """Five 500s in a row on the monitor (more than the connector's 3 attempts) within the task's
+    deadline: the monitor is a read, read again until the task ends; the action went out once."""
+    seen = {"act": 0, "monitor": 0}
+
+    def handler(r: Req) -> Reply:
+        if r.path == "/redfish/v1/act":
+            seen["act"] += 1
+            return Reply(202, {}, headers={"Location": "/redfish/v1/TaskService/Tasks/3"})
+        seen["monitor"] += 1
+        if seen["monitor"] <= 5:
+            return Reply(500, {"error": {"message": "internal"}})
+        return Reply(200, {"TaskState": "Completed", "TaskStatus": "OK"})
+
+    async def main() -> None:
+        async with raw_server(handler) as (url, _), BmcClients(T) as clients:
+            r = await connector(url, clients).post("/redfish/v1/act", {}, "insert media")
+            assert r.body["TaskState"] == "Completed" and seen == {"act": 1, "monitor": 6}
+
+    run(main())
+
+
 def test_operation_header_and_path_prefix() -> None:
     """The simulator serves BMCs at /bmc/<node>; links may or may not carry the prefix."""
     def handler(r: Req) -> Reply:

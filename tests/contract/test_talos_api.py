@@ -23,9 +23,10 @@ from google.protobuf import empty_pb2
 
 from edgefleet.errors import SecretsError, TalosAccessDenied, TalosCallFailed, TalosRefused, TalosUnavailable
 from edgefleet.inventory.model import Fleet, Store
+from edgefleet.retry import RetryPolicy
 from edgefleet.secrets import ClusterSecrets, KeyAndCert, generate_secrets, store_secrets
 from edgefleet.sim.talosapi import MemoryNodes, TalosApiServer, start_talos_api
-from edgefleet.talos.api import Retry, TalosClient, client_for
+from edgefleet.talos.api import TalosClient, client_for
 from edgefleet.talos.certs import Role, mint_ca, mint_os_client_cert
 from edgefleet.talos.proto.machine import machine_pb2_grpc as pb_grpc
 
@@ -242,7 +243,7 @@ def test_deadline_fires_on_a_silent_node(world: World, silent_listener: int) -> 
     async def main() -> tuple[float, TalosCallFailed]:
         c = TalosClient(f"127.0.0.1:{silent_listener}", ca_pem=cert.ca_pem, cert_pem=cert.cert_pem,
                         key_pem=cert.key_pem, timeout_s=0.5, node="10.20.0.10", store="aa",
-                        retry=Retry(attempts=2, base_s=0.05, max_s=0.1))
+                        retry=RetryPolicy(attempts=2, backoff_s=0.05, backoff_max_s=0.1, jitter=True))
         t = time.perf_counter()
         try:
             await c.version()
@@ -284,7 +285,8 @@ def test_sleeping_servicer_hits_the_deadline_and_bootstrap_is_not_retried() -> N
         await server.start()
         try:
             async with TalosClient(f"127.0.0.1:{port}", ca_pem=ca, cert_pem=cert.cert_pem, key_pem=cert.key_pem,
-                                   timeout_s=0.3, node="n1", retry=Retry(attempts=3, base_s=0.01)) as c:
+                                   timeout_s=0.3, node="n1",
+                                   retry=RetryPolicy(attempts=3, backoff_s=0.01, backoff_max_s=2.0, jitter=True)) as c:
                 with pytest.raises(TalosUnavailable, match="DEADLINE_EXCEEDED"):
                     await c.bootstrap()
                 assert calls == ["Bootstrap"]  # a write that may have run is not retried on a deadline

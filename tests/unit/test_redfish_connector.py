@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from edgefleet.errors import BmcError
 from edgefleet.inventory.model import BmcTls, CredentialsRef
 from edgefleet.redfish import Connector, RetryPolicy, error_from_response, resolve_password
-from edgefleet.redfish.connector import _parse_retry_after, _RedactAuthHeaders
+from edgefleet.redfish.responses import parse_retry_after as _parse_retry_after
+from edgefleet.redfish.transport import _RedactAuthHeaders
 
 
 def make(url: str) -> Connector:

@@ -7,8 +7,8 @@ import pytest
 
 from edgefleet.errors import BmcError
 from edgefleet.redfish import QUIRKS, MediaSlot, choose_reset, choose_slots, quirks_for
-from edgefleet.redfish.driver import parse_media_slot
 from edgefleet.redfish.quirks import GENERIC, SUSHY_EMULATOR
+from edgefleet.redfish.resources import parse_media_slot
 
 
 def slot(sid: str, *types: str, inserted: bool = False) -> MediaSlot:

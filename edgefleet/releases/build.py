@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +33,13 @@ from edgefleet.errors import ArtifactError, PackerError, ReleaseInputError
 from edgefleet.releases import packer as packer_runner
 from edgefleet.releases.catalog import Release, ReleaseCatalog, ReleaseState
 from edgefleet.releases.image import DEFAULT_EPOCH, REQUIRED_KERNEL_ARG, read_release_manifest
-from edgefleet.releases.template import check_validations, check_values, load_template_variables, template_hash
+from edgefleet.releases.template import (
+    TemplateVariable,
+    check_validations,
+    check_values,
+    load_template_variables,
+    template_hash,
+)
 from edgefleet.releases.upstream import SHA256_RE, TALOS_VERSION_RE, fetch_upstream, sha256_file
 
 RELEASE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -190,28 +196,8 @@ def build_release(spec: ReleaseSpec, *, home: Path, catalog: ReleaseCatalog, tem
     try:
         out = work / "out"
         out.mkdir()
-        values = packer_variables(spec, upstream_iso=str(upstream.resolve()), output_dir=out, cache_dir=cache_dir,
-                                  python=python or sys.executable)
-        check_values(variables, values, template=f"template {template_dir}")
-        check_validations(variables, values, template=f"template {template_dir}")
-        var_file = work / "release.pkrvars.json"
-        var_file.write_text(json.dumps(values, indent=2) + "\n")
-        say(f"packer validate {template_dir}")
-        packer_runner.validate(template_dir, var_file, packer=packer)
-        log_lines: list[str] = []
-
-        def on_event(ev: packer_runner.PackerEvent) -> None:
-            log_lines.append(f"{ev.timestamp} {ev.target} {ev.type} {ev.text}")
-            if ev.type == "ui" and ev.text.strip():
-                say(ev.text.strip())
-
-        say(f"packer build {spec.name}")
-        remaining = max(1.0, timeout - (time.monotonic() - t0))
-        try:
-            packer_runner.build(template_dir, var_file, packer=packer, timeout=remaining, on_event=on_event,
-                                cancel=cancel)
-        finally:
-            (out / "packer.log").write_text("\n".join(log_lines) + "\n")
+        var_file = _run_packer(spec, template_dir, variables, upstream, cache_dir, work, out, packer=packer,
+                               python=python, deadline=t0 + timeout, say=say, cancel=cancel)
         image, sha256, size = _verify_output(spec, out)
         shutil.copy2(var_file, out / var_file.name)
         try:
@@ -219,19 +205,8 @@ def build_release(spec: ReleaseSpec, *, home: Path, catalog: ReleaseCatalog, tem
         except OSError as e:
             raise ReleaseInputError(f"release directory {final} appeared during the build (a concurrent build "
                                     f"of {spec.name}?): {e}") from e
-        created = now or datetime.now(UTC)
-        release = Release(name=spec.name, artifact_path=final / image.name, sha256=sha256, size=size,
-                          talos_version=spec.talos_version, kubernetes_version=spec.kubernetes_version,
-                          installer_image=spec.installer_image, extensions=spec.extensions,
-                          kernel_args=read_release_manifest(final / image.name).kernel_args,
-                          upstream_sha256=spec.upstream_sha256, template_hash=template_hash(template_dir),
-                          build_seconds=time.monotonic() - t0, state=ReleaseState.built, created_at=created,
-                          state_changed_at=created)
-        try:
-            catalog.add(release)
-        except BaseException:
-            shutil.rmtree(final, ignore_errors=True)
-            raise
+        release = _record(spec, final / image.name, sha256, size, catalog, template_dir,
+                          created=now or datetime.now(UTC), build_seconds=time.monotonic() - t0)
         say(f"release {spec.name} built: {release.artifact_path} sha256 {sha256} ({size} bytes, "
             f"{release.build_seconds:.1f} s)")
         return release
@@ -239,3 +214,53 @@ def build_release(spec: ReleaseSpec, *, home: Path, catalog: ReleaseCatalog, tem
         raise type(e)(f"release {spec.name}: {e}") from e
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_packer(spec: ReleaseSpec, template_dir: Path, variables: Mapping[str, TemplateVariable], upstream: Path,
+                cache_dir: Path, work: Path, out: Path, *, packer: str, python: str | None, deadline: float,
+                say: Progress, cancel: threading.Event | None) -> Path:
+    """Check the template's variables, then ``packer validate`` and ``packer build`` into ``out``
+    (its log kept as ``out/packer.log``) within what is left until ``deadline`` (monotonic);
+    returns the variables file."""
+    values = packer_variables(spec, upstream_iso=str(upstream.resolve()), output_dir=out, cache_dir=cache_dir,
+                              python=python or sys.executable)
+    check_values(variables, values, template=f"template {template_dir}")
+    check_validations(variables, values, template=f"template {template_dir}")
+    var_file = work / "release.pkrvars.json"
+    var_file.write_text(json.dumps(values, indent=2) + "\n")
+    say(f"packer validate {template_dir}")
+    packer_runner.validate(template_dir, var_file, packer=packer)
+    log_lines: list[str] = []
+
+    def on_event(ev: packer_runner.PackerEvent) -> None:
+        log_lines.append(f"{ev.timestamp} {ev.target} {ev.type} {ev.text}")
+        if ev.type == "ui" and ev.text.strip():
+            say(ev.text.strip())
+
+    say(f"packer build {spec.name}")
+    remaining = max(1.0, deadline - time.monotonic())
+    try:
+        packer_runner.build(template_dir, var_file, packer=packer, timeout=remaining, on_event=on_event,
+                            cancel=cancel)
+    finally:
+        (out / "packer.log").write_text("\n".join(log_lines) + "\n")
+    return var_file
+
+
+def _record(spec: ReleaseSpec, artifact: Path, sha256: str, size: int, catalog: ReleaseCatalog, template_dir: Path,
+            *, created: datetime, build_seconds: float) -> Release:
+    """Add the built release (its image already in place at ``artifact``) to the catalog; when that
+    fails, remove its directory again."""
+    release = Release(name=spec.name, artifact_path=artifact, sha256=sha256, size=size,
+                      talos_version=spec.talos_version, kubernetes_version=spec.kubernetes_version,
+                      installer_image=spec.installer_image, extensions=spec.extensions,
+                      kernel_args=read_release_manifest(artifact).kernel_args,
+                      upstream_sha256=spec.upstream_sha256, template_hash=template_hash(template_dir),
+                      build_seconds=build_seconds, state=ReleaseState.built, created_at=created,
+                      state_changed_at=created)
+    try:
+        catalog.add(release)
+    except BaseException:
+        shutil.rmtree(artifact.parent, ignore_errors=True)
+        raise
+    return release

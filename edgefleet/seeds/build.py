@@ -199,56 +199,19 @@ def build_seeds(fleet: Fleet, store_ids: Sequence[str] | None, node: str | None,
     t_start = time.perf_counter()
     report = SeedBuildReport()
     selected = _select(fleet, store_ids, node)
-    release_json = json.dumps([release.name, release.talos_version, release.kubernetes_version,
-                               release.installer_image])
     with _locked(out):
         index = load_index(out)
-        new_secrets_data: dict[str, bytes] = {}
-        store_secrets_sha: dict[str, str] = {}
-        need_render: list[tuple[Store, Node, str]] = []  # store, node, digest
-
-        # 1. Which nodes need a new seed, and which stores need new secrets.
-        missing: list[str] = []
-        for store, nodes in selected:
-            report.nodes += len(nodes)
-            path = secrets_path(home, store.id)
-            try:
-                store_secrets_sha[store.id] = hashlib.sha256(path.read_bytes()).hexdigest()
-            except FileNotFoundError:
-                if store.id in existing_clusters or _has_seeds(out, store.id, index):
-                    raise SecretsError(
-                        f"store {store.id}: it already has a cluster (or seeds in {out / store.id}) but its "
-                        f"secrets file {path} is missing; restore it from a backup (new secrets would split "
-                        "the cluster: new nodes could not join)") from None
-                missing.append(store.id)
+        # 1. Which stores need new secrets, and which nodes a new seed.
+        store_secrets_sha, missing = _secrets_state(selected, home, out, index, existing_clusters, report)
         t = time.perf_counter()
         generated = _generate_many(missing, now)
         report.secrets_seconds = time.perf_counter() - t
+        new_secrets_data: dict[str, bytes] = {}
         for sid, bundle in generated.items():
             data = encode_secrets(bundle, key=secrets_key)
             new_secrets_data[sid] = data
             store_secrets_sha[sid] = hashlib.sha256(data).hexdigest()
-
-        out_str = os.fspath(out)
-        for store, nodes in selected:
-            store_digest = hashlib.sha256(
-                f"{RENDERER_VERSION}\0{release_json}\0{store_secrets_sha[store.id]}\0".encode()
-                + store.model_dump_json().encode()).hexdigest()
-            for n in nodes:
-                digest = hashlib.sha256(f"{store_digest}\0{n.name}".encode()).hexdigest()
-                entry = index.get(_key(store.id, n.name))
-                if entry is not None and entry.get("digest") == digest:
-                    iso = f"{out_str}/{store.id}/{n.name}.iso"  # plain strings: pathlib costs 10x here
-                    try:
-                        size = os.stat(iso).st_size
-                    except FileNotFoundError:
-                        size = -1
-                    if size == entry.get("size"):
-                        report.skipped += 1
-                        if progress:
-                            progress(SeedEvent(store.id, n.name, "skipped", Path(iso)))
-                        continue
-                need_render.append((store, n, digest))
+        need_render = _stale_seeds(selected, release, out, index, store_secrets_sha, report, progress)
 
         # 2. Render (and validate) everything before writing anything.
         t = time.perf_counter()
@@ -275,25 +238,83 @@ def build_seeds(fleet: Fleet, store_ids: Sequence[str] | None, node: str | None,
                 raise SecretsError(f"store {sid}: its secrets were created by another process while this build "
                                    "ran; nothing of this store was written, run the build again") from None
             report.secrets_generated.append(sid)
-        dirty = False
-        try:
-            for at in range(0, len(rendered), WRITE_BATCH):
-                batch = rendered[at:at + WRITE_BATCH]
-                writes = write_seed_isos([(seed_path(out, store.id, n.name), seed) for store, n, _d, seed in batch])
-                for (store, n, digest, _seed), w in zip(batch, writes, strict=True):
-                    index[_key(store.id, n.name)] = {"digest": digest, "sha256": w.sha256, "size": w.size,
-                                                     "release": release.name}
-                    dirty = True
-                    action: Action = "written" if w.changed else "unchanged"
-                    if w.changed:
-                        report.written.append(_key(store.id, n.name))
-                    else:
-                        report.unchanged += 1
-                    if progress:
-                        progress(SeedEvent(store.id, n.name, action, w.path))
-        finally:
-            if dirty:
-                _write_index(out, index)
+        _write_seeds(rendered, release, out, index, report, progress)
         report.write_seconds = time.perf_counter() - t
     report.seconds = time.perf_counter() - t_start
     return report
+
+
+def _secrets_state(selected: list[tuple[Store, list[Node]]], home: Path, out: Path, index: dict[str, dict[str, Any]],
+                   existing_clusters: Collection[str], report: SeedBuildReport) -> tuple[dict[str, str], list[str]]:
+    """The sha256 of each selected store's secrets file, and the stores that have none yet (refused
+    for a store that has a cluster or seeds: new secrets would split it)."""
+    store_secrets_sha: dict[str, str] = {}
+    missing: list[str] = []
+    for store, nodes in selected:
+        report.nodes += len(nodes)
+        path = secrets_path(home, store.id)
+        try:
+            store_secrets_sha[store.id] = hashlib.sha256(path.read_bytes()).hexdigest()
+        except FileNotFoundError:
+            if store.id in existing_clusters or _has_seeds(out, store.id, index):
+                raise SecretsError(
+                    f"store {store.id}: it already has a cluster (or seeds in {out / store.id}) but its "
+                    f"secrets file {path} is missing; restore it from a backup (new secrets would split "
+                    "the cluster: new nodes could not join)") from None
+            missing.append(store.id)
+    return store_secrets_sha, missing
+
+
+def _stale_seeds(selected: list[tuple[Store, list[Node]]], release: ReleaseRef, out: Path,
+                 index: dict[str, dict[str, Any]], store_secrets_sha: dict[str, str], report: SeedBuildReport,
+                 progress: Callable[[SeedEvent], None] | None) -> list[tuple[Store, Node, str]]:
+    """The nodes whose seed must be rendered (store, node, digest); the others are reported skipped."""
+    release_json = json.dumps([release.name, release.talos_version, release.kubernetes_version,
+                               release.installer_image])
+    need_render: list[tuple[Store, Node, str]] = []
+    out_str = os.fspath(out)
+    for store, nodes in selected:
+        store_digest = hashlib.sha256(
+            f"{RENDERER_VERSION}\0{release_json}\0{store_secrets_sha[store.id]}\0".encode()
+            + store.model_dump_json().encode()).hexdigest()
+        for n in nodes:
+            digest = hashlib.sha256(f"{store_digest}\0{n.name}".encode()).hexdigest()
+            entry = index.get(_key(store.id, n.name))
+            if entry is not None and entry.get("digest") == digest:
+                iso = f"{out_str}/{store.id}/{n.name}.iso"  # plain strings: pathlib costs 10x here
+                try:
+                    size = os.stat(iso).st_size
+                except FileNotFoundError:
+                    size = -1
+                if size == entry.get("size"):
+                    report.skipped += 1
+                    if progress:
+                        progress(SeedEvent(store.id, n.name, "skipped", Path(iso)))
+                    continue
+            need_render.append((store, n, digest))
+    return need_render
+
+
+def _write_seeds(rendered: list[tuple[Store, Node, str, SeedFiles]], release: ReleaseRef, out: Path,
+                 index: dict[str, dict[str, Any]], report: SeedBuildReport,
+                 progress: Callable[[SeedEvent], None] | None) -> None:
+    """Write the rendered seed ISOs in batches, then the index (also when a write fails midway)."""
+    dirty = False
+    try:
+        for at in range(0, len(rendered), WRITE_BATCH):
+            batch = rendered[at:at + WRITE_BATCH]
+            writes = write_seed_isos([(seed_path(out, store.id, n.name), seed) for store, n, _d, seed in batch])
+            for (store, n, digest, _seed), w in zip(batch, writes, strict=True):
+                index[_key(store.id, n.name)] = {"digest": digest, "sha256": w.sha256, "size": w.size,
+                                                 "release": release.name}
+                dirty = True
+                action: Action = "written" if w.changed else "unchanged"
+                if w.changed:
+                    report.written.append(_key(store.id, n.name))
+                else:
+                    report.unchanged += 1
+                if progress:
+                    progress(SeedEvent(store.id, n.name, action, w.path))
+    finally:
+        if dirty:
+            _write_index(out, index)

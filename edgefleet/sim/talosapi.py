@@ -20,7 +20,8 @@ store, a certificate without a Talos role, and a role below the method's:
     Bootstrap, Reset                       os:admin
 
 Node behaviour (``TalosNodeBackend`` supplies the state; ``MemoryNodes`` is a complete one over
-a fleet and its secrets, the simulator wiring adapts the simulator's nodes):
+a fleet and its secrets, in ``edgefleet.sim.talosnodes``; the simulator wiring adapts the
+simulator's nodes):
 
 * a node that is down answers UNAVAILABLE; a node without a machine config (maintenance mode)
   too; ``EtcdMemberList`` on a worker is UNIMPLEMENTED ("member list is only available on
@@ -38,10 +39,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import grpc
 import grpc.aio
@@ -49,8 +49,8 @@ from cryptography import x509
 from google.protobuf import empty_pb2
 from google.rpc import status_pb2
 
-from edgefleet.errors import EdgefleetError
-from edgefleet.inventory.model import Fleet, Role, url_host
+from edgefleet.inventory.model import url_host
+from edgefleet.sim.talosnodes import MemoryNodes, NodeFault, TalosNodeBackend
 from edgefleet.talos.certs import cert_roles, issued_by, mint_ca, mint_server_cert
 from edgefleet.talos.proto.common import common_pb2
 from edgefleet.talos.proto.machine import machine_pb2 as pb
@@ -75,175 +75,6 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
     "Reboot": frozenset({"os:operator", "os:admin"}),
     "Bootstrap": frozenset({"os:admin"}), "Reset": frozenset({"os:admin"}),
 }
-
-
-class NodeFault(EdgefleetError):
-    """A node refuses a call; ``code`` is the gRPC status the node answers with."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        self.code = code
-        super().__init__(message)
-
-
-class TalosNodeBackend(Protocol):
-    """The node state the Talos API servicer reads and changes. Node arguments are node names."""
-
-    def os_ca_pems(self) -> Mapping[str, bytes]:
-        """Store id -> its OS CA certificate PEM, for every store that has secrets."""
-
-    def ca_generation(self) -> int:
-        """Changes whenever ``os_ca_pems`` would return something new."""
-
-    def resolve(self, store_id: str, target: str) -> str | None:
-        """The name of the store's node that ``target`` (a name or an address) designates."""
-
-    def store_of(self, node: str) -> str: ...
-
-    def is_control_plane(self, node: str) -> bool: ...
-
-    def check_up(self, node: str) -> None:
-        """Raise ``NodeFault`` (UNAVAILABLE) unless the node runs Talos with its machine config."""
-
-    def version(self, node: str) -> tuple[str, str]:
-        """(Talos version tag, platform name)."""
-
-    def has_etcd_data(self, node: str) -> bool: ...
-
-    def bootstrap(self, node: str) -> None: ...
-
-    def etcd_members(self, store_id: str) -> Sequence[str]:
-        """The store's control planes that are etcd members and up, in a stable order."""
-
-    def address(self, node: str) -> str: ...
-
-    def reset(self, node: str, *, graceful: bool, reboot: bool, wipe: frozenset[str]) -> None: ...
-
-    def reboot(self, node: str) -> None: ...
-
-
-# --- a backend over a fleet ------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _NodeFacts:
-    name: str
-    store: str
-    address: str
-    control_plane: bool
-    up: bool = True
-    configured: bool = True  # has a machine config (else: maintenance mode)
-    etcd: bool = False  # has etcd data (is a member)
-    boots: int = 0
-
-
-@dataclass
-class MemoryNodes:
-    """A ``TalosNodeBackend`` over a fleet: every node up and configured, clusters formed or not.
-
-    ``os_cas``: store id -> OS CA PEM (``MemoryNodes.from_home`` reads them from the secrets).
-    ``formed``: the stores whose control planes all hold etcd data at start. A reset node with a
-    STATE wipe comes back configured when ``seeded`` (its seed is attached), else it stays in
-    maintenance mode; ``reboot=False`` leaves it down (halted)."""
-
-    fleet: Fleet
-    os_cas: dict[str, bytes]
-    formed: frozenset[str] = frozenset()
-    seeded: bool = True
-    talos_version: str = "v1.12.0"
-    nodes: dict[str, _NodeFacts] = field(default_factory=dict)
-    _gen: int = 0
-
-    def __post_init__(self) -> None:
-        for s in self.fleet.stores.values():
-            for n in s.nodes:
-                cp = n.role is Role.controlplane
-                self.nodes[n.name] = _NodeFacts(n.name, s.id, str(n.ip), cp, etcd=cp and s.id in self.formed)
-
-    @classmethod
-    def from_home(cls, fleet: Fleet, home: Path, **kw: Any) -> MemoryNodes:
-        from cryptography.hazmat.primitives import serialization
-
-        from edgefleet.secrets import load_secrets
-        from edgefleet.talos.certs import load_ca
-
-        cas: dict[str, bytes] = {}
-        for sid in fleet.stores:
-            try:
-                cert, _ = load_ca(load_secrets(home, sid).certs.os, store_id=sid, which="os")
-            except EdgefleetError:
-                continue
-            cas[sid] = cert.public_bytes(serialization.Encoding.PEM)
-        return cls(fleet, cas, **kw)
-
-    def os_ca_pems(self) -> Mapping[str, bytes]:
-        return self.os_cas
-
-    def ca_generation(self) -> int:
-        return self._gen
-
-    def add_ca(self, store_id: str, pem: bytes) -> None:
-        self.os_cas[store_id] = pem
-        self._gen += 1
-
-    def resolve(self, store_id: str, target: str) -> str | None:
-        f = self.nodes.get(target)
-        if f is not None:
-            return f.name if f.store == store_id else None
-        store = self.fleet.stores.get(store_id)
-        if store is None:
-            return None
-        return next((n.name for n in store.nodes if str(n.ip) == target), None)
-
-    def store_of(self, node: str) -> str:
-        return self.nodes[node].store
-
-    def is_control_plane(self, node: str) -> bool:
-        return self.nodes[node].control_plane
-
-    def check_up(self, node: str) -> None:
-        f = self.nodes[node]
-        if not f.up:
-            raise NodeFault(grpc.StatusCode.UNAVAILABLE, f"node {node} is down: connection refused")
-        if not f.configured:
-            raise NodeFault(grpc.StatusCode.UNAVAILABLE, f"node {node} is in maintenance mode (no machine config)")
-
-    def version(self, node: str) -> tuple[str, str]:
-        return self.talos_version, "nocloud"
-
-    def has_etcd_data(self, node: str) -> bool:
-        return self.nodes[node].etcd
-
-    def bootstrap(self, node: str) -> None:
-        self.nodes[node].etcd = True
-
-    def etcd_members(self, store_id: str) -> Sequence[str]:
-        return [f.name for f in self.nodes.values()
-                if f.store == store_id and f.control_plane and f.etcd and f.up and f.configured]
-
-    def address(self, node: str) -> str:
-        return self.nodes[node].address
-
-    def reset(self, node: str, *, graceful: bool, reboot: bool, wipe: frozenset[str]) -> None:
-        f = self.nodes[node]
-        if not wipe or "STATE" in wipe:
-            f.etcd = False
-            f.configured = False
-        elif "EPHEMERAL" in wipe:
-            f.etcd = False  # etcd data lives on EPHEMERAL
-        f.up = reboot
-        if reboot:
-            self._boot(f)
-
-    def reboot(self, node: str) -> None:
-        self._boot(self.nodes[node])
-
-    def _boot(self, f: _NodeFacts) -> None:
-        f.boots += 1
-        if not f.configured and self.seeded:
-            f.configured = True  # read its NoCloud seed again
-        if f.control_plane and f.configured and not f.etcd and any(
-                o.etcd and o.up for o in self.nodes.values() if o.store == f.store and o is not f):
-            f.etcd = True  # joins the existing etcd cluster
 
 
 # --- TLS ---------------------------------------------------------------------------------------------

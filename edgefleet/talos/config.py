@@ -145,6 +145,29 @@ def render_machine_documents(store: Store, node: Node, release: ReleaseRef,
                              secrets: ClusterSecrets) -> list[dict[str, Any]]:
     """The node's config documents before patches: fresh objects, safe to mutate."""
     cp = node.role is Role.controlplane
+    net = store.network
+    docs: list[dict[str, Any]] = [
+        {"version": "v1alpha1", "debug": False, "machine": _machine_section(store, node, release, secrets),
+         "cluster": _cluster_section(store, node, release, secrets)},
+        {"apiVersion": "v1alpha1", "kind": "HostnameConfig", "hostname": node.name, "auto": "off"},
+        {"apiVersion": "v1alpha1", "kind": "ResolverConfig",
+         "nameservers": [{"address": str(a)} for a in net.dns]},
+    ]
+    if net.ntp:
+        docs.append({"apiVersion": "v1alpha1", "kind": "TimeSyncConfig", "ntp": {"servers": list(net.ntp)}})
+    if node.bond is None:
+        docs.append({"apiVersion": "v1alpha1", "kind": "LinkAliasConfig", "name": LINK_ALIAS,
+                     "selector": {"match": f'mac(link.permanent_addr) == "{node.mac}"'}})
+    if cp:
+        # One document per VIP (a dual-stack store may float an IPv4 and an IPv6 one on the same link).
+        docs.extend({"apiVersion": "v1alpha1", "kind": "Layer2VIPConfig", "name": str(vip),
+                     "link": vip_link(store, node)} for vip in store.vips)
+    return docs
+
+
+def _machine_section(store: Store, node: Node, release: ReleaseRef, secrets: ClusterSecrets) -> dict[str, Any]:
+    """The v1alpha1 document's ``machine``."""
+    cp = node.role is Role.controlplane
     k8s = _v(release.kubernetes_version)
     certs = secrets.certs
     net = store.network
@@ -157,8 +180,7 @@ def render_machine_documents(store: Store, node: Node, release: ReleaseRef,
     labels: dict[str, str] = {LABEL_RELEASE: release.name, LABEL_STORE: store.id}
     if cp:
         labels["node.kubernetes.io/exclude-from-external-load-balancers"] = ""
-
-    machine: dict[str, Any] = {
+    return {
         "type": node.role.value,
         "token": secrets.trustdinfo.token,
         "ca": {"crt": certs.os.crt, "key": certs.os.key} if cp else {"crt": certs.os.crt},
@@ -179,6 +201,14 @@ def render_machine_documents(store: Store, node: Node, release: ReleaseRef,
         },
         "nodeLabels": labels,
     }
+
+
+def _cluster_section(store: Store, node: Node, release: ReleaseRef, secrets: ClusterSecrets) -> dict[str, Any]:
+    """The v1alpha1 document's ``cluster``: a control plane's carries the cluster's keys."""
+    cp = node.role is Role.controlplane
+    k8s = _v(release.kubernetes_version)
+    certs = secrets.certs
+    net = store.network
     allow = store.cluster.allow_scheduling_on_control_planes
     if allow is None:
         allow = not store.workers
@@ -213,23 +243,7 @@ def render_machine_documents(store: Store, node: Node, release: ReleaseRef,
     else:
         cluster["ca"] = {"crt": certs.k8s.crt}
         cluster["discovery"] = cluster_discovery(store.cluster.discovery)
-
-    docs: list[dict[str, Any]] = [
-        {"version": "v1alpha1", "debug": False, "machine": machine, "cluster": cluster},
-        {"apiVersion": "v1alpha1", "kind": "HostnameConfig", "hostname": node.name, "auto": "off"},
-        {"apiVersion": "v1alpha1", "kind": "ResolverConfig",
-         "nameservers": [{"address": str(a)} for a in net.dns]},
-    ]
-    if net.ntp:
-        docs.append({"apiVersion": "v1alpha1", "kind": "TimeSyncConfig", "ntp": {"servers": list(net.ntp)}})
-    if node.bond is None:
-        docs.append({"apiVersion": "v1alpha1", "kind": "LinkAliasConfig", "name": LINK_ALIAS,
-                     "selector": {"match": f'mac(link.permanent_addr) == "{node.mac}"'}})
-    if cp:
-        # One document per VIP (a dual-stack store may float an IPv4 and an IPv6 one on the same link).
-        docs.extend({"apiVersion": "v1alpha1", "kind": "Layer2VIPConfig", "name": str(vip),
-                     "link": vip_link(store, node)} for vip in store.vips)
-    return docs
+    return cluster
 
 
 # --- strategic merge -------------------------------------------------------------------------------

@@ -459,3 +459,41 @@ def test_urls_of_a_finished_reimage_are_refused(served: Path, tmp_path: Path, cl
         assert client.get(never.replace(never.split("/")[2], port)).status_code == 200
     log = _access_log(tmp_path)
     assert all(_token_of(u) not in line for u in (first, second, image) for line in log)
+
+
+def test_signal_handlers_are_left_to_the_program(served: Path) -> None:
+    """The seed server runs inside a rollout (or a test, or the simulator): the program owns
+    SIGINT/SIGTERM, so serving neither replaces nor restores its handlers."""
+    import signal
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    async def main() -> None:
+        ours = {sig: signal.getsignal(sig) for sig in before}  # asyncio.run's own SIGINT handler
+        async with SeedServer(served) as srv:
+            assert {sig: signal.getsignal(sig) for sig in before} == ours
+            async with httpx.AsyncClient(timeout=10) as client:
+                r = await client.get(srv.url_for("seeds/store-0001/n1.iso", "n1", dt.datetime.now(dt.UTC)))
+                assert r.status_code == 200
+
+    asyncio.run(main())
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_client_that_stops_reading_is_dropped(served: Path, tmp_path: Path) -> None:
+    log_path = tmp_path / "access.log"
+    with SeedServer(served, send_timeout_s=0.5, access_log=log_path) as srv:
+        url = srv.url_for("images/talos-v1.8.3.raw", "n1", dt.datetime.now(dt.UTC))
+        target = "/" + url.split("/", 3)[3]
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline and not log_path.read_text():
+                time.sleep(0.1)  # never reads: the server's send stalls, then gives up
+            line = log_path.read_text()
+        assert line, "the server kept sending to a client that stopped reading"
+        fields = line.split(" ")
+        assert fields[4] == "200" and 0 <= int(fields[5]) < IMAGE_SIZE, line
+        # and the server still serves others
+        assert httpx.get(url, timeout=10).status_code == 200

@@ -116,20 +116,26 @@ class StoreRunner:
         ctx = self.ctx
         cursor = RunCursor(ctx.rollout_id, run.store, run.status)
         store = ctx.fleet.stores.get(run.store)
+        repair = run.status is RunState.split_  # a person continues it: an abort does not skip it
+        if repair and (store is None or not await WindowGuard(ctx, store).wait_open(ctx.settings.node_duration)):
+            # Still split, still locked: said so, and left for the next attempt.
+            await ctx.event("repair_not_started", store=run.store, reason="the store is no longer in the inventory"
+                            if store is None else f"{WINDOW_SHUT} within {ctx.settings.window_wait_max_s:g} s")
+            return Outcome.split_
         if store is None:
             await self._end(cursor, RunEvent.fail, f"store {run.store} is no longer in the inventory")
             return Outcome.failed
         aborted = {"detail": {**run.detail, "skipped": SkipCause.aborted.value}}
-        if ctx.abort:
+        if ctx.abort and not repair:
             await self._end(cursor, RunEvent.skip, "not started: the rollout was aborted", **aborted)
             return Outcome.skipped
-        if not await WindowGuard(ctx, store).wait_open(ctx.settings.node_duration):
+        if not repair and not await WindowGuard(ctx, store).wait_open(ctx.settings.node_duration):
             await self._end(cursor, RunEvent.skip, f"{WINDOW_SHUT} (outside freezes) within "
                                                    f"{ctx.settings.window_wait_max_s:g} s",
                             detail={**run.detail, "skipped": SkipCause.window.value})
             return Outcome.skipped
         async with caps.hold(store):
-            if ctx.abort:
+            if ctx.abort and not repair:
                 await self._end(cursor, RunEvent.skip, "not started: the rollout was aborted", **aborted)
                 return Outcome.skipped
             try:
@@ -164,7 +170,9 @@ class StoreRunner:
     async def _body(self, store: Store, run: StoreRunRecord, cursor: RunCursor) -> Outcome:
         ctx = self.ctx
         st = await self._open(store, run, cursor)
-        if run.status is RunState.split_ or (st.resume is not None and st.resume.phase is Phase.rollback):
+        if run.status is RunState.split_:
+            return await self._rollback(st, "a person continued the repair of the split store")
+        if st.resume is not None and st.resume.phase is Phase.rollback:
             return await self._rollback(st, run.reason or "resumed rollback")
         if ctx.settings.pre_hook:
             hook = await self._hook(ctx.settings.pre_hook, store, "pre", run.to_release)

@@ -37,9 +37,14 @@ without parsing messages:
         │       ├── KubeCredentialsRefused  HTTP 401/403, or a TLS alert refusing the client
         │       │                           certificate (permanent: retrying sends the same one)
         │       └── KubeApiStatusError      any other HTTP status (transient for 429 and 5xx)
-        ├── GateFailed             a health gate said no
+        ├── StoreRunFailed         a store could not be brought to a release (``reason``, ``inconclusive``)
+        │   ├── GateFailed         a health gate (node, quorum, store, hook) said no
+        │   └── ReimageFailed      a node's reimage could not be carried out
+        ├── WindowClosed           the maintenance window closes (or a freeze begins) before a step
         ├── LockHeld               another operation holds the store
+        │   └── StoreSplit         ... and the store is split: a person must continue its repair
         ├── StateError             the ledger / state store refused an operation
+        │   └── IllegalTransition  a state change the state table does not allow
         ├── NetworkSeedError       a node's nocloud-net seed cannot be fetched over HTTP
         ├── ScheduleError          the Prefect API is unreachable or refused a scheduling call
         │   └── SchedulerBusy      ... because its database was busy (transient)
@@ -205,16 +210,46 @@ class KubeApiStatusError(KubeApiError):
     """The API answered an HTTP status other than 200, 401 or 403 (transient for 429 and 5xx)."""
 
 
-class GateFailed(OperationFailed):
-    """A health gate said no."""
+class StoreRunFailed(OperationFailed):
+    """A store could not be brought to a release. ``reason``: why, for the ledger (secrets already
+    redacted by the caller); ``inconclusive``: it says nothing about the release (an API or a BMC
+    that did not answer), so the wave gate may ask a person instead of counting it failed."""
+
+    def __init__(self, reason: str, *, inconclusive: bool = False):
+        self.reason = reason
+        self.inconclusive = inconclusive
+        super().__init__(reason)
+
+
+class GateFailed(StoreRunFailed):
+    """A health gate said no: a node, the control-plane quorum, the store, or a hook."""
+
+
+class ReimageFailed(StoreRunFailed):
+    """A node's reimage could not be carried out (no BMC, a refused action, no seed, no window)."""
+
+
+class WindowClosed(OperationFailed):
+    """The maintenance window would close (or a freeze begin) before the next disruptive step."""
+
+    transient = True
 
 
 class LockHeld(OperationFailed):
     """Another operation holds the store's lock; the message names the holder."""
 
 
+class StoreSplit(LockHeld):
+    """The store's lock is kept by an operation that left it split across releases; the message
+    names the command that continues its repair."""
+
+
 class StateError(OperationFailed):
     """The state store refused an operation (unknown rollout, invalid transition, ...)."""
+
+
+class IllegalTransition(StateError):
+    """A state change that ``edgefleet.rollout.states.TRANSITIONS`` does not allow."""
 
 
 class SeedError(InputError):

@@ -53,7 +53,7 @@ __all__ = [
 RELEASE_CHANGE_KINDS = ("store_succeeded", "store_rolled_back")
 """Event kinds written together with a ``store_release`` row; ``detail.release`` is the store's new release."""
 
-PROBLEM_STATUSES = ("failed", "rolled_back", "refused")
+PROBLEM_STATUSES = ("split", "failed", "rolled_back", "refused")  # RunState values; split first
 DEFAULT_MAX_EVENTS = 1000
 
 
@@ -271,6 +271,7 @@ tr.problem td { background: #fff4f0; }
 .status-succeeded, .status-passed { color: #006e3b; font-weight: 600; }
 .status-failed, .status-halted, .status-aborted { color: #b00020; font-weight: 600; }
 .status-rolled_back, .status-paused, .status-refused { color: #a05a00; font-weight: 600; }
+.status-split { color: #b00020; font-weight: 700; }
 ul.waves { margin: 0; padding-left: 1.1em; }
 svg { max-width: 100%; height: auto; }
 @media print { body { margin: 0; max-width: none; font-size: 11px; } h2 { break-after: avoid; }
@@ -288,6 +289,7 @@ def render_report(data: ReportData, *, max_events: int = DEFAULT_MAX_EVENTS) -> 
         f"<h1>{_e(data.title)}</h1>",
         f'<p class="meta">Generated {_e(_when(data.generated_at))} from the ledger: '
         f"{len(data.operations)} operation(s), {data.events_total} event(s).</p>",
+        _split(data),
         _summary(data),
         _chart_section(data),
         _problems(data),
@@ -376,6 +378,24 @@ def _provision_row(ops: list[OperationSummary]) -> str:
             f"<td>provision</td><td>{_e(ops[0].release)}</td><td>{_status('succeeded')}</td>"
             f"<td>each one store, all succeeded</td><td>succeeded: {stores}</td><td>-</td>"
             f'<td class="time">{_e(_when(first))} to {_e(_when(last))}</td></tr>')
+
+
+def _split(data: ReportData) -> str:
+    """Stores left split across releases, at the top: a person must act, with the command to run."""
+    from edgefleet.rollout.ledger import repair_command
+    from edgefleet.rollout.states import RunState
+
+    rows = [p for op in data.operations for p in op.problems if p.status == RunState.split_.value]
+    if not rows:
+        return ""
+    out = ['<h2 class="problem">Stores split across releases: a person must act</h2>',
+           '<table class="problems"><thead><tr><th>Store</th><th>Operation</th><th>Reason</th>'
+           "<th>Continue the repair with</th></tr></thead><tbody>"]
+    for p in rows:
+        out.append(f'<tr class="problem"><td class="name">{_e(p.store)}</td><td class="id">{_e(p.rollout)}</td>'
+                   f"<td>{_e(p.reason)}</td><td><code>{_e(repair_command(p.rollout))}</code></td></tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
 
 
 def _problems(data: ReportData) -> str:

@@ -154,6 +154,11 @@ def _plan_table(p: RolloutPlan) -> Table:
 
 
 def _print_status(data: dict[str, Any]) -> None:
+    for sp in data.get("split", ()):  # first: a person must act on these
+        nodes = ", ".join(f"{n} on {v['release'] or 'unknown'}{'' if v['ready'] else ' (NotReady)'}"
+                          for n, v in sp["nodes"].items())
+        console.print(f"[bold red]store {sp['store']} is SPLIT across releases[/bold red] ({nodes}); it is locked "
+                      f"against other operations. Fix its nodes, then run: [bold]{sp['command']}[/bold]")
     r = data["rollout"]
     console.print(f"[bold]{r['id']}[/bold] {r['kind']} of {r['release']}: [bold]{r['status']}[/bold]"
                   + (f" ({r['reason']})" if r["reason"] else ""))

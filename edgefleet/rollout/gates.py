@@ -18,13 +18,13 @@ rollout for a person only when they could tip the wave over its budget.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
 from edgefleet.errors import KubeApiError, KubeApiUnreachable, KubeCredentialsRefused
 from edgefleet.health.probes import ClusterSnapshot, ProbeResult, evaluate_cluster, expectation_for_store
-from edgefleet.inventory.model import Role, Store
+from edgefleet.inventory.model import Node, Role, Store
 
 __all__ = [
     "RELEASE_LABEL",
@@ -40,6 +40,7 @@ __all__ = [
     "evaluate_store",
     "evaluate_wave",
     "node_on_release",
+    "repair_order",
 ]
 
 RELEASE_LABEL = "edgefleet.io/release"
@@ -48,6 +49,8 @@ RELEASE_LABEL = "edgefleet.io/release"
 class VerdictKind(StrEnum):
     passed = "passed"
     pending = "pending"
+    soaking = "soaking"
+    """Healthy, waiting out the store's soak time (a kind of pending)."""
     failed = "failed"
 
 
@@ -132,24 +135,54 @@ def evaluate_rollback_node(snapshot: Observed, node: str, release: str, before: 
     return v
 
 
+def _healthy_member(snapshot: ClusterSnapshot, name: str, etcd_members: Sequence[str] | None) -> str | None:
+    """None when control plane ``name`` is a healthy etcd member (Ready in Kubernetes and, when the
+    Talos API was asked, listed as a member that is up); else why not."""
+    st = next((n for n in snapshot.nodes if n.name == name), None)
+    if st is None or not st.ready:
+        return f"control plane {name} is not Ready" + (f" ({st.ready_reason})" if st else "")
+    if etcd_members is not None and name not in etcd_members:
+        return f"control plane {name} is not an etcd member"
+    return None
+
+
 def evaluate_quorum(store: Store, snapshot: Observed, node: str,
                     etcd_members: Sequence[str] | None) -> Verdict:
-    """May control plane ``node`` go down now? Every OTHER control plane must be Ready in
-    Kubernetes and, when the Talos API was asked (``etcd_members`` not None), an etcd member."""
+    """May control plane ``node`` go down now? In etcd membership health: a control plane is
+    healthy when it is Ready in Kubernetes and (when the Talos API was asked, ``etcd_members`` not
+    None) a member that is up. A control plane that is not healthy is already down: reimaging it
+    takes no member away, so it may go at once (an already-down control plane never blocks its own
+    repair). A healthy one goes down only while every other control plane is healthy, so the store
+    never loses a second member while one is away."""
     others = [n.name for n in store.nodes if n.role is Role.controlplane and n.name != node]
     if not others:
         return PASSED  # a single control plane: the store is down during its reimage by design
     if not isinstance(snapshot, ClusterSnapshot):
         return _pending(api_unread_reason(snapshot))
-    by_name = {n.name: n for n in snapshot.nodes}
-    reasons = []
-    for o in others:
-        st = by_name.get(o)
-        if st is None or not st.ready:
-            reasons.append(f"control plane {o} is not Ready" + (f" ({st.ready_reason})" if st else ""))
-        elif etcd_members is not None and o not in etcd_members:
-            reasons.append(f"control plane {o} is not an etcd member")
+    if _healthy_member(snapshot, node, etcd_members) is not None:
+        return PASSED  # already down: its repair takes nothing away
+    reasons = [why for o in others if (why := _healthy_member(snapshot, o, etcd_members)) is not None]
     return _pending(*reasons) if reasons else PASSED
+
+
+def repair_order(store: Store, snapshot: Observed, release: str) -> list[Node]:
+    """The order in which to bring ``store``'s nodes to ``release``: first the nodes that are not
+    Ready (down already: a broken control plane left for later would hold every healthy one behind
+    the quorum gate), then those Ready on another release, then the rest; control planes before
+    workers within each group, inventory order otherwise. Unread API: inventory order with control
+    planes first."""
+    by_name = {n.name: n for n in snapshot.nodes} if isinstance(snapshot, ClusterSnapshot) else {}
+
+    def tier(n: Node) -> int:
+        if not by_name:
+            return 0
+        st = by_name.get(n.name)
+        if st is None or not st.ready:
+            return 0
+        return 1 if st.label(RELEASE_LABEL) != release else 2
+
+    index = {n.name: i for i, n in enumerate(store.nodes)}
+    return sorted(store.nodes, key=lambda n: (tier(n), n.role is not Role.controlplane, index[n.name]))
 
 
 def evaluate_store(store: Store, snapshot: Observed, release: str, probes: Sequence[ProbeResult], *,
@@ -160,17 +193,18 @@ def evaluate_store(store: Store, snapshot: Observed, release: str, probes: Seque
     and the store has been healthy for ``soak`` (``healthy_since``: when it was first seen healthy)."""
     if not isinstance(snapshot, ClusterSnapshot):
         return _pending(api_unread_reason(snapshot))
+    excused = {n for n, b in (before or {}).items() if not b.ready}
+    if excused:  # judged as if Ready: everything else about them must still hold
+        snapshot = replace(snapshot, nodes=tuple(replace(n, ready=True) if n.name in excused else n
+                                                 for n in snapshot.nodes))
     verdict = evaluate_cluster(snapshot, expectation_for_store(store, labels={RELEASE_LABEL: release}))
     reasons = list(verdict.problems)
-    if before:
-        excused = {n for n, b in before.items() if not b.ready}
-        reasons = [r for r in reasons if not any(r.startswith(f"node {n} is NotReady") for n in excused)]
     reasons += [f"probe {p.name}: {p.detail}" for p in probes if not p.ok]
     if reasons:
         return _pending(*reasons)
     if healthy_since is None or now - healthy_since < soak:
         left = soak - (now - healthy_since) if healthy_since else soak
-        return _pending(f"soaking: healthy for less than {soak} ({left} left)")
+        return Verdict(VerdictKind.soaking, (f"soaking: healthy for less than {soak} ({left} left)",))
     return PASSED
 
 

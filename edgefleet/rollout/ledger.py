@@ -1,7 +1,7 @@
 """The rollout ledger: rollouts, waves, store runs, observed node state, each store's release, store
 locks and an append-only event log, in the state store (``edgefleet.state.db``).
 
-Tables::
+Tables (``edgefleet.rollout.tables``)::
 
     rollouts       id, kind (rollout|rollback|provision), release, status, policy + plan JSON, operator,
                    created/updated, heartbeat (a running executor touches it), abort_requested, decision
@@ -12,53 +12,77 @@ Tables::
     store_locks    store: holder (a rollout id), acquired_at
     events         id, ts, rollout, store, node, kind, reason, detail JSON (append-only)
 
+Statuses are the enums of ``edgefleet.rollout.states`` (``Kind``, ``RolloutStatus`` and
+``RunStatus`` are their names here); a status moves only through ``advance`` (or the
+executor's ``journal.stmt_advance``), which refuses a move the state table does not allow.
+
 Store locks work like Ironic's node reservation: a conditional ``UPDATE ... WHERE holder IS NULL
 OR holder = <me>`` (an ``INSERT`` when the store has no row yet). Whoever gets rowcount 1 holds the
-store; anyone else gets ``LockHeld`` naming the holder. The holder is the rollout id, so only the
-same rollout (``rollout resume``) takes over a lock its crashed run left behind.
+store; anyone else gets ``LockHeld`` naming the holder (``StoreSplit`` when the holder left the
+store split: the message names the command that continues its repair). The holder is the rollout
+id, so only the same rollout (``rollout resume``) takes over a lock its crashed run left behind.
+``reserve`` holds a store for a block and releases it on every way out of it, except when the
+run ended ``split``: then the lock stays until a person continues the repair.
 
-Writes from the executor go through ``Journal``: a group commit. Many concurrent stores queue
-their statements; one flusher commits them in a single transaction and wakes every writer. A
-writer awaits its commit, so a step recorded "before" is durable before the step is taken.
+Writes from the executor go through ``Journal`` (``edgefleet.rollout.journal``): a group commit.
 
 Nothing secret is ever written here: no password, token, key or URL with a token.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import (
-    Boolean,
-    DateTime,
-    Engine,
-    Executable,
-    Integer,
-    String,
-    Text,
-    and_,
-    delete,
-    func,
-    insert,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import Engine, Executable, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column
 
-from edgefleet.errors import LockHeld, StateError, UnknownRollout
-from edgefleet.state.db import Base, session_scope
+from edgefleet.errors import LockHeld, StateError, StoreSplit, UnknownRollout
+from edgefleet.rollout.journal import (
+    Journal,
+    RunCursor,
+    dumps,
+    event_values,
+    stmt_advance,
+    stmt_event,
+    stmt_node,
+    stmt_run,
+    stmt_store_release,
+    stmt_wave,
+)
+from edgefleet.rollout.states import (
+    FINISHED,
+    RUN_DONE,
+    RUN_FINAL,
+    Machine,
+    RolloutEvent,
+    RunEvent,
+    WaveState,
+    next_state,
+)
+from edgefleet.rollout.states import Operation as Kind
+from edgefleet.rollout.states import RolloutState as RolloutStatus
+from edgefleet.rollout.states import RunState as RunStatus
+from edgefleet.rollout.tables import (
+    EventRow,
+    NodeStateRow,
+    RolloutRow,
+    StoreLockRow,
+    StoreReleaseRow,
+    StoreRunRow,
+    WaveRow,
+)
+from edgefleet.state.db import session_scope
 
 __all__ = [
+    "FINISHED",
+    "RUN_DONE",
+    "RUN_FINAL",
     "EventRow",
     "Journal",
     "Kind",
@@ -67,6 +91,7 @@ __all__ = [
     "RolloutRecord",
     "RolloutRow",
     "RolloutStatus",
+    "RunCursor",
     "RunStatus",
     "StoreLockRow",
     "StoreReleaseRow",
@@ -74,150 +99,31 @@ __all__ = [
     "StoreRunRow",
     "WaveRecord",
     "WaveRow",
+    "event_values",
     "new_rollout_id",
+    "repair_command",
+    "stmt_advance",
+    "stmt_event",
+    "stmt_node",
+    "stmt_run",
+    "stmt_store_release",
+    "stmt_wave",
 ]
-
-
-class Kind(StrEnum):
-    rollout = "rollout"
-    rollback = "rollback"
-    provision = "provision"
-
-
-class RolloutStatus(StrEnum):
-    planned = "planned"
-    """Recorded, not started."""
-    running = "running"
-    """An executor is working on it (see heartbeat)."""
-    paused = "paused"
-    """A wave was inconclusive: waiting for a person (``rollout resume --approve|--reject``)."""
-    halted = "halted"
-    """A wave exceeded its failure budget (or a person rejected): nothing more is started."""
-    succeeded = "succeeded"
-    """Every store ended on the target (or was already there)."""
-    failed = "failed"
-    """Some stores failed or were refused, within the budget."""
-    aborted = "aborted"
-    """A person aborted it."""
-
-
-FINISHED = frozenset({RolloutStatus.halted, RolloutStatus.succeeded, RolloutStatus.failed, RolloutStatus.aborted})
-
-
-class RunStatus(StrEnum):
-    pending = "pending"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    """Failed its gate and could not be brought back to its previous release."""
-    rolled_back = "rolled_back"
-    """Failed its gate and was reimaged back to its previous release."""
-    skipped = "skipped"
-    """Nothing to do (already on the target) or not started (aborted, halted, window never opened)."""
-    refused = "refused"
-    """Another operation holds the store's lock."""
-
-
-RUN_DONE = frozenset({RunStatus.succeeded, RunStatus.failed, RunStatus.rolled_back, RunStatus.skipped,
-                      RunStatus.refused})
 
 
 def new_rollout_id(kind: str, now: datetime) -> str:
     return f"{kind[:2]}-{now.astimezone(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
 
 
+def repair_command(rollout_id: str) -> str:
+    """The command a person runs to continue the repair of a store that rollout left split."""
+    return f"edgefleet rollout resume {rollout_id}"
+
+
 def _utc(dt: datetime | None) -> datetime | None:
     if dt is None:
         return None
     return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-
-
-# -- tables -----------------------------------------------------------------------------------------
-
-class RolloutRow(Base):
-    __tablename__ = "rollouts"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16), nullable=False)
-    release: Mapped[str] = mapped_column(String(63), nullable=False)
-    status: Mapped[str] = mapped_column(String(16), nullable=False)
-    reason: Mapped[str] = mapped_column(Text, nullable=False, default="")
-    policy: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
-    plan: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
-    operator: Mapped[str] = mapped_column(String(128), nullable=False, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    abort_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
-    decision: Mapped[str] = mapped_column(String(16), nullable=False, default="")
-
-
-class WaveRow(Base):
-    __tablename__ = "waves"
-
-    rollout: Mapped[str] = mapped_column(String(64), primary_key=True)
-    index: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), nullable=False)
-    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
-    budget: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
-    reason: Mapped[str] = mapped_column(Text, nullable=False, default="")
-
-
-class StoreRunRow(Base):
-    __tablename__ = "store_runs"
-
-    rollout: Mapped[str] = mapped_column(String(64), primary_key=True)
-    store: Mapped[str] = mapped_column(String(128), primary_key=True)
-    wave: Mapped[int] = mapped_column(Integer, nullable=False)
-    status: Mapped[str] = mapped_column(String(16), nullable=False, default=RunStatus.pending.value)
-    from_release: Mapped[str | None] = mapped_column(String(63), nullable=True)
-    to_release: Mapped[str] = mapped_column(String(63), nullable=False)
-    step: Mapped[str] = mapped_column(String(128), nullable=False, default="")
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    reason: Mapped[str] = mapped_column(Text, nullable=False, default="")
-    detail: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
-
-
-class NodeStateRow(Base):
-    __tablename__ = "node_state"
-
-    node: Mapped[str] = mapped_column(String(128), primary_key=True)
-    store: Mapped[str] = mapped_column(String(128), nullable=False, index=True)
-    release: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
-    ready: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
-    observed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-
-
-class StoreReleaseRow(Base):
-    __tablename__ = "store_release"
-
-    store: Mapped[str] = mapped_column(String(128), primary_key=True)
-    current: Mapped[str | None] = mapped_column(String(63), nullable=True, index=True)
-    last_known_good: Mapped[str | None] = mapped_column(String(63), nullable=True)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-
-
-class StoreLockRow(Base):
-    __tablename__ = "store_locks"
-
-    store: Mapped[str] = mapped_column(String(128), primary_key=True)
-    holder: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    acquired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-
-
-class EventRow(Base):
-    __tablename__ = "events"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    ts: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
-    rollout: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
-    store: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    node: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    kind: Mapped[str] = mapped_column(String(64), nullable=False)
-    reason: Mapped[str] = mapped_column(Text, nullable=False, default="")
-    detail: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
 
 
 # -- records ------------------------------------------------------------------------------------------
@@ -249,7 +155,7 @@ class RolloutRecord:
 class WaveRecord:
     index: int
     name: str
-    status: str
+    status: WaveState
     budget: int
     failures: int
     reason: str
@@ -288,10 +194,6 @@ def _run(r: StoreRunRow) -> StoreRunRecord:
                           _utc(r.started_at), _utc(r.ended_at), r.reason, json.loads(r.detail or "{}"))
 
 
-def _dumps(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), sort_keys=True, default=str)
-
-
 # -- the ledger -------------------------------------------------------------------------------------
 
 class Ledger:
@@ -310,19 +212,19 @@ class Ledger:
         ``(store, wave, from_release, to_release)``, in one transaction."""
         with session_scope(self.engine) as s:
             s.add(RolloutRow(id=rollout_id, kind=kind.value, release=release, status=RolloutStatus.planned.value,
-                             reason="", policy=_dumps(policy), plan=_dumps(plan), operator=operator,
+                             reason="", policy=dumps(policy), plan=dumps(plan), operator=operator,
                              created_at=now, updated_at=now, abort_requested=False, decision=""))
             s.flush()
             if waves:
                 s.execute(insert(WaveRow), [{"rollout": rollout_id, "index": i, "name": n, "budget": b,
-                                             "status": "pending", "failures": 0, "reason": ""}
+                                             "status": WaveState.pending.value, "failures": 0, "reason": ""}
                                             for i, n, b in waves])
             if runs:
                 s.execute(insert(StoreRunRow), [{"rollout": rollout_id, "store": st, "wave": w, "from_release": fr,
                                                  "to_release": to, "status": RunStatus.pending.value, "step": "",
                                                  "reason": "", "detail": "{}"} for st, w, fr, to in runs])
             s.add(EventRow(ts=now, rollout=rollout_id, kind="rollout_planned", reason=f"{kind.value} of {release}",
-                           detail=_dumps({"stores": len(runs), "waves": len(waves), "operator": operator})))
+                           detail=dumps({"stores": len(runs), "waves": len(waves), "operator": operator})))
         return self.rollout(rollout_id)
 
     def find_rollout(self, rollout_id: str) -> RolloutRecord | None:
@@ -351,7 +253,7 @@ class Ledger:
     def waves(self, rollout_id: str) -> list[WaveRecord]:
         with session_scope(self.engine) as s:
             rows = s.scalars(select(WaveRow).where(WaveRow.rollout == rollout_id).order_by(WaveRow.index))
-            return [WaveRecord(r.index, r.name, r.status, r.budget, r.failures, r.reason) for r in rows]
+            return [WaveRecord(r.index, r.name, WaveState(r.status), r.budget, r.failures, r.reason) for r in rows]
 
     def runs(self, rollout_id: str) -> list[StoreRunRecord]:
         with session_scope(self.engine) as s:
@@ -414,6 +316,10 @@ class Ledger:
             who, since = (row.holder, _utc(row.acquired_at)) if row is not None else (None, None)
         if who is None or who == holder:  # released meanwhile: try once more
             return self.acquire_lock(store, holder, now)
+        if self.split_runs(who, store=store):
+            raise StoreSplit(f"store {store} is split across releases by operation {who}, which keeps its lock "
+                             "until a person acts: fix what the store's record names, then continue the repair "
+                             f"with `{repair_command(who)}`")
         raise LockHeld(f"store {store} is locked by operation {who} (since {since.isoformat() if since else '?'}); "
                        f"wait for it to finish, or `edgefleet rollout resume {who}` / `edgefleet rollout abort {who}`")
 
@@ -423,6 +329,55 @@ class Ledger:
             res = s.execute(update(StoreLockRow).where(StoreLockRow.store == store, StoreLockRow.holder == holder)
                             .values(holder=None, acquired_at=None))
             return bool(res.rowcount == 1)  # type: ignore[attr-defined]
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, store: str, holder: str, *, now: datetime,
+                      run: StoreRunRecord | None = None) -> AsyncIterator[RunCursor]:
+        """Hold ``store`` for operation ``holder`` and give its store run (``run`` when the caller
+        has it, else read) for the block; the lock is released on every way out of the block
+        (return, exception, cancellation), except when the run ended ``split``: the store then
+        stays locked until a person continues its repair. ``LockHeld`` (``StoreSplit``) at entry
+        when another operation holds it."""
+        if run is None:
+            run = next((r for r in self.runs(holder) if r.store == store), None)
+            if run is None:
+                raise StateError(f"operation {holder} has no run for store {store}")
+        self.acquire_lock(store, holder, now)
+        cursor = RunCursor(holder, store, run.status)
+        try:
+            yield cursor
+        finally:
+            if cursor.state is not RunStatus.split_:
+                self.release_lock(store, holder)
+
+    def advance(self, run: StoreRunRecord | RunCursor, event: RunEvent, *, rollout: str | None = None,
+                **values: Any) -> RunStatus:
+        """Move a store run by ``event`` (IllegalTransition when the state table does not allow it),
+        writing ``values`` (reason, step, ended_at, ...) with it; returns the new state. ``rollout``
+        is needed with a ``StoreRunRecord`` (which does not carry it)."""
+        if isinstance(run, StoreRunRecord):
+            if rollout is None:
+                raise StateError(f"advancing the run of store {run.store} needs its rollout id")
+            run = RunCursor(rollout, run.store, run.status)
+        self.write(stmt_advance(run, event, **values))
+        return run.state
+
+    def advance_rollout(self, rec: RolloutRecord, event: RolloutEvent, now: datetime, **values: Any) -> RolloutStatus:
+        """Move a rollout by ``event`` (IllegalTransition when the state table does not allow it)."""
+        to = RolloutStatus(next_state(Machine.rollout, rec.status, event))
+        self.set_rollout(rec.id, now, status=to.value, **values)
+        return to
+
+    def split_runs(self, rollout_id: str | None = None, *,
+                   store: str | None = None) -> list[tuple[str, StoreRunRecord]]:
+        """(rollout, run) of store runs left ``split`` (of one rollout / one store when given)."""
+        with session_scope(self.engine) as s:
+            q = select(StoreRunRow).where(StoreRunRow.status == RunStatus.split_.value)
+            if rollout_id is not None:
+                q = q.where(StoreRunRow.rollout == rollout_id)
+            if store is not None:
+                q = q.where(StoreRunRow.store == store)
+            return [(r.rollout, _run(r)) for r in s.scalars(q.order_by(StoreRunRow.rollout, StoreRunRow.store))]
 
     def lock_holder(self, store: str) -> str | None:
         with session_scope(self.engine) as s:
@@ -473,109 +428,3 @@ class Ledger:
                                                              reason=reason, detail=detail)))
 
 
-# -- statements the executor queues on the journal -------------------------------------------------
-
-def event_values(now: datetime, kind: str, *, rollout: str | None, store: str | None = None, node: str | None = None,
-                 reason: str = "", detail: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    return {"ts": now, "rollout": rollout, "store": store, "node": node, "kind": kind, "reason": reason[:4000],
-            "detail": _dumps(dict(detail or {}))}
-
-
-def stmt_event(now: datetime, kind: str, **kw: Any) -> Executable:
-    return insert(EventRow).values(**event_values(now, kind, **kw))
-
-
-def stmt_run(rollout: str, store: str, **values: Any) -> Executable:
-    if "detail" in values and not isinstance(values["detail"], str):
-        values["detail"] = _dumps(values["detail"])
-    if "status" in values:
-        values["status"] = RunStatus(values["status"]).value
-    return update(StoreRunRow).where(StoreRunRow.rollout == rollout, StoreRunRow.store == store).values(**values)
-
-
-def stmt_node(node: str, store: str, release: str | None, ready: bool, now: datetime) -> list[Executable]:
-    return [delete(NodeStateRow).where(NodeStateRow.node == node),
-            insert(NodeStateRow).values(node=node, store=store, release=release, ready=ready, observed_at=now)]
-
-
-def stmt_store_release(store: str, current: str | None, last_known_good: str | None,
-                       now: datetime) -> list[Executable]:
-    return [delete(StoreReleaseRow).where(StoreReleaseRow.store == store),
-            insert(StoreReleaseRow).values(store=store, current=current, last_known_good=last_known_good,
-                                           updated_at=now)]
-
-
-def stmt_wave(rollout: str, index: int, **values: Any) -> Executable:
-    return update(WaveRow).where(WaveRow.rollout == rollout, WaveRow.index == index).values(**values)
-
-
-class Journal:
-    """Group commit of ledger writes for many concurrent coroutines (see the module docstring).
-
-    ``await journal.write(stmt, ...)`` returns once the statements are committed. Statements of
-    one ``write`` call commit together; a failing batch fails every writer in it with StateError.
-    """
-
-    def __init__(self, engine: Engine, *, max_batch: int = 2000):
-        self.engine = engine
-        self.max_batch = max_batch
-        self._pending: list[tuple[tuple[Executable, ...], asyncio.Future[None]]] = []
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.commits = 0
-        self.statements = 0
-
-    async def __aenter__(self) -> Journal:
-        self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._flusher())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._flush_now()  # whatever is still queued
-
-    async def write(self, *stmts: Executable) -> None:
-        if self._task is None or self._wake is None:
-            self._commit([(stmts, None)])
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((stmts, fut))
-        self._wake.set()
-        await asyncio.shield(fut)
-
-    async def _flusher(self) -> None:
-        assert self._wake is not None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            await asyncio.sleep(0)  # let the writers of this tick queue up
-            self._flush_now()
-
-    def _flush_now(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
-            self._commit(batch)
-
-    def _commit(self, batch: Sequence[tuple[Sequence[Executable], asyncio.Future[None] | None]]) -> None:
-        try:
-            with self.engine.begin() as conn:
-                for stmts, _ in batch:
-                    for st in stmts:
-                        conn.execute(st)
-                        self.statements += 1
-            self.commits += 1
-        except Exception as e:
-            err = StateError(f"the ledger refused a write: {e}")
-            for _, fut in batch:
-                if fut is None:
-                    raise err from e
-                if not fut.done():
-                    fut.set_exception(err)
-            return
-        for _, fut in batch:
-            if fut is not None and not fut.done():
-                fut.set_result(None)

@@ -20,15 +20,20 @@ from edgefleet.rollout.endpoints import Endpoints
 from edgefleet.rollout.executor import EngineSettings, execute
 from edgefleet.rollout.ledger import (
     FINISHED,
+    RUN_DONE,
     Kind,
     Ledger,
     RolloutRecord,
     RolloutStatus,
+    RunCursor,
     RunStatus,
     new_rollout_id,
+    repair_command,
+    stmt_advance,
     stmt_run,
 )
 from edgefleet.rollout.plan import RolloutPlan, RolloutPolicy, budget_allowed, plan_rollout
+from edgefleet.rollout.states import RolloutEvent, RunEvent, SkipCause
 
 __all__ = [
     "Created",
@@ -175,7 +180,7 @@ async def resume(fleet: Fleet, home: Path, engine: Engine, endpoints: Endpoints,
     (e.g. ``{"node_ready_timeout_s": 900}``)."""
     ledger = Ledger(engine)
     rec = ledger.rollout(rollout_id)
-    if rec.status in FINISHED:
+    if rec.status in FINISHED and not ledger.split_runs(rollout_id):
         raise StateError(f"rollout {rollout_id} is {rec.status.value} ({rec.reason}); nothing to resume")
     if decision is not None:
         if decision not in ("approve", "reject"):
@@ -208,17 +213,20 @@ def abort(engine: Engine, rollout_id: str, now: datetime, *, stale_after: timede
     if not live:
         stmts = []
         for r in ledger.runs(rollout_id):
+            cursor = RunCursor(rollout_id, r.store, r.status)
             if r.status is RunStatus.pending:
-                stmts.append(stmt_run(rollout_id, r.store, status=RunStatus.skipped, ended_at=now,
-                                      reason="not started: the rollout was aborted"))
+                stmts.append(stmt_advance(cursor, RunEvent.skip, ended_at=now, reason="not started: the rollout was "
+                                          "aborted", detail={**r.detail, "skipped": SkipCause.aborted.value}))
             elif r.status is RunStatus.running:
-                stmts.append(stmt_run(rollout_id, r.store, status=RunStatus.failed, ended_at=now,
-                                      reason=f"aborted while its run had stopped at step {r.step!r}: check the store"))
+                stmts.append(stmt_advance(cursor, RunEvent.fail, ended_at=now, reason=f"aborted while its run had "
+                                          f"stopped at step {r.step!r}: check the store"))
         if stmts:
             ledger.write(*stmts)
+        split = {r.store for _, r in ledger.split_runs(rollout_id)}  # they stay locked until repaired
         for store in ledger.locks_held_by(rollout_id):
-            ledger.release_lock(store, rollout_id)
-        ledger.set_rollout(rollout_id, now, status=RolloutStatus.aborted.value, reason="aborted by a person")
+            if store not in split:
+                ledger.release_lock(store, rollout_id)
+        ledger.advance_rollout(rec, RolloutEvent.abort, now, reason="aborted by a person")
     return ledger.rollout(rollout_id)
 
 
@@ -235,11 +243,16 @@ def status(engine: Engine, rollout_id: str | None = None) -> dict[str, Any]:
     counts: dict[str, int] = {}
     for r in runs:
         counts[r.status.value] = counts.get(r.status.value, 0) + 1
-    return {"rollout": rec.to_json(),
+    # Stores left split across releases come first, each with the command that continues its repair.
+    split = [{"store": r.store, "from_release": r.from_release, "to_release": r.to_release, "reason": r.reason,
+              "command": repair_command(rollout_id),
+              "nodes": {n: {"release": rel, "ready": ready}
+                        for n, (_s, rel, ready) in sorted(ledger.node_states(r.store).items())}}
+             for r in runs if r.status is RunStatus.split_]
+    return {"rollout": rec.to_json(), "split": split,
             "waves": [{"index": w.index, "name": w.name, "status": w.status, "budget": w.budget,
                        "failures": w.failures, "reason": w.reason,
                        "stores": sum(1 for r in runs if r.wave == w.index),
-                       "done": sum(1 for r in runs if r.wave == w.index and r.status.value not in
-                                   ("pending", "running"))}
+                       "done": sum(1 for r in runs if r.wave == w.index and r.status in RUN_DONE)}
                       for w in ledger.waves(rollout_id)],
             "counts": counts, "stores": [r.to_json() for r in runs]}

@@ -21,6 +21,7 @@ from edgefleet.rollout.gates import (
     evaluate_rollback_node,
     evaluate_store,
     evaluate_wave,
+    repair_order,
 )
 
 NOW = datetime(2026, 11, 3, 22, 0, tzinfo=UTC)
@@ -142,3 +143,93 @@ def test_gates_say_why_the_api_could_not_be_read() -> None:
         assert "does not answer" in gate(down).why() and "no answer within 10 s" in gate(down).why()
         assert "cannot be read" in gate(odd).why() and "HTTP 404" in gate(odd).why()
         assert gate(None).why() == "the store's Kubernetes API does not answer"
+
+
+def _cluster(n_cp: int, n_workers: int, broken: set[str], *, release: str = "v1",
+             broken_release: str = "v2") -> tuple[Store, ClusterSnapshot]:
+    """A store of ``n_cp`` control planes and ``n_workers`` workers on ``release``; the ``broken``
+    ones NotReady on ``broken_release`` (as a failed forward step leaves them)."""
+    store = _store(["controlplane"] * n_cp + ["worker"] * n_workers)
+    nodes = [_node(n.name, ready=n.name not in broken, release=broken_release if n.name in broken else release,
+                   cp=n.role.value == "controlplane") for n in store.nodes]
+    return store, _snap(*nodes)
+
+
+@pytest.mark.parametrize("n_cp", [3, 5])
+def test_repair_starts_with_the_broken_control_plane_at_every_position(n_cp: int) -> None:
+    for pos in range(1, n_cp + 1):
+        bad = f"n{pos}"
+        store, snap = _cluster(n_cp, 2, {bad})
+        order = [n.name for n in repair_order(store, snap, "v1")]
+        assert order[0] == bad, (pos, order)
+        assert order[1:] == [f"n{i}" for i in range(1, n_cp + 3) if f"n{i}" != bad]  # then the rest, in order
+        # The broken one is already down: its own repair is not blocked, by itself or by anything.
+        members = [f"n{i}" for i in range(1, n_cp + 1) if i != pos]
+        assert evaluate_quorum(store, snap, bad, members).passed
+        assert evaluate_quorum(store, snap, bad, None).passed
+        # Every healthy control plane waits until the broken one is back.
+        for i in range(1, n_cp + 1):
+            if i != pos:
+                v = evaluate_quorum(store, snap, f"n{i}", members)
+                assert not v.passed and f"control plane {bad} is not Ready" in v.why(), (pos, i)
+        # Once it is back (Ready on v1, an etcd member), the next one may go.
+        healed = _snap(*(_node(n.name, cp=n.role.value == "controlplane", release="v1") for n in store.nodes))
+        others = [f"n{i}" for i in range(1, n_cp + 1) if i != pos]
+        assert evaluate_quorum(store, healed, others[0], [f"n{i}" for i in range(1, n_cp + 1)]).passed
+
+
+def test_repair_order_broken_workers_and_wrong_releases() -> None:
+    store, snap = _cluster(3, 2, {"n5"})
+    assert [n.name for n in repair_order(store, snap, "v1")] == ["n5", "n1", "n2", "n3", "n4"]
+    # A Ready node on the wrong release counts as broken too; control planes first within a group.
+    mixed = _snap(_node("n1", cp=True, release="v1"), _node("n2", cp=True, release="v2"),
+                  _node("n3", cp=True, release="v1"), _node("n4", release="v2"), _node("n5", release="v1"))
+    assert [n.name for n in repair_order(store, mixed, "v1")] == ["n2", "n4", "n1", "n3", "n5"]
+    # NotReady before Ready-on-the-wrong-release: what a failed forward step leaves (n1 done on v2,
+    # n2 broken on v2) is repaired from the broken one.
+    failed_forward = _snap(_node("n1", cp=True, release="v2"), _node("n2", cp=True, release="v2", ready=False),
+                           _node("n3", cp=True, release="v1"), _node("n4", release="v1"), _node("n5", release="v1"))
+    assert [n.name for n in repair_order(store, failed_forward, "v1")] == ["n2", "n1", "n3", "n4", "n5"]
+    # A forward rollout (nothing on the target yet) keeps the safe order: control planes, then workers.
+    assert [n.name for n in repair_order(store, mixed, "v3")] == ["n1", "n2", "n3", "n4", "n5"]
+    # The API cannot be read: inventory order, control planes first.
+    assert [n.name for n in repair_order(store, None, "v1")] == ["n1", "n2", "n3", "n4", "n5"]
+
+
+@pytest.mark.parametrize("n_cp", [3, 5])
+def test_two_broken_control_planes_are_each_repairable(n_cp: int) -> None:
+    for a in range(1, n_cp + 1):
+        for b in range(a + 1, n_cp + 1):
+            bad = {f"n{a}", f"n{b}"}
+            store, snap = _cluster(n_cp, 1, bad)
+            order = [n.name for n in repair_order(store, snap, "v1")]
+            assert order[:2] == [f"n{a}", f"n{b}"], order
+            members = [f"n{i}" for i in range(1, n_cp + 1) if f"n{i}" not in bad]
+            for name in bad:  # neither blocks its own repair, nor the other's
+                assert evaluate_quorum(store, snap, name, members).passed
+            healthy = next(n for n in members)
+            assert not evaluate_quorum(store, snap, healthy, members).passed
+
+
+def test_a_member_that_is_ready_but_not_up_in_etcd_is_down() -> None:
+    store = _store(["controlplane"] * 3)
+    snap = _snap(_node("n1", cp=True), _node("n2", cp=True), _node("n3", cp=True))
+    assert evaluate_quorum(store, snap, "n2", ["n1", "n3"]).passed  # n2 is not a member: already down
+    v = evaluate_quorum(store, snap, "n1", ["n1", "n3"])
+    assert not v.passed and "n2 is not an etcd member" in v.why()
+
+
+def test_store_gate_soaking_is_a_verdict_kind() -> None:
+    store = _store(["controlplane"])
+    v = evaluate_store(store, _snap(_node("n1", cp=True)), "v2", (), healthy_since=None, now=NOW,
+                       soak=timedelta(minutes=5))
+    assert v.kind is VerdictKind.soaking and not v.passed
+    v = evaluate_store(store, _snap(_node("n1", cp=True, ready=False)), "v2", (), healthy_since=None, now=NOW,
+                       soak=timedelta(minutes=5))
+    assert v.kind is VerdictKind.pending
+    # A node that was NotReady before is excused its readiness, not its release.
+    excused = {"n1": NodeBefore("v2", False)}
+    assert evaluate_store(store, _snap(_node("n1", cp=True, ready=False)), "v2", (), healthy_since=NOW, now=NOW,
+                          soak=timedelta(0), before=excused).passed
+    assert not evaluate_store(store, _snap(_node("n1", cp=True, ready=False, release="v1")), "v2", (),
+                              healthy_since=NOW, now=NOW, soak=timedelta(0), before=excused).passed

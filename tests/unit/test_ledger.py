@@ -192,3 +192,69 @@ def test_seed_url_tokens_never_reach_the_ledger() -> None:
     text = f"InsertMedia: could not fetch http://127.0.0.1:4444/{token}/releases/v1/talos.iso (HTTP 500)"
     assert redact(text) == "InsertMedia: could not fetch http://127.0.0.1:4444/<token>/releases/v1/talos.iso (HTTP 500)"
     assert token not in redact(text)
+
+
+def test_advance_moves_only_along_the_state_table(engine: Engine) -> None:
+    from edgefleet.errors import IllegalTransition
+    from edgefleet.rollout.states import RunEvent
+
+    ledger = Ledger(engine)
+    _create(ledger)
+    s1 = next(r for r in ledger.runs("ro-1") if r.store == "s1")
+    with pytest.raises(IllegalTransition, match="pending cannot succeed"):
+        ledger.advance(s1, RunEvent.succeed, rollout="ro-1")
+    assert ledger.runs("ro-1")[0].status is RunStatus.pending  # nothing written
+    assert ledger.advance(s1, RunEvent.start, rollout="ro-1", step="start") is RunStatus.running
+    s1 = next(r for r in ledger.runs("ro-1") if r.store == "s1")
+    assert ledger.advance(s1, RunEvent.split_, rollout="ro-1", reason="n2 on v2") is RunStatus.split_
+    assert [(rid, r.store) for rid, r in ledger.split_runs()] == [("ro-1", "s1")]
+    with pytest.raises(StateError, match="needs its rollout id"):
+        ledger.advance(s1, RunEvent.start)
+
+
+def test_reserve_releases_the_lock_on_every_way_out(engine: Engine) -> None:
+    from edgefleet.rollout.journal import stmt_advance
+    from edgefleet.rollout.states import RunEvent
+
+    ledger = Ledger(engine)
+    _create(ledger)
+
+    async def main() -> None:
+        async with ledger.reserve("s1", "ro-1", now=NOW) as run:  # a normal end
+            assert (run.store, run.state, ledger.lock_holder("s1")) == ("s1", RunStatus.pending, "ro-1")
+        assert ledger.lock_holder("s1") is None
+        with pytest.raises(RuntimeError):
+            async with ledger.reserve("s1", "ro-1", now=NOW):
+                raise RuntimeError("a bug in the store's run")
+        assert ledger.lock_holder("s1") is None
+
+        async def held_forever() -> None:
+            async with ledger.reserve("s2", "ro-1", now=NOW):
+                await asyncio.sleep(3600)
+
+        task = asyncio.create_task(held_forever())
+        for _ in range(100):
+            await asyncio.sleep(0)
+            if ledger.lock_holder("s2") == "ro-1":
+                break
+        task.cancel()  # Ctrl-C, a Prefect cancellation, a shutdown
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert ledger.lock_holder("s2") is None
+        ledger.acquire_lock("s3", "ro-other", NOW)
+        with pytest.raises(LockHeld, match="ro-other"):
+            async with ledger.reserve("s3", "ro-1", now=NOW):
+                pass
+        assert ledger.lock_holder("s3") == "ro-other"  # not released by the one it refused
+        # A run that ends split keeps its store locked until a person continues the repair.
+        async with ledger.reserve("s1", "ro-1", now=NOW) as run:
+            ledger.write(stmt_advance(run, RunEvent.start), stmt_advance(run, RunEvent.split_))
+        assert ledger.lock_holder("s1") == "ro-1"
+
+    asyncio.run(main())
+    from edgefleet.errors import StoreSplit
+
+    with pytest.raises(StoreSplit, match="edgefleet rollout resume ro-1") as e:
+        ledger.acquire_lock("s1", "ro-2", NOW)
+    assert isinstance(e.value, LockHeld)
+    ledger.acquire_lock("s1", "ro-1", NOW)  # the same rollout (its resume) takes it

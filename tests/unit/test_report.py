@@ -37,6 +37,7 @@ from edgefleet.rollout.ledger import (
     RolloutStatus,
     RunStatus,
     stmt_event,
+    stmt_node,
     stmt_run,
     stmt_store_release,
     stmt_wave,
@@ -368,3 +369,28 @@ def test_report_command_writes_the_page(tmp_path: Path, monkeypatch: pytest.Monk
         assert isinstance(bad.exception, UnknownRollout) and bad.exception.exit_code == 2
     finally:
         close_all()
+
+
+def test_a_split_store_is_at_the_top_of_the_report_and_status_with_the_command(engine: Engine) -> None:
+    from edgefleet.rollout import operations as ops
+    from edgefleet.rollout.states import RunEvent
+
+    ledger = Ledger(engine)
+    ro = "ro-split"
+    _operation(ledger, ro, Kind.rollout, "v2", T0, [("s1", "v1", "v2"), ("s2", "v1", "v2")])
+    _store_done(ledger, ro, "s2", "v2", "v1", T0 + timedelta(minutes=5))
+    s1 = next(r for r in ledger.runs(ro) if r.store == "s1")
+    ledger.advance(s1, RunEvent.start, rollout=ro)
+    s1 = next(r for r in ledger.runs(ro) if r.store == "s1")
+    ledger.advance(s1, RunEvent.split_, rollout=ro, reason="gate failed; rolling back to v1 failed too")
+    ledger.write(*stmt_node("s1-n1", "s1", "v2", True, T0), *stmt_node("s1-n2", "s1", "v1", False, T0))
+    page = render_report(collect_report(engine, now=T0 + timedelta(hours=1)))
+    split_at, ops_at = page.index("Stores split across releases"), page.index("<h2>Operations</h2>")
+    assert split_at < ops_at
+    assert f"<code>edgefleet rollout resume {ro}</code>" in page[split_at:ops_at]
+    st = ops.status(engine, ro)
+    assert st["split"] == [{"store": "s1", "from_release": "v1", "to_release": "v2",
+                            "reason": "gate failed; rolling back to v1 failed too",
+                            "command": f"edgefleet rollout resume {ro}",
+                            "nodes": {"s1-n1": {"release": "v2", "ready": True},
+                                      "s1-n2": {"release": "v1", "ready": False}}}]

@@ -1,0 +1,166 @@
+"""What one execution of a rollout runs with: ``EngineSettings`` (validated, saved whole with the
+rollout, read back on resume), the seed server's persistent key, the nocloud-net URLs of talos-api
+nodes, where seeds live, and the redaction of seed-server tokens from anything recorded."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from edgefleet.errors import SeedError, StateError
+from edgefleet.inventory.model import Node, Store
+from edgefleet.seeds.netseed import nocloud_net_url
+from edgefleet.seeds.server import SeedServer
+
+__all__ = ["NETSEED_EXPIRES", "SEED_KEY_FILE", "SEED_URL_PATTERN", "EngineSettings", "load_seed_server_key",
+           "nocloud_url", "nocloud_urls", "redact", "seeds_dir"]
+
+SEED_KEY_FILE = "seed-server.key"
+SEED_KEY_BYTES = 32
+NETSEED_EXPIRES = 4102444800  # 2100-01-01T00:00:00Z: nocloud-net URLs live as long as the node's serial
+
+# A seed-server token in a URL (``<node b64>.<expiry>.<mac b64>``): a credential, never recorded.
+_TOKEN = re.compile(r"/[A-Za-z0-9_-]{1,400}\.[0-9]{1,12}\.[A-Za-z0-9_-]{43}/")
+
+
+def redact(text: str) -> str:
+    """``text`` with every seed-server URL token replaced by ``<token>``."""
+    return _TOKEN.sub("/<token>/", text)
+
+
+# The names an older edgefleet wrote into a rollout's ``policy`` (one flat dict, durations as
+# ``<name>_s`` seconds), and the plan's own keys that sat beside them (``operations._policy_json``).
+_LEGACY_SECONDS = {"node_duration_s": "node_duration", "soak_s": "soak", "wave_soak_s": "wave_soak",
+                   "step_margin_s": "step_margin"}
+SEED_URL_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"  # an http(s) URL with a host, no query, no userinfo
+_POLICY_KEYS = frozenset({"canary", "waves", "wave_groups", "failure_budget"})
+
+
+class EngineSettings(BaseModel):
+    """Knobs of one execution, validated. Durations ending in ``_s`` are real seconds;
+    ``node_duration``, ``soak``, ``wave_soak`` and ``step_margin`` are on the rollout's clock
+    (simulated time in sim mode).
+
+    Recorded whole with the rollout (``to_json``: every field, ``model_dump(mode="json")``) and read
+    back whole on resume (``from_json``), so a resumed rollout runs with exactly the settings it was
+    started with. A field missing from a record (one written before the field existed) takes its
+    default; a key this version does not know is refused (``StateError`` naming it), rather than
+    resuming with a setting silently dropped: it was written by a newer edgefleet."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_concurrent: int = Field(100, ge=1)
+    max_per_region: int | None = Field(None, ge=1)
+    max_per_country: int | None = Field(None, ge=1)
+    node_duration: timedelta = timedelta(minutes=20)
+    soak: timedelta = timedelta(0)
+    wave_soak: timedelta = timedelta(0)  # between waves, after a wave passed its gate
+    node_ready_timeout_s: float = Field(1800.0, gt=0)
+    quorum_timeout_s: float = Field(600.0, gt=0)
+    store_gate_timeout_s: float = Field(600.0, gt=0)
+    window_wait_max_s: float = Field(25 * 3600.0, ge=0)  # the next daily window always opens within this
+    poll_s: float = Field(2.0, gt=0)
+    power_deadline_s: float | None = Field(None, gt=0)  # None: the BMC vendor's power transition time
+    heartbeat_s: float = Field(5.0, gt=0)
+    seed_public_url: str | None = Field(None, pattern=SEED_URL_PATTERN)
+    seed_token_ttl_s: float = Field(6 * 3600.0, gt=0)
+    step_margin: timedelta = timedelta(minutes=5)  # room left in the window before each BMC step
+    pre_hook: str | None = None  # Ansible playbook run before a store is touched (edgefleet.rollout.hooks)
+    post_hook: str | None = None  # ... and after its store gate passed; failing: the store is rolled back
+    hook_timeout_s: float = Field(300.0, gt=0)
+    bmc_attempts: int = Field(4, ge=1)
+    bmc_backoff_s: float = Field(0.5, ge=0)
+    # a node's Redfish sequence, from its start after an action failed transiently
+    reimage_attempts: int = Field(3, ge=1)
+    inband_deadline_s: float = Field(120.0, gt=0)  # a talos-api node's Version, seed check and Reset, together
+
+    @field_validator("node_duration", "soak", "wave_soak", "step_margin")
+    @classmethod
+    def _not_negative(cls, v: timedelta) -> timedelta:
+        if v < timedelta(0):
+            raise ValueError("must not be negative")
+        return v
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, as JSON (durations as ISO 8601 durations)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], **override: Any) -> EngineSettings:
+        """The settings recorded in a rollout's ``policy``: ``{"settings": {...}, <plan keys>}`` as
+        written now, or the flat dict an older edgefleet wrote (``node_duration_s`` and the other
+        ``_s`` durations in seconds, the plan's keys beside them). ``override``: fields to replace
+        (None values are ignored). Raises ``StateError`` for unknown keys or invalid values."""
+        if isinstance(data.get("settings"), dict):
+            known = dict(data["settings"])
+        else:
+            known = {k: v for k, v in data.items() if k not in _POLICY_KEYS}
+            for old, name in _LEGACY_SECONDS.items():
+                if old in known and name not in known:
+                    known[name] = timedelta(seconds=float(known.pop(old)))
+        known.update({k: v for k, v in override.items() if v is not None})
+        unknown = sorted(set(known) - set(cls.model_fields))
+        if unknown:
+            raise StateError(f"the recorded engine settings hold {', '.join(unknown)}, which this edgefleet does not "
+                             "know: the rollout was recorded by a newer edgefleet; resume it with that version")
+        try:
+            return cls.model_validate(known)
+        except ValidationError as e:
+            raise StateError(f"the recorded engine settings are invalid: {_validation_text(e)}") from None
+
+
+def _validation_text(e: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+
+
+def load_seed_server_key(home: Path) -> bytes:
+    """The seed server's persistent HMAC key, ``<home>/seed-server.key`` (created 0600 on first use)."""
+    path = home / SEED_KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise SeedError(f"cannot create the seed server key {path}: {e.strerror}; check that the edgefleet home "
+                        f"{home} exists and is writable") from None
+    else:
+        try:
+            os.write(fd, secrets.token_bytes(SEED_KEY_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    try:
+        key = path.read_bytes()
+        mode = path.stat().st_mode & 0o777
+    except OSError as e:
+        raise SeedError(f"cannot read the seed server key {path}: {e.strerror}") from None
+    if len(key) != SEED_KEY_BYTES:
+        raise SeedError(f"the seed server key {path} has {len(key)} bytes, not {SEED_KEY_BYTES}: restore it from a "
+                        "backup (deleting it invalidates every talos-api node's nocloud-net URL)")
+    if mode & 0o077:
+        raise SeedError(f"the seed server key {path} is readable by others (mode {mode:o}): chmod 600 it")
+    return key
+
+
+def nocloud_urls(home: Path, store: Store, base_url: str) -> dict[str, str]:
+    """Node name -> the long-lived nocloud-net ``s=`` URL of each node of ``store`` (see the module
+    docstring): signed with the persistent key, expiring at ``NETSEED_EXPIRES``, under the store's
+    ``seed_url`` when set, else ``base_url``."""
+    server = SeedServer(home, secret=load_seed_server_key(home), public_url=base_url)
+    return {n.name: nocloud_url(server, store, n) for n in store.nodes}
+
+
+def nocloud_url(server: SeedServer, store: Store, node: Node) -> str:
+    return nocloud_net_url(server, store, node, datetime.fromtimestamp(0, UTC), ttl_s=float(NETSEED_EXPIRES))
+
+
+def seeds_dir(home: Path, release: str, store_id: str) -> Path:
+    """Where the engine keeps a store's seeds for a release (one small incremental index each)."""
+    return home / "seeds" / "engine" / release / store_id
+

@@ -26,7 +26,7 @@ import typer
 from edgefleet.cli._common import InventoryOpt, console, edgefleet_home
 from edgefleet.errors import InputError
 from edgefleet.outpaths import check_output_file
-from edgefleet.talos.certs import Role
+from edgefleet.talos.certs import TalosRole
 
 __all__ = ["kubeconfig_cmd", "talosconfig_cmd", "write_private_file"]
 
@@ -73,7 +73,8 @@ def write_private_file(path: Path, data: bytes, *, force: bool) -> bool:
 
 def talosconfig_cmd(
     store: StoreArg,
-    role: Annotated[Role, typer.Option("--role", help="Talos API role of the client certificate")] = Role.reader,
+    role: Annotated[TalosRole, typer.Option("--role", help="Talos API role of the client certificate")] = (
+        TalosRole.reader),
     out: Annotated[Path | None, typer.Option("--out", help="File to write (default: ./<store>.talosconfig)")] = None,
     force: ForceOpt = False,
     ttl_hours: TtlOpt = 24 * 365,

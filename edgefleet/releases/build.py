@@ -32,7 +32,8 @@ from typing import Any
 from edgefleet.errors import ArtifactError, PackerError, ReleaseInputError
 from edgefleet.releases import packer as packer_runner
 from edgefleet.releases.catalog import Release, ReleaseCatalog, ReleaseState
-from edgefleet.releases.image import DEFAULT_EPOCH, REQUIRED_KERNEL_ARG, read_release_manifest
+from edgefleet.releases.image import REQUIRED_KERNEL_ARG, read_release_manifest
+from edgefleet.releases.reproducible import DEFAULT_EPOCH
 from edgefleet.releases.template import check_validations, check_values, load_template_variables, template_hash
 from edgefleet.releases.upstream import SHA256_RE, TALOS_VERSION_RE, fetch_upstream, sha256_file
 

@@ -23,7 +23,7 @@ import httpx
 import pycdlib
 
 from edgefleet.errors import ArtifactError, ReleaseInputError
-from edgefleet.releases.image import DEFAULT_EPOCH, write_reproducible
+from edgefleet.releases.reproducible import DEFAULT_EPOCH, write_reproducible
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 TALOS_VERSION_RE = re.compile(r"^v\d+\.\d+\.\d+(-[0-9A-Za-z.]+)?$")

@@ -84,9 +84,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
-import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -148,7 +146,14 @@ from edgefleet.rollout.ledger import (
     stmt_wave,
 )
 from edgefleet.schedule.windows import next_allowed_start
-from edgefleet.seeds.netseed import NetSeeds, nocloud_net_url
+from edgefleet.seeds.netseed import (  # the seed server key and stable URLs live there (the CLI uses them too)
+    NETSEED_EXPIRES,
+    SEED_KEY_FILE,
+    NetSeeds,
+    load_seed_server_key,
+    nocloud_urls,
+)
+from edgefleet.seeds.netseed import stable_nocloud_url as _nocloud_url
 from edgefleet.seeds.server import SeedServer
 
 __all__ = ["NETSEED_EXPIRES", "SEED_KEY_FILE", "SEED_URL_PATTERN", "EngineSettings", "Executor", "execute",
@@ -156,9 +161,6 @@ __all__ = ["NETSEED_EXPIRES", "SEED_KEY_FILE", "SEED_URL_PATTERN", "EngineSettin
 
 WINDOW_SHUT = "its maintenance window did not open"  # the reason of a store skipped for want of a window
 
-SEED_KEY_FILE = "seed-server.key"
-SEED_KEY_BYTES = 32
-NETSEED_EXPIRES = 4102444800  # 2100-01-01T00:00:00Z: nocloud-net URLs live as long as the node's serial
 
 log = logging.getLogger("edgefleet.rollout")
 
@@ -254,47 +256,6 @@ class EngineSettings(BaseModel):
 
 def _validation_text(e: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
-
-
-def load_seed_server_key(home: Path) -> bytes:
-    """The seed server's persistent HMAC key, ``<home>/seed-server.key`` (created 0600 on first use)."""
-    path = home / SEED_KEY_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    except OSError as e:
-        raise SeedError(f"cannot create the seed server key {path}: {e.strerror}; check that the edgefleet home "
-                        f"{home} exists and is writable") from None
-    else:
-        try:
-            os.write(fd, secrets.token_bytes(SEED_KEY_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    try:
-        key = path.read_bytes()
-        mode = path.stat().st_mode & 0o777
-    except OSError as e:
-        raise SeedError(f"cannot read the seed server key {path}: {e.strerror}") from None
-    if len(key) != SEED_KEY_BYTES:
-        raise SeedError(f"the seed server key {path} has {len(key)} bytes, not {SEED_KEY_BYTES}: restore it from a "
-                        "backup (deleting it invalidates every talos-api node's nocloud-net URL)")
-    if mode & 0o077:
-        raise SeedError(f"the seed server key {path} is readable by others (mode {mode:o}): chmod 600 it")
-    return key
-
-
-def nocloud_urls(home: Path, store: Store, base_url: str) -> dict[str, str]:
-    """Node name -> the long-lived nocloud-net ``s=`` URL of each node of ``store`` (see the module
-    docstring): signed with the persistent key, expiring at ``NETSEED_EXPIRES``, under the store's
-    ``seed_url`` when set, else ``base_url``."""
-    server = SeedServer(home, secret=load_seed_server_key(home), public_url=base_url)
-    return {n.name: _nocloud_url(server, store, n) for n in store.nodes}
-
-
-def _nocloud_url(server: SeedServer, store: Store, node: Node) -> str:
-    return nocloud_net_url(server, store, node, datetime.fromtimestamp(0, UTC), ttl_s=float(NETSEED_EXPIRES))
 
 
 def _in_band(store: Store) -> bool:
@@ -973,7 +934,7 @@ class Executor:
 
     def _talos(self, store: Store, node: Node) -> Any:
         from edgefleet.talos.api import client_for
-        from edgefleet.talos.certs import Role as TalosRole
+        from edgefleet.talos.certs import TalosRole
 
         t = self.endpoints.talos
         return client_for(self.home, store, node, TalosRole.admin, now=self.wall(),

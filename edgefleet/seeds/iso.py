@@ -29,6 +29,7 @@ from pycdlib.pycdlibexception import PyCdlibException
 
 from edgefleet.errors import SeedError
 from edgefleet.isodates import DEFAULT_WHEN, IsoLayoutError, pin_iso_dates
+from edgefleet.seeds.render import SeedFiles  # defined with the renderer (pure), re-exported here
 
 __all__ = [
     "MAX_SEED_ISO_BYTES",
@@ -60,15 +61,6 @@ _ENTRIES: tuple[tuple[str, str, str], ...] = (
 _SECTOR = 2048
 _FIRST_VD_SECTOR = 16
 _MAX_DIRECTORIES = 1024  # bounds the walk on a malformed image
-
-
-@dataclass(frozen=True)
-class SeedFiles:
-    """The three NoCloud files, as the bytes that go on the ISO."""
-
-    user_data: bytes
-    meta_data: bytes
-    network_config: bytes
 
 
 @dataclass(frozen=True)

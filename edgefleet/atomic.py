@@ -9,6 +9,10 @@ upstream ISO cache, seed indexes, talosconfigs, secrets):
   ``path`` is untouched. ``exclusive=True`` links it into place instead, so an existing ``path``
   (even one created meanwhile by someone else) raises ``FileExistsError`` and is kept.
 * ``write_atomic(path, data)``: the same for bytes or text already in memory.
+* ``write_atomic_many(items)``: many files, each replaced atomically and only once its bytes are
+  durable: one file is fsynced, renamed and its directory fsynced; a batch is written whole, made
+  durable with one ``os.sync()``, renamed, and the renames made durable with a second one (two
+  flushes for the batch instead of two per file).
 * ``staging_dir(final)``: a temporary directory beside ``final`` to fill; on a clean exit it is
   renamed to ``final`` (``publish_dir``), on an exception removed with its content.
 * ``publish_dir(tmp, final)``: ``rename(2)`` of a finished directory: atomic on one filesystem, and
@@ -23,14 +27,15 @@ caller turns it into its own ``EdgefleetError`` naming the option to change.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_file", "publish_dir", "staging_dir", "write_atomic"]
+__all__ = ["AtomicBatch", "atomic_file", "publish_dir", "staging_dir", "write_atomic", "write_atomic_many"]
 
 
 @contextlib.contextmanager
@@ -64,6 +69,70 @@ def write_atomic(path: Path, data: bytes | str, *, mode: int = 0o644, fsync: boo
     body = data.encode("utf-8") if isinstance(data, str) else data
     with atomic_file(path, mode=mode, fsync=fsync, exclusive=exclusive, make_parents=make_parents) as fh:
         fh.write(body)
+
+
+class AtomicBatch:
+    """Many files written atomically and durably with two flushes for the whole batch (see
+    ``write_atomic_many``), each one streamed to its temporary file as it is added. Use as a
+    context manager and call ``commit()``; leaving without a commit removes every temporary file.
+    ``single=True`` (one file expected) flushes that file with fsync instead of ``os.sync()``."""
+
+    def __init__(self, *, mode: int = 0o644, single: bool = False):
+        self.mode = mode
+        self.single = single
+        self._pending: list[tuple[str, Path]] = []
+
+    def add(self, path: Path, data: bytes) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        self._pending.append((tmp, path))
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), self.mode)
+            fh.write(data)
+            if self.single:
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def commit(self) -> None:
+        if not self._pending:
+            return
+        if not self.single:
+            os.sync()
+        for tmp, path in self._pending:
+            os.replace(tmp, path)
+        if self.single:
+            for directory in {path.parent for _tmp, path in self._pending}:
+                _fsync_dir(directory)
+        else:
+            os.sync()
+        self._pending.clear()
+
+    def __enter__(self) -> AtomicBatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pending, self._pending = self._pending, []
+        for tmp, _path in pending:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def write_atomic_many(items: Sequence[tuple[Path, bytes]], *, mode: int = 0o644) -> None:
+    """Write each ``(path, data)`` atomically and durably (see the module docstring)."""
+    with AtomicBatch(mode=mode, single=len(items) == 1) as batch:
+        for path, data in items:
+            batch.add(path, data)
+        batch.commit()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some filesystems refuse fsync on directories; the rename is done
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
 
 
 def publish_dir(tmp: Path, final: Path) -> None:

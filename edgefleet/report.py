@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import html
 import math
-import os
-import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgefleet.atomic import write_atomic
 from edgefleet.errors import InputError, ReportError
+from edgefleet.redact import redact
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -231,16 +230,7 @@ def release_timeline(initial: Mapping[str, str | None], changes: Iterable[Releas
 
 # -- rendering (pure) -----------------------------------------------------------------------------
 
-_URL_QUERY = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#\"'<>]+)\?[^\s#\"'<>]*")
-_PEM = re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(?:-----END [A-Z0-9 ]+-----|$)", re.DOTALL)
-_SECRET_PAIR = re.compile(r"(?i)\b([\w-]*(?:token|password|passwd|secret|api[_-]?key)[\w-]*)\s*([=:])\s*[^\s,;&]+")
-
-
-def scrub(text: str) -> str:
-    """``text`` without URL query strings, PEM blocks or ``token=...``-like pairs."""
-    text = _PEM.sub("[PEM block removed]", text)
-    text = _URL_QUERY.sub(r"\1?[query removed]", text)
-    return _SECRET_PAIR.sub("[secret removed]", text)
+scrub = redact  # the one redactor (edgefleet.redact); the report applies it to every string it shows
 
 
 def _e(text: object) -> str:
@@ -514,18 +504,7 @@ def write_report(path: Path, html_text: str) -> Path:
     """Write ``html_text`` to ``path`` atomically (readers see the old page or the new one)."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(html_text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, html_text, mode=0o644, make_parents=True)
     except OSError as e:
         raise ReportError(f"cannot write the report to {path}: {e.strerror or e}; "
                                "choose another --out or fix the directory's permissions") from e

@@ -84,7 +84,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -111,6 +110,7 @@ from edgefleet.errors import (
 )
 from edgefleet.health.probes import ClusterSnapshot, run_probes
 from edgefleet.inventory.model import Fleet, Node, Role, Store, WipeMethod
+from edgefleet.redact import redact_tokens as redact  # seed-server tokens are never recorded
 from edgefleet.redfish.connector import BmcClients, RetryPolicy, connector_for_node
 from edgefleet.redfish.driver import RedfishDriver, ReimageStep, eject_reimage_media, reimage_sequence
 from edgefleet.releases.catalog import Release, ReleaseCatalog, verify_artifact
@@ -163,15 +163,6 @@ WINDOW_SHUT = "its maintenance window did not open"  # the reason of a store ski
 
 
 log = logging.getLogger("edgefleet.rollout")
-
-# A seed-server token in a URL (``<node b64>.<expiry>.<mac b64>``): a credential, never recorded.
-_TOKEN = re.compile(r"/[A-Za-z0-9_-]{1,400}\.[0-9]{1,12}\.[A-Za-z0-9_-]{43}/")
-
-
-def redact(text: str) -> str:
-    """``text`` with every seed-server URL token replaced by ``<token>``."""
-    return _TOKEN.sub("/<token>/", text)
-
 
 # The names an older edgefleet wrote into a rollout's ``policy`` (one flat dict, durations as
 # ``<name>_s`` seconds), and the plan's own keys that sat beside them (``operations._policy_json``).

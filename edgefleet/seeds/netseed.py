@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,6 +49,7 @@ import httpx
 
 from edgefleet.errors import NetworkSeedError, SeedError
 from edgefleet.inventory.model import Node, Store
+from edgefleet.redact import redact_tokens as redact_seed_url  # a URL without its token, for messages
 from edgefleet.seeds.iso import SeedFiles, read_seed_iso
 from edgefleet.seeds.server import DynamicReply, SeedServer
 
@@ -75,7 +75,6 @@ ROUTE_PREFIX = "nocloud"
 NOCLOUD_FILES = ("meta-data", "user-data", "network-config")
 """What a Talos node fetches under its ``s=`` prefix (cloud-init also asks for vendor-data)."""
 MAX_FILE_BYTES = 4 * 1024 * 1024
-_TOKEN_SEGMENT = re.compile(r"/[A-Za-z0-9_-]{1,400}\.[0-9]{1,12}\.[A-Za-z0-9_-]{43}/")
 
 
 # --- pure ------------------------------------------------------------------------------------------
@@ -127,12 +126,6 @@ def qemu_smbios_arg(url: str) -> str:
     """The value of QEMU's ``-smbios`` option setting the serial number (commas doubled, as
     QEMU's option syntax escapes them)."""
     return "type=1,serial=" + nocloud_datasource(url).replace(",", ",,")
-
-
-def redact_seed_url(url: str) -> str:
-    """``url`` with a seed-server token replaced by ``<token>`` (tokens grant the seed, whose
-    user-data holds cluster secrets: keep them out of logs and error messages)."""
-    return _TOKEN_SEGMENT.sub("/<token>/", url, count=1)
 
 
 def parse_nocloud_datasource(text: str) -> str | None:

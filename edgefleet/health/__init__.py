@@ -1,6 +1,6 @@
-"""Store health.
-``cluster``: what a store's Kubernetes API said and the verdicts on it (pure, no I/O).
-``probes``: the Kubernetes adapter (``KubeApiClient``, ``StoreApi``) and the custom HTTP probes."""
+"""Store health: ``cluster`` decides from what a store's Kubernetes API said (pure, no I/O);
+``probes`` is the Kubernetes adapter and the custom HTTP probes; ``storeapi`` reads a rollout's
+stores. Names are loaded on first use, so importing ``cluster`` imports no HTTP client."""
 
 from __future__ import annotations
 

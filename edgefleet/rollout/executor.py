@@ -161,7 +161,6 @@ __all__ = ["NETSEED_EXPIRES", "SEED_KEY_FILE", "SEED_URL_PATTERN", "EngineSettin
 
 WINDOW_SHUT = "its maintenance window did not open"  # the reason of a store skipped for want of a window
 
-
 log = logging.getLogger("edgefleet.rollout")
 
 # The names an older edgefleet wrote into a rollout's ``policy`` (one flat dict, durations as

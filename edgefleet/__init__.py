@@ -1,4 +1,6 @@
-"""edgefleet: run fleets of edge Talos Kubernetes clusters."""
+"""edgefleet: run fleets of edge Talos Kubernetes clusters from plain Python (Prefect flows in flows/).
+Pure core: inventory model, plan, gates, windows, seed and Talos config rendering, health verdicts.
+Adapters, one per outside system: redfish/, health/ (Kubernetes), seeds/ (ISOs, server), state/, releases/."""
 
 import os
 

@@ -7,8 +7,9 @@ Three parts, kept apart:
 * ``collect_report(engine, ...)`` is the only function here that reads the ledger; it returns a
   plain ``ReportData``.
 * ``render_report(data)`` is pure: ReportData in, HTML text out (no clock: the generation time is
-  in the data). Every string from the ledger is scrubbed (URL query strings, PEM blocks and
-  ``token=...``-like pairs removed, though the ledger promises to hold none) and escaped.
+  in the data), through the jinja2 templates in ``edgefleet/templates`` (autoescaped). Every value
+  they print is scrubbed (``edgefleet.redact.redact``: seed tokens, URL query strings, PEM blocks
+  and ``token=...``-like pairs removed, though the ledger promises to hold none) and escaped.
 * ``write_report(path, html)`` writes the file atomically (a temporary file, then a rename).
 
 Stores per release come from the events that change the ``store_release`` table: ``store_succeeded``
@@ -20,18 +21,20 @@ selection) ends on what ``store_release`` holds.
 
 from __future__ import annotations
 
-import html
+import functools
 import math
-import os
-import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jinja2
+from markupsafe import Markup
+
+from edgefleet.atomic import write_atomic
 from edgefleet.errors import InputError, ReportError
+from edgefleet.redact import redact
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -231,108 +234,58 @@ def release_timeline(initial: Mapping[str, str | None], changes: Iterable[Releas
 
 # -- rendering (pure) -----------------------------------------------------------------------------
 
-_URL_QUERY = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#\"'<>]+)\?[^\s#\"'<>]*")
-_PEM = re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(?:-----END [A-Z0-9 ]+-----|$)", re.DOTALL)
-_SECRET_PAIR = re.compile(r"(?i)\b([\w-]*(?:token|password|passwd|secret|api[_-]?key)[\w-]*)\s*([=:])\s*[^\s,;&]+")
-
-
-def scrub(text: str) -> str:
-    """``text`` without URL query strings, PEM blocks or ``token=...``-like pairs."""
-    text = _PEM.sub("[PEM block removed]", text)
-    text = _URL_QUERY.sub(r"\1?[query removed]", text)
-    return _SECRET_PAIR.sub("[secret removed]", text)
-
-
-def _e(text: object) -> str:
-    return html.escape(scrub("" if text is None else str(text)), quote=True)
+scrub = redact  # the one redactor (edgefleet.redact); the report applies it to every string it shows
 
 
 def _when(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") + "Z"
 
 
-# Okabe-Ito: distinguishable with common colour blindness; dashes tell series apart on grey paper.
-_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
-_DASHES = ("", "6 3", "2 3", "8 3 2 3")
+def _finalize(value: Any) -> Any:
+    """Every value a template prints is scrubbed (then autoescaped); markup from macros is not text."""
+    if isinstance(value, Markup) or not isinstance(value, str):
+        return value
+    return scrub(value)
 
-_CSS = """
-body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1a1a1a;
-       margin: 2em auto; max-width: 1100px; padding: 0 1em; }
-h1 { font-size: 1.6em; margin-bottom: .2em; }
-h2 { font-size: 1.2em; margin-top: 1.8em; border-bottom: 1px solid #ccc; padding-bottom: .2em; }
-.meta, .note { color: #555; }
-table { border-collapse: collapse; width: 100%; margin: .5em 0; }
-th, td { border: 1px solid #ddd; padding: .25em .5em; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.name { white-space: nowrap; }
-td.time, td.id { white-space: nowrap; font-family: ui-monospace, Menlo, Consolas, monospace; font-size: .9em; }
-tr.problem td { background: #fff4f0; }
-.status-succeeded, .status-passed { color: #006e3b; font-weight: 600; }
-.status-failed, .status-halted, .status-aborted { color: #b00020; font-weight: 600; }
-.status-rolled_back, .status-paused, .status-refused { color: #a05a00; font-weight: 600; }
-.status-split { color: #b00020; font-weight: 700; }
-ul.waves { margin: 0; padding-left: 1.1em; }
-svg { max-width: 100%; height: auto; }
-@media print { body { margin: 0; max-width: none; font-size: 11px; } h2 { break-after: avoid; }
-  tr { break-inside: avoid; } }
-"""
+
+@functools.cache
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.PackageLoader("edgefleet", "templates"), autoescape=True,
+                              finalize=_finalize, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                              lstrip_blocks=True, keep_trailing_newline=True)
 
 
 def render_report(data: ReportData, *, max_events: int = DEFAULT_MAX_EVENTS) -> str:
-    """The whole page for ``data``; the event log shows at most ``max_events`` rows."""
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(data.title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{_e(data.title)}</h1>",
-        f'<p class="meta">Generated {_e(_when(data.generated_at))} from the ledger: '
-        f"{len(data.operations)} operation(s), {data.events_total} event(s).</p>",
-        _split(data),
-        _summary(data),
-        _chart_section(data),
-        _problems(data),
-        _event_log(data, max_events),
-        "</body></html>",
-    ]
-    return "\n".join(parts) + "\n"
-
-
-def _status(text: str) -> str:
-    return f'<span class="status-{_e(text)}">{_e(text)}</span>'
-
-
-def _summary(data: ReportData) -> str:
-    out = ["<h2>Operations</h2>"]
-    if not data.operations:
-        out.append('<p class="note">The ledger has no operations.</p>')
-        return "\n".join(out)
-    out.append('<table class="operations"><thead><tr><th>Operation</th><th>Kind</th><th>Release</th>'
-               "<th>Status</th><th>Reason</th><th>Stores by status</th><th>Waves</th>"
-               "<th>Created</th></tr></thead><tbody>")
-    for item in _fold_provisions(data.operations):
-        if isinstance(item, list):
-            out.append(_provision_row(item))
-            continue
-        op = item
-        counts = ", ".join(f"{_e(k)}: {n}" for k, n in sorted(op.counts.items())) or "none"
-        waves = "".join(f"<li>{w.index} {_e(w.name)}: {_status(w.status)}, {w.stores} store(s), "
-                        f"{w.failures} failed, budget {w.budget}</li>" for w in op.waves)
-        cls = ' class="problem"' if op.problems or op.status in ("failed", "halted", "aborted") else ""
-        out.append(f'<tr{cls}><td class="id">{_e(op.id)}</td><td>{_e(op.kind)}</td><td>{_e(op.release)}</td>'
-                   f"<td>{_status(op.status)}</td><td>{_e(op.reason)}</td><td>{counts}</td>"
-                   f'<td>{f"<ul class=waves>{waves}</ul>" if waves else "-"}</td>'
-                   f'<td class="time">{_e(_when(op.created_at))}</td></tr>')
-    out.append("</tbody></table>")
+    """The whole page for ``data`` (templates ``report.html.j2`` and ``chart.svg.j2`` in
+    ``edgefleet/templates``); the event log shows at most ``max_events`` rows."""
     now: dict[str, int] = {}
     for rel in data.current.values():
-        key = rel or "(none)"
-        now[key] = now.get(key, 0) + 1
-    if now:
-        out.append('<p class="fleet-now">The fleet now (store_release table): '
-                   + ", ".join(f"{_e(k)}: {n} store(s)" for k, n in sorted(now.items())) + ".</p>")
-    return "\n".join(out)
+        now[rel or "(none)"] = now.get(rel or "(none)", 0) + 1
+    events = [{"when": _when(ev.ts), "rollout": ev.rollout, "store": ev.store, "node": ev.node, "kind": ev.kind,
+               "reason": ev.reason} for ev in data.events[:max(0, max_events)]]
+    return _templates().get_template("report.html.j2").render(
+        title=data.title, generated=_when(data.generated_at), operations_count=len(data.operations),
+        events_total=data.events_total, operations=[_operation_row(item) for item in _fold_provisions(data.operations)],
+        fleet_now=sorted(now.items()), chart=_chart_of(data),
+        problems=[p for op in data.operations for p in op.problems], split=_split_rows(data), events=events)
+
+
+def _split_rows(data: ReportData) -> list[dict[str, str]]:
+    """Stores left split across releases: shown at the top, with the command that continues the repair."""
+    from edgefleet.rollout.ledger import repair_command
+    from edgefleet.rollout.states import RunState
+
+    return [{"store": p.store, "rollout": p.rollout, "reason": p.reason, "command": repair_command(p.rollout)}
+            for op in data.operations for p in op.problems if p.status == RunState.split_.value]
+
+
+def _operation_row(item: OperationSummary | list[OperationSummary]) -> dict[str, Any]:
+    if isinstance(item, list):
+        return {"folded": True, "ids": [o.id for o in item], "release": item[0].release,
+                "stores": sum(sum(o.counts.values()) for o in item),
+                "first": _when(min(o.created_at for o in item)), "last": _when(max(o.created_at for o in item))}
+    return {"folded": False, "op": item, "counts": sorted(item.counts.items()), "created": _when(item.created_at),
+            "problem": bool(item.problems) or item.status in ("failed", "halted", "aborted")}
 
 
 FOLD_PROVISIONS_AT = 3
@@ -370,72 +323,11 @@ def _fold_provisions(ops: Sequence[OperationSummary]) -> list[OperationSummary |
     return out
 
 
-def _provision_row(ops: list[OperationSummary]) -> str:
-    first, last = min(o.created_at for o in ops), max(o.created_at for o in ops)
-    stores = sum(sum(o.counts.values()) for o in ops)
-    ids = " ".join(f'<span class="id">{_e(o.id)}</span>' for o in ops)
-    return (f'<tr class="folded"><td><details><summary>{len(ops)} provisionings</summary> {ids}</details></td>'
-            f"<td>provision</td><td>{_e(ops[0].release)}</td><td>{_status('succeeded')}</td>"
-            f"<td>each one store, all succeeded</td><td>succeeded: {stores}</td><td>-</td>"
-            f'<td class="time">{_e(_when(first))} to {_e(_when(last))}</td></tr>')
-
-
-def _split(data: ReportData) -> str:
-    """Stores left split across releases, at the top: a person must act, with the command to run."""
-    from edgefleet.rollout.ledger import repair_command
-    from edgefleet.rollout.states import RunState
-
-    rows = [p for op in data.operations for p in op.problems if p.status == RunState.split_.value]
-    if not rows:
-        return ""
-    out = ['<h2 class="problem">Stores split across releases: a person must act</h2>',
-           '<table class="problems"><thead><tr><th>Store</th><th>Operation</th><th>Reason</th>'
-           "<th>Continue the repair with</th></tr></thead><tbody>"]
-    for p in rows:
-        out.append(f'<tr class="problem"><td class="name">{_e(p.store)}</td><td class="id">{_e(p.rollout)}</td>'
-                   f"<td>{_e(p.reason)}</td><td><code>{_e(repair_command(p.rollout))}</code></td></tr>")
-    out.append("</tbody></table>")
-    return "\n".join(out)
-
-
-def _problems(data: ReportData) -> str:
-    rows = [p for op in data.operations for p in op.problems]
-    out = ["<h2>Stores that failed or were rolled back</h2>"]
-    if not rows:
-        out.append('<p class="note">None.</p>')
-        return "\n".join(out)
-    out.append('<table class="problems"><thead><tr><th>Operation</th><th>Store</th><th>Status</th><th>From</th>'
-               "<th>To</th><th>Reason</th></tr></thead><tbody>")
-    for p in rows:
-        out.append(f'<tr><td class="id">{_e(p.rollout)}</td><td class="name">{_e(p.store)}</td>'
-                   f"<td>{_status(p.status)}</td>"
-                   f"<td>{_e(p.from_release or '-')}</td><td>{_e(p.to_release)}</td><td>{_e(p.reason)}</td></tr>")
-    out.append("</tbody></table>")
-    return "\n".join(out)
-
-
-def _event_log(data: ReportData, max_events: int) -> str:
-    shown = data.events[:max(0, max_events)]
-    out = ["<h2>Event log</h2>"]
-    if len(shown) < data.events_total:
-        out.append(f'<p class="note cut">Showing the first {len(shown)} of {data.events_total} events; '
-                   "<code>edgefleet report --max-events N</code> shows more.</p>")
-    if not shown:
-        out.append('<p class="note">No events.</p>')
-        return "\n".join(out)
-    out.append('<table class="events"><thead><tr><th>Time (UTC)</th><th>Operation</th><th>Store</th><th>Node</th>'
-               "<th>Event</th><th>Reason</th></tr></thead><tbody>")
-    for ev in shown:
-        out.append(f'<tr><td class="time">{_e(_when(ev.ts))}</td><td class="id">{_e(ev.rollout or "")}</td>'
-                   f'<td class="name">{_e(ev.store or "")}</td><td class="name">{_e(ev.node or "")}</td>'
-                   f'<td class="name">{_e(ev.kind)}</td>'
-                   f"<td>{_e(ev.reason)}</td></tr>")
-    out.append("</tbody></table>")
-    return "\n".join(out)
-
-
 # -- the chart --------------------------------------------------------------------------------------
 
+# Okabe-Ito: distinguishable with common colour blindness; dashes tell series apart on grey paper.
+_COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#F0E442")
+_DASHES = ("", "6 3", "2 3", "8 3 2 3")
 _W, _H = 960, 360
 _LEFT, _RIGHT, _TOP, _BOTTOM = 60, 20, 20, 60
 
@@ -454,23 +346,18 @@ def _time_ticks(t0: datetime, t1: datetime, n: int = 6) -> list[datetime]:
     return out
 
 
-def _chart_section(data: ReportData) -> str:
+def _chart_of(data: ReportData) -> dict[str, Any] | None:
+    """The chart's coordinates, or None when no store changed release."""
     begin = [op.created_at for op in data.operations] + [ev.ts for ev in data.events[:1]]
     releases, points = release_timeline(data.initial, data.changes, start=min(begin) if begin else None)
     last = [ev.ts for ev in data.events[-1:]] + [op.updated_at for op in data.operations]
-    out = ["<h2>Stores per release over time</h2>"]
     if not points or not releases:
-        out.append('<p class="note">No store changed release in these operations.</p>')
-        return "\n".join(out)
-    out.append(_svg(releases, points, end=max([points[-1][0], *last])))
-    final = points[-1][1]
-    out.append('<p class="note">Each line is one release: how many stores the ledger records on it '
-               "(from store_succeeded and store_rolled_back events). At the end: "
-               + ", ".join(f"{_e(r)}: {final[r]}" for r in releases) + ".</p>")
-    return "\n".join(out)
+        return None
+    return _chart(releases, points, end=max([points[-1][0], *last]))
 
 
-def _svg(releases: Sequence[str], points: Sequence[tuple[datetime, dict[str, int]]], *, end: datetime) -> str:
+def _chart(releases: Sequence[str], points: Sequence[tuple[datetime, dict[str, int]]], *,
+           end: datetime) -> dict[str, Any]:
     t0, t1 = points[0][0], max(end, points[-1][0])
     if t1 - t0 < timedelta(seconds=60):  # a single instant still needs a width to draw on
         t0, t1 = t0 - timedelta(seconds=30), t1 + timedelta(seconds=30)
@@ -486,46 +373,26 @@ def _svg(releases: Sequence[str], points: Sequence[tuple[datetime, dict[str, int
     def y(v: int) -> float:
         return _TOP + ph * (1 - v / ymax)
 
-    legend_h = 22 * math.ceil(len(releases) / 4)
-    height = _H + legend_h
-    s = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{_W}" height="{height}" '
-         f'viewBox="0 0 {_W} {height}" role="img" aria-label="Stores per release over time">',
-         '<g class="grid" font-size="11" fill="#333">']
-    for v in range(0, ymax + 1, ystep):
-        s.append(f'<line x1="{_LEFT}" y1="{y(v):.1f}" x2="{_W - _RIGHT}" y2="{y(v):.1f}" stroke="#e5e5e5"/>'
-                 f'<text x="{_LEFT - 6}" y="{y(v) + 4:.1f}" text-anchor="end">{v}</text>')
     multi_day = t0.date() != t1.date()
-    for t in _time_ticks(t0, t1):
-        label = t.strftime("%m-%d %H:%M" if multi_day else "%H:%M:%S" if span < 600 else "%H:%M")
-        s.append(f'<line x1="{x(t):.1f}" y1="{_TOP}" x2="{x(t):.1f}" y2="{_TOP + ph}" stroke="#f0f0f0"/>'
-                 f'<text x="{x(t):.1f}" y="{_TOP + ph + 16}" text-anchor="middle">{_e(label)}</text>')
-    s.append(f'<line x1="{_LEFT}" y1="{_TOP + ph}" x2="{_W - _RIGHT}" y2="{_TOP + ph}" stroke="#333"/>'
-             f'<line x1="{_LEFT}" y1="{_TOP}" x2="{_LEFT}" y2="{_TOP + ph}" stroke="#333"/>')
-    s.append(f'<text x="{_LEFT + pw / 2:.1f}" y="{_TOP + ph + 36}" text-anchor="middle" font-size="12">'
-             f"time (UTC, {_e(t0.strftime('%Y-%m-%d'))}{_e(' to ' + t1.strftime('%Y-%m-%d')) if multi_day else ''})"
-             "</text>")
-    s.append(f'<text x="14" y="{_TOP + ph / 2:.1f}" text-anchor="middle" font-size="12" '
-             f'transform="rotate(-90 14 {_TOP + ph / 2:.1f})">stores</text></g>')
+    fmt = "%m-%d %H:%M" if multi_day else "%H:%M:%S" if span < 600 else "%H:%M"
+    series = []
     for i, rel in enumerate(releases):
-        colour, dash = _COLOURS[i % len(_COLOURS)], _DASHES[(i // len(_COLOURS) + i) % len(_DASHES)]
         (ts0, c0), rest = points[0], points[1:]
         d = [f"M{x(ts0):.1f},{y(c0[rel]):.1f}"] + [f"H{x(t):.1f}V{y(c[rel]):.1f}" for t, c in rest]
         d.append(f"H{x(t1):.1f}")
-        # offset overlapping lines by a pixel per series so equal counts stay visible
-        shift = (i - (len(releases) - 1) / 2) * 1.5
-        dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
-        s.append(f'<path class="series" data-release="{_e(rel)}" data-final="{points[-1][1][rel]}" '
-                 f'transform="translate(0 {shift:.1f})" d="{"".join(d)}" fill="none" stroke="{colour}" '
-                 f'stroke-width="2.5"{dash_attr}><title>{_e(rel)}</title></path>')
-    for i, rel in enumerate(releases):
-        colour, dash = _COLOURS[i % len(_COLOURS)], _DASHES[(i // len(_COLOURS) + i) % len(_DASHES)]
-        lx, ly = _LEFT + 220 * (i % 4), _H + 22 * (i // 4) - 8
-        dash_attr = f' stroke-dasharray="{dash}"' if dash else ""
-        s.append(f'<g class="legend-item" font-size="12"><line x1="{lx}" y1="{ly}" x2="{lx + 28}" y2="{ly}" '
-                 f'stroke="{colour}" stroke-width="3"{dash_attr}/><text x="{lx + 34}" y="{ly + 4}">'
-                 f"{_e(rel)}: {points[-1][1][rel]} store(s) at the end</text></g>")
-    s.append("</svg>")
-    return "\n".join(s)
+        series.append({"release": rel, "final": points[-1][1][rel], "d": "".join(d),
+                       "colour": _COLOURS[i % len(_COLOURS)],
+                       "dash": _DASHES[(i // len(_COLOURS) + i) % len(_DASHES)],
+                       # offset overlapping lines by a pixel per series so equal counts stay visible
+                       "shift": f"{(i - (len(releases) - 1) / 2) * 1.5:.1f}",
+                       "lx": _LEFT + 220 * (i % 4), "ly": _H + 22 * (i // 4) - 8})
+    return {"width": _W, "height": _H + 22 * math.ceil(len(releases) / 4), "left": _LEFT, "right": _W - _RIGHT,
+            "top": _TOP, "bottom": _TOP + ph, "x_label_x": f"{_LEFT + pw / 2:.1f}", "y_label_y": f"{_TOP + ph / 2:.1f}",
+            "dates": t0.strftime("%Y-%m-%d") + (" to " + t1.strftime("%Y-%m-%d") if multi_day else ""),
+            "gridlines": [{"y": f"{y(v):.1f}", "label_y": f"{y(v) + 4:.1f}", "value": v}
+                          for v in range(0, ymax + 1, ystep)],
+            "ticks": [{"x": f"{x(t):.1f}", "label": t.strftime(fmt)} for t in _time_ticks(t0, t1)],
+            "series": series}
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -534,18 +401,7 @@ def write_report(path: Path, html_text: str) -> Path:
     """Write ``html_text`` to ``path`` atomically (readers see the old page or the new one)."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(html_text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, html_text, mode=0o644, make_parents=True)
     except OSError as e:
         raise ReportError(f"cannot write the report to {path}: {e.strerror or e}; "
                                "choose another --out or fix the directory's permissions") from e

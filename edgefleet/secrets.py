@@ -20,7 +20,6 @@ import base64
 import os
 import secrets as _random
 import string
-import tempfile
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from edgefleet.atomic import write_atomic
 from edgefleet.errors import SecretsError, YamlError
 from edgefleet.safeyaml import parse_yaml
 
@@ -277,15 +277,7 @@ def write_secrets_file(home: Path, store_id: str, data: bytes) -> Path:
     writer racing us gets ``FileExistsError`` and must load the winner's secrets instead)."""
     path = secrets_path(home, store_id)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(prefix=f".{store_id}.", suffix=".tmp", dir=path.parent)  # mode 0600
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.link(tmp, path)  # unlike rename, fails if the target exists
-    finally:
-        os.unlink(tmp)
+    write_atomic(path, data, mode=0o600, exclusive=True)  # unlike a rename, the link fails if the target exists
     return path
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from edgefleet.cli._common import default_state_url, edgefleet_home
 from edgefleet.releases.build import DEFAULT_TIMEOUT_S, ReleaseSpec
 from edgefleet.releases.build import build_release as build_release_fn
 from edgefleet.releases.catalog import ReleaseCatalog
+from edgefleet.settings import load_settings
 from edgefleet.state.db import open_state
 
 
@@ -32,8 +32,8 @@ def build_release(name: str, talos_version: str, upstream_iso: str, upstream_sha
                        kubernetes_version=kubernetes_version,
                        kernel_args=tuple(kernel_args or ["talos.platform=nocloud"]),
                        extensions=tuple(extensions or ()))
-    catalog = ReleaseCatalog(open_state(state_url or default_state_url()))
-    release = build_release_fn(spec, home=Path(home) if home else edgefleet_home(), catalog=catalog,
+    catalog = ReleaseCatalog(open_state(state_url or load_settings().state_store_url))
+    release = build_release_fn(spec, home=Path(home) if home else load_settings().home, catalog=catalog,
                                template_dir=Path(template_dir) if template_dir else None, timeout=timeout,
                                progress=logger.info)
     create_markdown_artifact(

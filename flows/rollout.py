@@ -31,7 +31,6 @@ from prefect.flow_runs import apause_flow_run
 from prefect.input import RunInput
 from prefect.states import Cancelled, Completed, Failed
 
-from edgefleet.cli._common import default_inventory, default_state_url, edgefleet_home
 from edgefleet.inventory.load import load_fleet
 from edgefleet.inventory.model import Fleet
 from edgefleet.rollout import operations as ops
@@ -40,13 +39,14 @@ from edgefleet.rollout.executor import EngineSettings
 from edgefleet.rollout.ledger import RolloutRecord, RolloutStatus
 from edgefleet.rollout.plan import RolloutPlan, RolloutPolicy
 from edgefleet.schedule.groups import freeze_decision
+from edgefleet.settings import load_settings
 from edgefleet.state.db import open_state
 
 PROGRESS_EVERY_S = 5.0
 PAUSE_TIMEOUT_S = 12 * 3600
 
 
-class WaveDecision(RunInput):
+class WaveAnswer(RunInput):
     """What a person decides when a wave's result is inconclusive."""
 
     approve: bool
@@ -64,7 +64,7 @@ def _budget(text: str) -> int | str:
 def _fleet(inventory: str | None) -> Fleet:
     """The ``inventory`` parameter, else the worker's EDGEFLEET_INVENTORY (else ./inventory), as the CLI:
     a scheduled run carries no inventory path, and the worker's working directory is the checkout."""
-    return load_fleet(inventory or default_inventory())
+    return load_fleet(inventory or load_settings().inventory)
 
 
 async def _endpoints(fleet: Fleet, sim_url: str | None) -> Endpoints:
@@ -141,7 +141,7 @@ async def _drive(fleet: Fleet, home: Path, engine: Any, endpoints: Endpoints, ro
     rec = await _execute(fleet, home, engine, endpoints, rollout_id, settings)
     while rec.status is RolloutStatus.paused:
         logger.warning("rollout %s paused: %s; waiting for a decision (approve or reject)", rollout_id, rec.reason)
-        answer = await apause_flow_run(wait_for_input=WaveDecision, timeout=PAUSE_TIMEOUT_S,
+        answer = await apause_flow_run(wait_for_input=WaveAnswer, timeout=PAUSE_TIMEOUT_S,
                                       key=_artifact_key("decision", rollout_id))
         decision = "approve" if answer is not None and answer.approve else "reject"
         logger.info("decision for %s: %s %s", rollout_id, decision, answer.note if answer is not None else "")
@@ -190,8 +190,8 @@ async def rollout(release: str, stores: list[str] | None = None, canary: int = 1
     scheduling again retries it). That is what a scheduled window-group run wants; a manual run
     over stores in many time zones sets it false and lets the engine time each store."""
     fleet = _fleet(inventory)
-    engine = open_state(state_url or default_state_url())
-    home_dir = Path(home) if home else edgefleet_home()
+    engine = open_state(state_url or load_settings().state_store_url)
+    home_dir = Path(home) if home else load_settings().home
     endpoints = await _endpoints(fleet, sim_url)
     policy = RolloutPolicy(canary=list(canary_stores) if canary_stores else canary,
                            waves=_serial(waves or ["1", "5", "20%", "100%"]), wave_groups=tuple(wave_groups or ()),
@@ -227,7 +227,7 @@ async def rollback(release: str, reason: str = "", max_concurrent: int = 100, ma
     """Revoke ``release`` and bring every store on it (wholly or partly) back to its last known-good
     release, with the same gates and caps as a rollout."""
     fleet = _fleet(inventory)
-    engine = open_state(state_url or default_state_url())
+    engine = open_state(state_url or load_settings().state_store_url)
     endpoints = await _endpoints(fleet, sim_url)
     policy = RolloutPolicy(canary=0, waves=("100%",), max_concurrent=max_concurrent, max_per_region=max_per_region,
                            max_per_country=max_per_country, failure_budget=_budget(failure_budget),
@@ -240,7 +240,8 @@ async def rollback(release: str, reason: str = "", max_concurrent: int = 100, ma
                                policy=policy, settings=settings, operator="prefect")
     for sid, why in made.skipped:
         get_run_logger().warning("not rolled back: %s: %s", sid, why)
-    return await _drive(fleet, Path(home) if home else edgefleet_home(), engine, endpoints, made.record.id, settings)
+    home_dir = Path(home) if home else load_settings().home
+    return await _drive(fleet, home_dir, engine, endpoints, made.record.id, settings)
 
 
 @flow(name="provision_store", retries=0)
@@ -251,8 +252,8 @@ async def provision_store(store: str, release: str, node_timeout_s: float = 1800
     """Provision ``store`` on ``release``: cluster secrets on first use, seeds, every node reimaged,
     the cluster bootstrapped once and gated, recorded in the ledger."""
     fleet = _fleet(inventory)
-    engine = open_state(state_url or default_state_url())
-    home_dir = Path(home) if home else edgefleet_home()
+    engine = open_state(state_url or load_settings().state_store_url)
+    home_dir = Path(home) if home else load_settings().home
     endpoints = await _endpoints(fleet, sim_url)
     settings = EngineSettings(node_ready_timeout_s=node_timeout_s, poll_s=poll_s, store_gate_timeout_s=gate_timeout_s,
                               quorum_timeout_s=gate_timeout_s, seed_public_url=seed_public_url)
@@ -261,4 +262,4 @@ async def provision_store(store: str, release: str, node_timeout_s: float = 1800
     return await _drive(fleet, home_dir, engine, endpoints, made.record.id, settings)
 
 
-__all__ = ["WaveDecision", "provision_store", "rollback", "rollout"]
+__all__ = ["WaveAnswer", "provision_store", "rollback", "rollout"]

@@ -1,6 +1,6 @@
-"""The ``edgefleet`` command line. Each area is a sub-app in its own module; this module only
-wires them together and turns ``EdgefleetError`` into a message and an exit code (0 ok,
-1 operation failed, 2 bad input). Commands that do not run a flow never import prefect."""
+"""The ``edgefleet`` command line: one sub-app per area (inventory, release, seed, rollout, schedule,
+talos, report, sim); this module wires them and maps ``EdgefleetError`` to a message and exit code
+(0 ok, 1 operation failed, 2 bad input). Commands that do not run a flow never import prefect."""
 
 from __future__ import annotations
 

@@ -1,11 +1,7 @@
 """Shared CLI plumbing: consoles, the common options, and where edgefleet keeps its files.
 
-Environment variables (each overridable by an option):
-
-* ``EDGEFLEET_INVENTORY``: the inventory directory (default ``./inventory``)
-* ``EDGEFLEET_HOME``: edgefleet's working directory for secrets, seeds and the ledger
-  (default ``./.edgefleet``)
-* ``EDGEFLEET_STATE_URL``: the state store's SQLAlchemy URL (default: SQLite in EDGEFLEET_HOME)
+The environment (``EDGEFLEET_INVENTORY``, ``EDGEFLEET_HOME``, ``EDGEFLEET_STATE_URL``, each
+overridable by an option) is read by ``edgefleet.settings``, which the flows use too.
 """
 
 from __future__ import annotations
@@ -21,6 +17,7 @@ import typer
 from rich.console import Console
 
 from edgefleet.errors import InputError, ReleaseInputError
+from edgefleet.settings import load_settings
 
 if TYPE_CHECKING:
     from edgefleet.releases.catalog import ReleaseCatalog
@@ -48,18 +45,15 @@ def parse_instant(value: str | None, option: str) -> datetime:
 
 
 def default_inventory() -> Path:
-    return Path(os.environ.get("EDGEFLEET_INVENTORY", "inventory"))
+    return load_settings().inventory
 
 
 def edgefleet_home() -> Path:
-    return Path(os.environ.get("EDGEFLEET_HOME", ".edgefleet"))
+    return load_settings().home
 
 
 def default_state_url() -> str:
-    url = os.environ.get("EDGEFLEET_STATE_URL")
-    if url:
-        return url
-    return f"sqlite:///{edgefleet_home() / 'edgefleet.db'}"
+    return load_settings().state_store_url
 
 
 def existing_catalog() -> ReleaseCatalog:

@@ -123,8 +123,7 @@ def nocloud_url(
     URL is stable: signed with the persistent key in the edgefleet home, which this creates on first
     use (deleting that key invalidates every such URL)."""
     from edgefleet.inventory.load import load_fleet
-    from edgefleet.rollout.executor import nocloud_urls
-    from edgefleet.seeds.netseed import nocloud_datasource
+    from edgefleet.seeds.netseed import nocloud_datasource, nocloud_urls
 
     fleet = load_fleet(inventory)
     s = fleet.stores.get(store)

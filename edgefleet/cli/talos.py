@@ -14,19 +14,17 @@ writes nothing. The two functions are registered as top-level commands by ``edge
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from edgefleet.atomic import write_atomic
 from edgefleet.cli._common import InventoryOpt, console, edgefleet_home
 from edgefleet.errors import InputError
 from edgefleet.outpaths import check_output_file
-from edgefleet.talos.certs import Role
+from edgefleet.talos.certs import TalosRole
 
 __all__ = ["kubeconfig_cmd", "talosconfig_cmd", "write_private_file"]
 
@@ -48,32 +46,21 @@ def write_private_file(path: Path, data: bytes, *, force: bool) -> bool:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
     if exists and not force:
         raise InputError(f"{path} exists with other content; give --force to replace it, or --out another file")
-    parent = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)  # mode 0600
+        # Linked into place without --force: a file someone created meanwhile is never replaced.
+        write_atomic(path, data, mode=0o600, exclusive=not force)
+    except FileExistsError:
+        raise InputError(f"{path} appeared while writing; give --force to replace it") from None
     except OSError as e:
+        parent = path.parent if str(path.parent) else Path(".")
         raise InputError(f"cannot write in {parent}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if force:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if someone created the file meanwhile
-            except FileExistsError:
-                raise InputError(f"{path} appeared while writing; give --force to replace it") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
     return True
 
 
 def talosconfig_cmd(
     store: StoreArg,
-    role: Annotated[Role, typer.Option("--role", help="Talos API role of the client certificate")] = Role.reader,
+    role: Annotated[TalosRole, typer.Option("--role", help="Talos API role of the client certificate")] = (
+        TalosRole.reader),
     out: Annotated[Path | None, typer.Option("--out", help="File to write (default: ./<store>.talosconfig)")] = None,
     force: ForceOpt = False,
     ttl_hours: TtlOpt = 24 * 365,

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from edgefleet.atomic import staging_dir
 
 # 48 countries with a real IANA zone each (several for the large ones), grouped in regions.
 COUNTRIES: list[tuple[str, str, str, list[str]]] = [
@@ -213,9 +214,7 @@ def write_inventory(out: str | os.PathLike[str], fleet: Mapping[str, Any], group
         from edgefleet.errors import InputError
 
         raise InputError(f"{target} exists and is not empty: refusing to overwrite an inventory")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with staging_dir(target) as tmp:  # renamed over an empty target, removed on failure
         (tmp / "fleet.yml").write_text(_dump(dict(fleet)))
         (tmp / "group_vars").mkdir()
         for g, v in group_vars.items():
@@ -223,14 +222,6 @@ def write_inventory(out: str | os.PathLike[str], fleet: Mapping[str, Any], group
         (tmp / "stores").mkdir()
         for name, sts in stores_by_file.items():
             (tmp / "stores" / f"{name}.yml").write_text(_dump({"stores": sts}))
-        if target.exists():
-            target.rmdir()
-        tmp.rename(target)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

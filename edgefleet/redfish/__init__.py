@@ -1,8 +1,6 @@
-"""Out-of-band reimaging over Redfish.
-
-``connector`` owns all BMC HTTP (auth, TLS trust, retries, deadlines, error parsing); ``driver``
-holds the operations and the reimage sequence; ``quirks`` is the vendor quirks table.
-"""
+"""Out-of-band reimaging over Redfish, the only code that speaks it: ``connector`` owns all BMC HTTP
+(auth, TLS trust, retries, deadlines, error parsing), ``driver`` the operations and the reimage
+sequence, ``quirks`` the vendor quirks table."""
 
 from edgefleet.redfish.connector import (
     OPERATION_HEADER,

@@ -29,10 +29,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from edgefleet.atomic import publish_dir
 from edgefleet.errors import ArtifactError, PackerError, ReleaseInputError
 from edgefleet.releases import packer as packer_runner
 from edgefleet.releases.catalog import Release, ReleaseCatalog, ReleaseState
-from edgefleet.releases.image import DEFAULT_EPOCH, REQUIRED_KERNEL_ARG, read_release_manifest
+from edgefleet.releases.image import REQUIRED_KERNEL_ARG, read_release_manifest
+from edgefleet.releases.reproducible import DEFAULT_EPOCH
 from edgefleet.releases.template import (
     TemplateVariable,
     check_validations,
@@ -201,7 +203,7 @@ def build_release(spec: ReleaseSpec, *, home: Path, catalog: ReleaseCatalog, tem
         image, sha256, size = _verify_output(spec, out)
         shutil.copy2(var_file, out / var_file.name)
         try:
-            os.rename(out, final)  # same filesystem: atomic; the release appears whole or not at all
+            publish_dir(out, final)  # same filesystem: atomic; the release appears whole or not at all
         except OSError as e:
             raise ReleaseInputError(f"release directory {final} appeared during the build (a concurrent build "
                                     f"of {spec.name}?): {e}") from e

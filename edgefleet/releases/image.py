@@ -12,8 +12,8 @@ Both paths are Rock Ridge paths; other tools (the fleet simulator, rollouts) rea
 ``read_release_manifest`` and ``read_kernel_args``.
 
 pycdlib stamps ``time.time()`` converted with ``localtime()`` into every new record and offers no way
-to fix it; ``write_reproducible`` pins every date field afterwards (``edgefleet.isodates``), so the
-same inputs give the same image bytes.
+to fix it; ``write_reproducible`` (``edgefleet.releases.reproducible``) pins every date field
+afterwards, so the same inputs give the same image bytes.
 
 ``python -m edgefleet.releases.image remaster --spec JSON --out PATH`` is what the Packer template's
 shell-local provisioner runs.
@@ -24,11 +24,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pycdlib
@@ -36,7 +34,8 @@ from pycdlib.pycdlibexception import PyCdlibException
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgefleet.errors import ArtifactError, EdgefleetError, ReleaseInputError
-from edgefleet.isodates import IsoLayoutError, pin_iso_dates
+from edgefleet.releases.reproducible import DEFAULT_EPOCH, write_reproducible
+from edgefleet.releases.upstream import fetch_upstream
 
 GRUB_CFG_RR_PATH = "/boot/grub/grub.cfg"
 KERNEL_RR_PATH = "/boot/vmlinuz"
@@ -44,7 +43,6 @@ MANIFEST_RR_PATH = "/edgefleet/release.json"
 MANIFEST_ISO_PATH = "/EDGEFLEET/RELEASE.JSON;1"
 LINUX_LINE_PREFIX = "linux /boot/vmlinuz "
 REQUIRED_KERNEL_ARG = "talos.platform=nocloud"
-DEFAULT_EPOCH = 1767225600  # 2026-01-01T00:00:00Z: the timestamp of every record we write
 
 
 class ReleaseManifest(BaseModel):
@@ -133,27 +131,6 @@ def kernel_args_from_grub_cfg(text: str) -> list[str]:
         raise ArtifactError(f"release grub.cfg must have exactly one '{LINUX_LINE_PREFIX.strip()}' line, "
                             f"found {len(lines)}")
     return lines[0][len(LINUX_LINE_PREFIX):].split()
-
-
-# --- pycdlib clock ---------------------------------------------------------------------------
-
-def write_reproducible(image: pycdlib.PyCdlib, out: Path, epoch: float = DEFAULT_EPOCH) -> None:
-    """Write ``image`` to ``out`` atomically with every date field pinned to ``epoch`` (UTC), so the
-    same inputs give the same bytes whatever the clock and TZ (see ``edgefleet.isodates``)."""
-    buf = io.BytesIO()
-    image.write_fp(buf)
-    data = bytearray(buf.getbuffer())
-    try:
-        pin_iso_dates(data, datetime.fromtimestamp(epoch, UTC))
-    except IsoLayoutError as e:
-        raise ArtifactError(f"cannot write {out} reproducibly: {e}") from e
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # --- I/O: reading and remastering ISOs -----------------------------------------------------------
@@ -251,8 +228,6 @@ def remaster(upstream: Path, out: Path, *, release: str, talos_version: str, kub
 
 def _remaster_from_spec(spec_json: str, out: Path) -> ReleaseManifest:
     """The Packer provisioner's entry: ``spec_json`` is the template's jsonencode() of its variables."""
-    from edgefleet.releases.upstream import fetch_upstream
-
     try:
         spec = json.loads(spec_json)
         if not isinstance(spec, dict):

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import httpx
 import pycdlib
 
+from edgefleet.atomic import atomic_file
 from edgefleet.errors import ArtifactError, ReleaseInputError
-from edgefleet.releases.image import DEFAULT_EPOCH, write_reproducible
+from edgefleet.releases.reproducible import DEFAULT_EPOCH, write_reproducible
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 TALOS_VERSION_RE = re.compile(r"^v\d+\.\d+\.\d+(-[0-9A-Za-z.]+)?$")
@@ -122,23 +121,20 @@ def fetch_upstream(source: str, sha256: str, cache_dir: Path, *, timeout: float 
     cached = cache_dir / f"{expected}.iso"
     if cached.is_file() and sha256_file(cached) == expected:
         return cached
-    fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=".download-", suffix=".partial")
-    tmp = Path(tmp_name)
     try:
         h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as f, httpx.stream("GET", source, timeout=timeout, follow_redirects=True) as r:
+        # Renamed into the cache only once complete and verified: a failed download caches nothing.
+        with atomic_file(cached, mode=0o600, fsync=False) as f, \
+                httpx.stream("GET", source, timeout=timeout, follow_redirects=True) as r:
             if r.status_code != 200:
                 raise ArtifactError(f"download of upstream ISO {source} failed: HTTP {r.status_code}")
             for chunk in r.iter_bytes(1 << 20):
                 h.update(chunk)
                 f.write(chunk)
-        actual = h.hexdigest()
-        if actual != expected:
-            raise ArtifactError(f"upstream ISO {source}: downloaded sha256 is {actual}, expected {expected}; "
-                                "wrong URL or wrong checksum (nothing was cached)")
-        os.replace(tmp, cached)
+            actual = h.hexdigest()
+            if actual != expected:
+                raise ArtifactError(f"upstream ISO {source}: downloaded sha256 is {actual}, expected {expected}; "
+                                    "wrong URL or wrong checksum (nothing was cached)")
         return cached
     except httpx.HTTPError as e:
         raise ArtifactError(f"download of upstream ISO {source} failed: {e}") from e
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -93,7 +93,7 @@ class EngineContext:
     def talos(self, store: Store, node: Node) -> Any:
         """An ``os:admin`` Talos API client for ``node`` (an async context manager)."""
         from edgefleet.talos.api import client_for
-        from edgefleet.talos.certs import Role as TalosRole
+        from edgefleet.talos.certs import TalosRole
 
         t = self.endpoints.talos
         return client_for(self.home, store, node, TalosRole.admin, now=self.wall(),

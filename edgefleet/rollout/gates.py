@@ -23,8 +23,9 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from edgefleet.errors import KubeApiError, KubeApiUnreachable, KubeCredentialsRefused
-from edgefleet.health.probes import ClusterSnapshot, ProbeResult, evaluate_cluster, expectation_for_store
+from edgefleet.health.cluster import ClusterSnapshot, ProbeResult, evaluate_cluster, expectation_for_store
 from edgefleet.inventory.model import Node, Role, Store
+from edgefleet.talos.config import LABEL_RELEASE as RELEASE_LABEL  # the one definition: what configs write
 
 __all__ = [
     "RELEASE_LABEL",
@@ -43,7 +44,6 @@ __all__ = [
     "repair_order",
 ]
 
-RELEASE_LABEL = "edgefleet.io/release"
 
 
 class VerdictKind(StrEnum):

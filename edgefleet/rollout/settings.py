@@ -4,35 +4,24 @@ nodes, where seeds live, and the redaction of seed-server tokens from anything r
 
 from __future__ import annotations
 
-import os
-import re
-import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from edgefleet.errors import SeedError, StateError
-from edgefleet.inventory.model import Node, Store
-from edgefleet.seeds.netseed import nocloud_net_url
-from edgefleet.seeds.server import SeedServer
+from edgefleet.errors import StateError
+from edgefleet.redact import redact_tokens as redact  # seed-server tokens are never recorded
+from edgefleet.seeds.netseed import (  # the seed server key and stable URLs live there (the CLI uses them too)
+    NETSEED_EXPIRES,
+    SEED_KEY_FILE,
+    load_seed_server_key,
+    nocloud_urls,
+)
+from edgefleet.seeds.netseed import stable_nocloud_url as nocloud_url
 
 __all__ = ["NETSEED_EXPIRES", "SEED_KEY_FILE", "SEED_URL_PATTERN", "EngineSettings", "load_seed_server_key",
            "nocloud_url", "nocloud_urls", "redact", "seeds_dir"]
-
-SEED_KEY_FILE = "seed-server.key"
-SEED_KEY_BYTES = 32
-NETSEED_EXPIRES = 4102444800  # 2100-01-01T00:00:00Z: nocloud-net URLs live as long as the node's serial
-
-# A seed-server token in a URL (``<node b64>.<expiry>.<mac b64>``): a credential, never recorded.
-_TOKEN = re.compile(r"/[A-Za-z0-9_-]{1,400}\.[0-9]{1,12}\.[A-Za-z0-9_-]{43}/")
-
-
-def redact(text: str) -> str:
-    """``text`` with every seed-server URL token replaced by ``<token>``."""
-    return _TOKEN.sub("/<token>/", text)
-
 
 # The names an older edgefleet wrote into a rollout's ``policy`` (one flat dict, durations as
 # ``<name>_s`` seconds), and the plan's own keys that sat beside them (``operations._policy_json``).
@@ -117,47 +106,6 @@ class EngineSettings(BaseModel):
 
 def _validation_text(e: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
-
-
-def load_seed_server_key(home: Path) -> bytes:
-    """The seed server's persistent HMAC key, ``<home>/seed-server.key`` (created 0600 on first use)."""
-    path = home / SEED_KEY_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    except OSError as e:
-        raise SeedError(f"cannot create the seed server key {path}: {e.strerror}; check that the edgefleet home "
-                        f"{home} exists and is writable") from None
-    else:
-        try:
-            os.write(fd, secrets.token_bytes(SEED_KEY_BYTES))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    try:
-        key = path.read_bytes()
-        mode = path.stat().st_mode & 0o777
-    except OSError as e:
-        raise SeedError(f"cannot read the seed server key {path}: {e.strerror}") from None
-    if len(key) != SEED_KEY_BYTES:
-        raise SeedError(f"the seed server key {path} has {len(key)} bytes, not {SEED_KEY_BYTES}: restore it from a "
-                        "backup (deleting it invalidates every talos-api node's nocloud-net URL)")
-    if mode & 0o077:
-        raise SeedError(f"the seed server key {path} is readable by others (mode {mode:o}): chmod 600 it")
-    return key
-
-
-def nocloud_urls(home: Path, store: Store, base_url: str) -> dict[str, str]:
-    """Node name -> the long-lived nocloud-net ``s=`` URL of each node of ``store`` (see the module
-    docstring): signed with the persistent key, expiring at ``NETSEED_EXPIRES``, under the store's
-    ``seed_url`` when set, else ``base_url``."""
-    server = SeedServer(home, secret=load_seed_server_key(home), public_url=base_url)
-    return {n.name: nocloud_url(server, store, n) for n in store.nodes}
-
-
-def nocloud_url(server: SeedServer, store: Store, node: Node) -> str:
-    return nocloud_net_url(server, store, node, datetime.fromtimestamp(0, UTC), ttl_s=float(NETSEED_EXPIRES))
 
 
 def seeds_dir(home: Path, release: str, store_id: str) -> Path:

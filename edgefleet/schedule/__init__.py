@@ -1,7 +1,6 @@
-"""Scheduling rules that decide when a store may be changed: maintenance windows and freezes.
-
-Pure (no clock, no I/O); see ``edgefleet.schedule.windows``.
-"""
+"""When a store may be changed: ``windows`` (maintenance windows and freezes, pure: ``now`` is a
+parameter), ``groups`` (schedule groups and the freeze decision of a started run, pure) and
+``prefect_schedule`` (the Prefect deployments and runs that carry them out)."""
 
 from edgefleet.schedule.windows import (
     MAX_SPAN,

@@ -49,8 +49,8 @@ __all__ = [
     "DEFAULT_HORIZON",
     "DEFAULT_MAX_WAIT",
     "FreezeDecision",
+    "FreezeVerdict",
     "GroupStart",
-    "Verdict",
     "WindowGroup",
     "freeze_decision",
     "group_stores",
@@ -221,7 +221,7 @@ def upcoming_starts(fleet: Fleet, group: WindowGroup, after: datetime, count: in
     return out
 
 
-class Verdict(StrEnum):
+class FreezeVerdict(StrEnum):
     go = "go"
     wait = "wait"
     skip = "skip"
@@ -231,7 +231,7 @@ class Verdict(StrEnum):
 class FreezeDecision:
     """What a started run does: ``go`` now, ``wait`` until ``until`` (UTC), or ``skip`` this window."""
 
-    verdict: Verdict
+    verdict: FreezeVerdict
     until: datetime | None
     reason: str
 
@@ -280,7 +280,7 @@ def freeze_decision(fleet: Fleet, stores: Sequence[str], now: datetime, *, min_d
         raise ValueError(f"max_wait must not be negative, got {max_wait}")
     blockers = [b for b in (_blocker(fleet, s, now, min_duration) for s in members) if b]
     if not blockers:
-        return FreezeDecision(Verdict.go, None, f"all {len(members)} store(s) inside their maintenance window, "
+        return FreezeDecision(FreezeVerdict.go, None, f"all {len(members)} store(s) inside their maintenance window, "
                                                 "no freeze")
     limit = now + max_wait
     t = now
@@ -291,15 +291,15 @@ def freeze_decision(fleet: Fleet, stores: Sequence[str], now: datetime, *, min_d
         for s in members:
             nxt = next_allowed_start(s, fleet.freezes, t, min_duration, horizon=limit - t + _EPS)
             if nxt is None:
-                return FreezeDecision(Verdict.skip, None,
+                return FreezeDecision(FreezeVerdict.skip, None,
                                       "; ".join(blockers) + f"; no common start within {max_wait} "
                                       f"(store {s.id} has none): skipped, reschedule the run")
             starts.append(nxt)
         latest = max(starts)
         if latest == t:
-            return FreezeDecision(Verdict.wait, t, "; ".join(blockers) + f"; waiting until {t.isoformat()}")
+            return FreezeDecision(FreezeVerdict.wait, t, "; ".join(blockers) + f"; waiting until {t.isoformat()}")
         t = latest
         if t > limit:
             break
-    return FreezeDecision(Verdict.skip, None, "; ".join(blockers) + f"; the stores' windows share no instant "
+    return FreezeDecision(FreezeVerdict.skip, None, "; ".join(blockers) + f"; the stores' windows share no instant "
                                                                       f"within {max_wait}: skipped, reschedule the run")

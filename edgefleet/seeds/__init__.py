@@ -1,7 +1,3 @@
-"""NoCloud seeds for Talos nodes.
-
-* ``render``: what goes on a node's seed (network-config v2, meta-data, the Talos machine config
-  as user-data), pure;
-* ``iso``: the seed ISO itself (deterministic bytes, atomic writes, reading back);
-* ``build``: incremental builds of a fleet's seeds under an output directory.
-"""
+"""NoCloud seeds for Talos nodes: ``render`` (network-config, meta-data, user-data; pure), ``iso``
+(deterministic seed ISOs, atomic writes, reading back), ``build`` (incremental fleet builds),
+``server`` and ``netseed`` (serving seeds over HTTP with signed URLs, nocloud-net)."""

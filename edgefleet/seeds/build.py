@@ -27,7 +27,6 @@ import gc
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -37,6 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from edgefleet.atomic import write_atomic
 from edgefleet.errors import InputError, LockHeld, SecretsError
 from edgefleet.inventory.model import Fleet, Node, Store
 from edgefleet.outpaths import check_output_dir
@@ -125,14 +125,7 @@ def load_index(out: Path) -> dict[str, dict[str, Any]]:
 def _write_index(out: Path, nodes: dict[str, dict[str, Any]]) -> None:
     data = json.dumps({"version": INDEX_VERSION, "renderer": RENDERER_VERSION, "nodes": nodes},
                       separators=(",", ":"), sort_keys=True).encode()
-    fd, tmp = tempfile.mkstemp(prefix=".index.", suffix=".tmp", dir=out)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, out / INDEX_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(out / INDEX_NAME, data, mode=0o600, fsync=False)
 
 
 @contextmanager

@@ -15,11 +15,8 @@ and clocks in separate processes and in threads and compare the bytes.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +24,10 @@ from pathlib import Path
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
+from edgefleet.atomic import AtomicBatch
 from edgefleet.errors import SeedError
 from edgefleet.isodates import DEFAULT_WHEN, IsoLayoutError, pin_iso_dates
+from edgefleet.seeds.render import SeedFiles  # defined with the renderer (pure), re-exported here
 
 __all__ = [
     "MAX_SEED_ISO_BYTES",
@@ -60,15 +59,6 @@ _ENTRIES: tuple[tuple[str, str, str], ...] = (
 _SECTOR = 2048
 _FIRST_VD_SECTOR = 16
 _MAX_DIRECTORIES = 1024  # bounds the walk on a malformed image
-
-
-@dataclass(frozen=True)
-class SeedFiles:
-    """The three NoCloud files, as the bytes that go on the ISO."""
-
-    user_data: bytes
-    meta_data: bytes
-    network_config: bytes
 
 
 @dataclass(frozen=True)
@@ -126,9 +116,8 @@ def write_seed_isos(items: Sequence[tuple[Path, SeedFiles]]) -> list[SeedWrite]:
     ``os.sync()``. Two flushes for a whole batch instead of two per file: per-file fsyncs cost more
     than rendering the ISOs themselves.
     """
-    results: list[SeedWrite | None] = []
-    pending: list[tuple[int, str, Path]] = []  # (index in results, temporary file, target)
-    try:
+    results: list[SeedWrite] = []
+    with AtomicBatch(mode=0o600, single=len(items) == 1) as batch:
         for path, files in items:
             image = render_seed_iso(files)
             digest = hashlib.sha256(image).hexdigest()
@@ -142,28 +131,10 @@ def write_seed_isos(items: Sequence[tuple[Path, SeedFiles]]) -> list[SeedWrite]:
                     path.chmod(0o600)
                 results.append(SeedWrite(path=path, sha256=digest, changed=False, size=len(image)))
                 continue
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            pending.append((len(results), tmp_name, path))
-            with os.fdopen(fd, "wb") as fh:
-                os.fchmod(fh.fileno(), 0o600)
-                fh.write(image)
-                if len(items) == 1:
-                    fh.flush()
-                    os.fsync(fh.fileno())
+            batch.add(path, image)
             results.append(SeedWrite(path=path, sha256=digest, changed=True, size=len(image)))
-        if len(items) > 1 and pending:
-            os.sync()
-        for _i, tmp_name, path in pending:
-            os.replace(tmp_name, path)
-        if len(items) == 1 and pending:
-            _fsync_dir(pending[0][2].parent)
-        elif pending:
-            os.sync()
-        pending.clear()
-    finally:
-        for _i, tmp_name, _path in pending:
-            Path(tmp_name).unlink(missing_ok=True)
-    return [r for r in results if r is not None]
+        batch.commit()
+    return results
 
 
 def read_seed_iso(source: Path | bytes) -> SeedIso:
@@ -239,14 +210,3 @@ def _make_private_dirs(directory: Path) -> None:
         except FileExistsError:
             continue  # created concurrently: keep the other writer's directory as it is
         d.chmod(0o700)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some filesystems refuse fsync on directories; the rename is done
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)

@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
+import secrets
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -49,27 +49,32 @@ import httpx
 
 from edgefleet.errors import NetworkSeedError, SeedError
 from edgefleet.inventory.model import Node, Store
+from edgefleet.redact import redact_tokens as redact_seed_url  # a URL without its token, for messages
 from edgefleet.seeds.iso import SeedFiles, read_seed_iso
 from edgefleet.seeds.server import DynamicReply, SeedServer
 
 __all__ = [
+    "NETSEED_EXPIRES",
     "NOCLOUD_FILES",
     "ROUTE_PREFIX",
+    "SEED_KEY_FILE",
     "NetSeeds",
     "fetch_nocloud_seed",
+    "load_seed_server_key",
     "nocloud_datasource",
     "nocloud_net_url",
     "nocloud_scope",
+    "nocloud_urls",
     "parse_nocloud_datasource",
     "qemu_smbios_arg",
     "redact_seed_url",
+    "stable_nocloud_url",
 ]
 
 ROUTE_PREFIX = "nocloud"
 NOCLOUD_FILES = ("meta-data", "user-data", "network-config")
 """What a Talos node fetches under its ``s=`` prefix (cloud-init also asks for vendor-data)."""
 MAX_FILE_BYTES = 4 * 1024 * 1024
-_TOKEN_SEGMENT = re.compile(r"/[A-Za-z0-9_-]{1,400}\.[0-9]{1,12}\.[A-Za-z0-9_-]{43}/")
 
 
 # --- pure ------------------------------------------------------------------------------------------
@@ -121,12 +126,6 @@ def qemu_smbios_arg(url: str) -> str:
     """The value of QEMU's ``-smbios`` option setting the serial number (commas doubled, as
     QEMU's option syntax escapes them)."""
     return "type=1,serial=" + nocloud_datasource(url).replace(",", ",,")
-
-
-def redact_seed_url(url: str) -> str:
-    """``url`` with a seed-server token replaced by ``<token>`` (tokens grant the seed, whose
-    user-data holds cluster secrets: keep them out of logs and error messages)."""
-    return _TOKEN_SEGMENT.sub("/<token>/", url, count=1)
 
 
 def parse_nocloud_datasource(text: str) -> str | None:
@@ -269,3 +268,52 @@ async def _fetch_one(client: httpx.AsyncClient, url: str, shown: str) -> bytes:
         raise NetworkSeedError(f"{shown} answered HTTP {r.status_code}{': ' + reason if reason else ''}{hint}",
                                status=r.status_code, transient=r.status_code >= 500)
     return body
+
+
+# --- the persistent key and the long-lived URLs (the engine and ``edgefleet seed nocloud-url``) ---
+
+SEED_KEY_FILE = "seed-server.key"
+SEED_KEY_BYTES = 32
+NETSEED_EXPIRES = 4102444800  # 2100-01-01T00:00:00Z: nocloud-net URLs live as long as the node's serial
+
+
+def load_seed_server_key(home: Path) -> bytes:
+    """The seed server's persistent HMAC key, ``<home>/seed-server.key`` (created 0600 on first use)."""
+    path = home / SEED_KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise SeedError(f"cannot create the seed server key {path}: {e.strerror}; check that the edgefleet home "
+                        f"{home} exists and is writable") from None
+    else:
+        try:
+            os.write(fd, secrets.token_bytes(SEED_KEY_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    try:
+        key = path.read_bytes()
+        mode = path.stat().st_mode & 0o777
+    except OSError as e:
+        raise SeedError(f"cannot read the seed server key {path}: {e.strerror}") from None
+    if len(key) != SEED_KEY_BYTES:
+        raise SeedError(f"the seed server key {path} has {len(key)} bytes, not {SEED_KEY_BYTES}: restore it from a "
+                        "backup (deleting it invalidates every talos-api node's nocloud-net URL)")
+    if mode & 0o077:
+        raise SeedError(f"the seed server key {path} is readable by others (mode {mode:o}): chmod 600 it")
+    return key
+
+
+def nocloud_urls(home: Path, store: Store, base_url: str) -> dict[str, str]:
+    """Node name -> the long-lived nocloud-net ``s=`` URL of each node of ``store`` (see
+    ``edgefleet.rollout.executor``'s docstring): signed with the persistent key, expiring at
+    ``NETSEED_EXPIRES``, under the store's ``seed_url`` when set, else ``base_url``."""
+    server = SeedServer(home, secret=load_seed_server_key(home), public_url=base_url)
+    return {n.name: stable_nocloud_url(server, store, n) for n in store.nodes}
+
+
+def stable_nocloud_url(server: SeedServer, store: Store, node: Node) -> str:
+    """The node's nocloud-net URL that does not change from run to run (fixed expiry)."""
+    return nocloud_net_url(server, store, node, datetime.fromtimestamp(0, UTC), ttl_s=float(NETSEED_EXPIRES))

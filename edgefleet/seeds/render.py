@@ -21,6 +21,7 @@ is to be set up) and ``local-hostname``.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -28,13 +29,21 @@ import yaml
 from edgefleet.errors import ConfigRenderError
 from edgefleet.inventory.model import Node, Store
 from edgefleet.secrets import ClusterSecrets
-from edgefleet.seeds.iso import SeedFiles
 from edgefleet.talos.config import BOND_NAME, LINK_ALIAS, ReleaseRef, TalosSchema, render_machine_config
 
-__all__ = ["instance_id", "render_meta_data", "render_network_config", "render_seed_files"]
+__all__ = ["SeedFiles", "instance_id", "render_meta_data", "render_network_config", "render_seed_files"]
 
 BOND_MII_MONITOR_MS = 100
 _Dumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+@dataclass(frozen=True)
+class SeedFiles:
+    """The three NoCloud files, as the bytes that go on the ISO."""
+
+    user_data: bytes
+    meta_data: bytes
+    network_config: bytes
 
 
 def _dump(data: Any) -> bytes:

@@ -37,6 +37,7 @@ from typing import Any
 from edgefleet.errors import YamlError
 from edgefleet.inventory.model import Node
 from edgefleet.safeyaml import parse_yaml_all
+from edgefleet.talos.config import LABEL_RELEASE as RELEASE_LABEL  # the one definition: what configs write
 
 __all__ = [
     "NOCLOUD_ARG",
@@ -51,7 +52,6 @@ __all__ = [
 ]
 
 NOCLOUD_ARG = "talos.platform=nocloud"
-RELEASE_LABEL = "edgefleet.io/release"
 
 
 @dataclass(frozen=True, slots=True)

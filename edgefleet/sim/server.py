@@ -368,7 +368,7 @@ def new_media_client() -> httpx.AsyncClient:
 async def serve(sim: SimFleet, port: int, *, announce: bool = True, talos_port: int | None = None) -> None:
     """Serve until cancelled (Ctrl-C). Prints the base URL first when ``announce``. With
     ``talos_port`` the nodes' Talos API is served too (gRPC, mTLS) and clusters form only on Bootstrap."""
-    from edgefleet.sim.talos_wiring import running_talos_api
+    from edgefleet.sim.talos_serve import running_talos_api
 
     sock = listen_socket(port)
     if announce:

@@ -1,5 +1,5 @@
-"""The simulator's nodes behind its Talos API: a ``TalosNodeBackend`` over ``SimFleet`` and a start
-function for the simulator process.
+"""The simulator's nodes behind its Talos API: a ``TalosNodeBackend`` over ``SimFleet`` and its start
+function is ``edgefleet.sim.talos_serve.running_talos_api``.
 
 What it adds to the simulator's node state:
 
@@ -14,30 +14,25 @@ What it adds to the simulator's node state:
   machine config: when it has booted again (from disk) it reads its NoCloud seed from the
   attached seed media (``evaluate_join`` decides as for a media boot). Without seed media, a node
   with a registered nocloud-net URL fetches its seed over HTTP (``edgefleet.sim.netseed``, hooked in
-  through ``network_seed`` by ``running_talos_api``); otherwise it stays in maintenance mode.
+  through ``network_seed`` by ``edgefleet.sim.talos_serve.running_talos_api``); otherwise it stays in maintenance mode.
 
 The backend follows boots through the simulator's event log (``boot_done`` events), synced on
-every Talos API call and every ``SYNC_SECONDS`` by the task ``running_talos_api`` starts.
+every Talos API call and every ``SYNC_SECONDS`` by the task ``edgefleet.sim.talos_serve.running_talos_api`` starts.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime
-from pathlib import Path
+from collections.abc import Callable, Mapping, Sequence
 
 import grpc
 
 from edgefleet.errors import EdgefleetError
 from edgefleet.sim.boot import NOCLOUD_ARG, ReleaseFacts, evaluate_join
 from edgefleet.sim.fleet import POWER_ON, NodeState, SimFleet
-from edgefleet.sim.talosapi import NodeFault, TalosApiServer, start_talos_api
+from edgefleet.sim.talosapi import NodeFault
 
-__all__ = ["SYNC_SECONDS", "SimTalosBackend", "install", "running_talos_api"]
+__all__ = ["SYNC_SECONDS", "SimTalosBackend", "install"]
 
 log = logging.getLogger("edgefleet.sim.talos")
 SYNC_SECONDS = 0.2
@@ -240,39 +235,3 @@ def install(sim: SimFleet, backend: SimTalosBackend) -> None:
     """Make the simulator ask ``backend.formed`` before serving a store's Kubernetes API (used by
     ``SimFleet.store_up`` once it consults ``sim.cluster_formed``)."""
     sim.cluster_formed = backend.formed
-
-
-@asynccontextmanager
-async def running_talos_api(sim: SimFleet, *, port: int = 0, ca_out: Path | None = None,
-                            announce: bool = False) -> AsyncIterator[TalosApiServer]:
-    """Serve the Talos API of the simulator's nodes on 127.0.0.1:``port`` while the block runs.
-    ``ca_out``: where to write the PEM of the CA clients must trust (default:
-    ``<home>/sim-talos-ca.pem`` when the simulator has a home)."""
-    from edgefleet.sim import netseed
-
-    backend = SimTalosBackend(sim)
-    install(sim, backend)
-    net_seeds = netseed.install(sim, backend)
-    server = await start_talos_api(backend, now=datetime.now(UTC), port=port)
-    out = ca_out or (sim.home / "sim-talos-ca.pem" if sim.home is not None else None)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(server.ca_pem)
-    if announce:
-        print(f"edgefleet sim: Talos API on {server.endpoint} (mTLS; trust {out or 'the CA from the API'}; "
-              "target nodes with the 'nodes' gRPC metadata)", flush=True)
-
-    async def follow() -> None:
-        while True:
-            await asyncio.sleep(SYNC_SECONDS)
-            backend.sync()
-
-    task = asyncio.create_task(follow())
-    try:
-        yield server
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await net_seeds.aclose()
-        await server.stop(0)

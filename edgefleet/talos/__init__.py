@@ -1,1 +1,3 @@
-"""Talos Linux: machine-config rendering (``config``) for edgefleet's nodes."""
+"""Talos Linux: ``config`` (machine-config rendering, pure), ``certs`` and ``clientconfig`` (client
+certificates, talosconfig and kubeconfig), ``api`` (the Talos API client over gRPC), ``inband``
+(the in-band reimage through that API), ``proto`` (the API's messages)."""

@@ -24,7 +24,7 @@ think about:
 
 Usage::
 
-    async with client_for(home, store, node, Role.reader) as c:
+    async with client_for(home, store, node, TalosRole.reader) as c:
         v = await c.version()
 """
 
@@ -47,7 +47,7 @@ from edgefleet.errors import TalosAccessDenied, TalosCallFailed, TalosRefused, T
 from edgefleet.inventory.model import Node, Store, url_host
 from edgefleet.retry import RetryPolicy, is_transient, retrying
 from edgefleet.secrets import load_secrets
-from edgefleet.talos.certs import Role, mint_os_client_cert
+from edgefleet.talos.certs import TalosRole, mint_os_client_cert
 from edgefleet.talos.proto.machine import machine_pb2 as pb
 from edgefleet.talos.proto.machine import machine_pb2_grpc as pb_grpc
 
@@ -261,7 +261,7 @@ def endpoint_with_port(endpoint: str) -> str:
     return endpoint if ":" in endpoint.rsplit("]", 1)[-1] else f"{endpoint}:{APID_PORT}"
 
 
-def client_for(home: Path, store: Store, node: Node, role: Role, *, now: datetime | None = None,
+def client_for(home: Path, store: Store, node: Node, role: TalosRole, *, now: datetime | None = None,
                endpoint: str | None = None, ca_pem: bytes | None = None, server_name: str | None = None,
                timeout_s: float = DEFAULT_TIMEOUT_S, retry: RetryPolicy = TALOS_RETRY) -> TalosClient:
     """A client acting on ``node`` with a fresh ``role`` certificate from the store's secrets.

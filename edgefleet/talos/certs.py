@@ -39,8 +39,8 @@ from edgefleet.secrets import ClusterSecrets, KeyAndCert
 __all__ = [
     "READER_GROUP",
     "CaKey",
-    "ClientCert",
-    "Role",
+    "IssuedClientCert",
+    "TalosRole",
     "cert_roles",
     "issued_by",
     "load_ca",
@@ -57,7 +57,7 @@ _BACKDATE = timedelta(minutes=5)  # tolerate a node clock a little behind ours
 CaKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
 
-class Role(StrEnum):
+class TalosRole(StrEnum):
     """Talos API roles (the organization of a client certificate)."""
 
     reader = "os:reader"
@@ -66,7 +66,7 @@ class Role(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class ClientCert:
+class IssuedClientCert:
     """A client certificate and its key (PEM), with the CA PEM that verifies the server side."""
 
     cert_pem: bytes
@@ -125,19 +125,19 @@ def _leaf(subject: x509.Name, public_key: ec.EllipticCurvePublicKey, ca_cert: x5
     )
 
 
-def mint_os_client_cert(secrets: ClusterSecrets, role: Role, *, now: datetime, store_id: str = "",
-                        validity: timedelta = CLIENT_VALIDITY) -> ClientCert:
+def mint_os_client_cert(secrets: ClusterSecrets, role: TalosRole, *, now: datetime, store_id: str = "",
+                        validity: timedelta = CLIENT_VALIDITY) -> IssuedClientCert:
     """A Talos API client certificate with ``role``, signed by the store's OS CA."""
     ca_cert, ca_key = load_ca(secrets.certs.os, store_id=store_id, which="os")
     key = ec.generate_private_key(ec.SECP256R1())  # not Ed25519: see the module docstring
     subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, role.value)])
     cert = _sign(_leaf(subject, key.public_key(), ca_cert, now, validity, [ExtendedKeyUsageOID.CLIENT_AUTH]), ca_key)
-    return ClientCert(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key),
+    return IssuedClientCert(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key),
                       ca_cert.public_bytes(serialization.Encoding.PEM))
 
 
 def mint_kube_client_cert(secrets: ClusterSecrets, *, admin: bool, now: datetime, user: str, store_id: str = "",
-                          validity: timedelta = CLIENT_VALIDITY) -> ClientCert:
+                          validity: timedelta = CLIENT_VALIDITY) -> IssuedClientCert:
     """A Kubernetes client certificate (CN = ``user``), signed by the store's Kubernetes CA."""
     ca_cert, ca_key = load_ca(secrets.certs.k8s, store_id=store_id, which="k8s")
     key = ec.generate_private_key(ec.SECP256R1())
@@ -146,7 +146,7 @@ def mint_kube_client_cert(secrets: ClusterSecrets, *, admin: bool, now: datetime
         x509.NameAttribute(NameOID.COMMON_NAME, user),
     ])
     cert = _sign(_leaf(subject, key.public_key(), ca_cert, now, validity, [ExtendedKeyUsageOID.CLIENT_AUTH]), ca_key)
-    return ClientCert(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key),
+    return IssuedClientCert(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key),
                       ca_cert.public_bytes(serialization.Encoding.PEM))
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from edgefleet.inventory.model import Store
-from edgefleet.talos.certs import ClientCert
+from edgefleet.talos.certs import IssuedClientCert
 
 __all__ = ["render_kubeconfig", "render_talosconfig", "talos_endpoints"]
 
@@ -39,7 +39,7 @@ def talos_endpoints(store: Store) -> list[str]:
     return [str(n.ip) for n in store.control_planes]
 
 
-def render_talosconfig(store: Store, cert: ClientCert, *, nodes: Sequence[str] | None = None) -> bytes:
+def render_talosconfig(store: Store, cert: IssuedClientCert, *, nodes: Sequence[str] | None = None) -> bytes:
     """A talosconfig with one context named after the store. ``nodes``: the default targets
     (default: the first control plane)."""
     targets = list(nodes) if nodes is not None else talos_endpoints(store)[:1]
@@ -55,7 +55,7 @@ def render_talosconfig(store: Store, cert: ClientCert, *, nodes: Sequence[str] |
     })
 
 
-def render_kubeconfig(store: Store, cert: ClientCert, *, user: str) -> bytes:
+def render_kubeconfig(store: Store, cert: IssuedClientCert, *, user: str) -> bytes:
     """A kubeconfig for the store's cluster with ``cert`` (signed by its Kubernetes CA) as ``user``."""
     name = store.id
     return _dump({

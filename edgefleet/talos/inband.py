@@ -33,7 +33,7 @@ R's, the node needs a Talos upgrade to R's installer image, which this module do
 
 Usage (the caller holds an ``os:admin`` client for the node's store)::
 
-    async with client_for(home, store, node, Role.admin) as c:
+    async with client_for(home, store, node, TalosRole.admin) as c:
         res = await reimage_in_band(c, node, seed_url=nocloud_net_url(server, store, node, now),
                                     deadline_s=60)
     if res.needs_bootstrap: ...  # once the node answers again: c.bootstrap()

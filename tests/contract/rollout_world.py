@@ -23,7 +23,7 @@ from edgefleet.rollout.ledger import Ledger
 from edgefleet.sim.build import build_sim
 from edgefleet.sim.scenario import parse_scenario
 from edgefleet.sim.server import running_server
-from edgefleet.sim.talos_wiring import running_talos_api
+from edgefleet.sim.talos_serve import running_talos_api
 from edgefleet.state.db import create_state_engine
 
 PASSWORD_ENV = "ROLLOUT_TEST_BMC_PASSWORD"

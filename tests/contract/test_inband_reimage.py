@@ -29,10 +29,10 @@ from edgefleet.sim.build import build_sim
 from edgefleet.sim.fleet import SimFleet
 from edgefleet.sim.scenario import Scenario
 from edgefleet.sim.server import running_server
-from edgefleet.sim.talos_wiring import running_talos_api
+from edgefleet.sim.talos_serve import running_talos_api
 from edgefleet.sim.talosapi import TalosApiServer
 from edgefleet.talos.api import TalosClient, client_for
-from edgefleet.talos.certs import Role
+from edgefleet.talos.certs import TalosRole
 from edgefleet.talos.config import ReleaseRef
 from edgefleet.talos.inband import reimage_in_band
 
@@ -94,7 +94,7 @@ class Rig:
         ns = self.sim.nodes[name]
         return ns.store, ns.node
 
-    def client(self, name: str, role: Role = Role.admin) -> TalosClient:
+    def client(self, name: str, role: TalosRole = TalosRole.admin) -> TalosClient:
         store, node = self.node(name)
         return client_for(self.world.home, store, node, role, endpoint=self.api.endpoint, ca_pem=self.api.ca_pem,
                           server_name="127.0.0.1", timeout_s=5.0)
@@ -255,7 +255,7 @@ def test_worker_is_reset_gracefully_and_joins_on_the_target_release(world: World
 def test_a_reader_certificate_cannot_reset(world: World) -> None:
     async def body(r: Rig) -> None:
         r.sim.net_seed_urls["two-n3"] = r.seed_url("two-n3")
-        async with r.client("two-n3", Role.reader) as c:
+        async with r.client("two-n3", TalosRole.reader) as c:
             _, node = r.node("two-n3")
             with pytest.raises(TalosAccessDenied, match="Reset needs one of os:admin") as e:
                 await reimage_in_band(c, node, seed_url=r.sim.net_seed_urls["two-n3"], deadline_s=20)

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from edgefleet.rollout.endpoints import SimClock
+from edgefleet.rollout.endpoints import SimClockClient as SimClock
 
 SCALE = 3600.0
 BASE = datetime(2026, 11, 4, 1, 0, tzinfo=UTC)

@@ -27,7 +27,7 @@ from edgefleet.retry import RetryPolicy
 from edgefleet.secrets import ClusterSecrets, KeyAndCert, generate_secrets, store_secrets
 from edgefleet.sim.talosapi import MemoryNodes, TalosApiServer, start_talos_api
 from edgefleet.talos.api import TalosClient, client_for
-from edgefleet.talos.certs import Role, mint_ca, mint_os_client_cert
+from edgefleet.talos.certs import TalosRole, mint_ca, mint_os_client_cert
 from edgefleet.talos.proto.machine import machine_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.clock
@@ -81,7 +81,7 @@ def run(body: Callable[[TalosApiServer, MemoryNodes], Awaitable[None]], world: W
     asyncio.run(main())
 
 
-def client(world: World, server: TalosApiServer, store: str, node: str, role: Role = Role.reader,
+def client(world: World, server: TalosApiServer, store: str, node: str, role: TalosRole = TalosRole.reader,
            **kw: Any) -> TalosClient:
     s = world.fleet.stores[store]
     n = next(x for x in s.nodes if x.name == node)
@@ -116,7 +116,7 @@ def test_version_services_and_figures(world: World) -> None:
 def test_certificate_from_another_store_is_refused(world: World) -> None:
     async def body(server: TalosApiServer, nodes: MemoryNodes) -> None:
         # a store-bbb admin certificate naming store aa's node by name: refused, not retried
-        async with client(world, server, "bbb", "bbb-cp1", Role.admin) as c:
+        async with client(world, server, "bbb", "bbb-cp1", TalosRole.admin) as c:
             with pytest.raises(TalosAccessDenied, match="store bbb") as e:
                 await c.reset(node="aa-cp1")
             assert e.value.code == "PERMISSION_DENIED" and not e.value.transient
@@ -128,7 +128,7 @@ def test_certificate_from_another_store_is_refused(world: World) -> None:
         ca, key = mint_ca("stranger", now=NOW)
         stranger = world.secrets["aa"].model_copy(update={"certs": world.secrets["aa"].certs.model_copy(update={
             "os": KeyAndCert(crt=base64.b64encode(ca).decode(), key=base64.b64encode(key).decode())})})
-        cert = mint_os_client_cert(stranger, Role.admin, now=NOW)
+        cert = mint_os_client_cert(stranger, TalosRole.admin, now=NOW)
         t = time.perf_counter()
         async with TalosClient(server.endpoint, ca_pem=server.ca_pem, cert_pem=cert.cert_pem, key_pem=cert.key_pem,
                                server_name="127.0.0.1", node="aa-cp1", timeout_s=5) as c:
@@ -142,14 +142,14 @@ def test_certificate_from_another_store_is_refused(world: World) -> None:
 
 def test_reader_cannot_reset_or_bootstrap(world: World) -> None:
     async def body(server: TalosApiServer, nodes: MemoryNodes) -> None:
-        async with client(world, server, "aa", "aa-cp1", Role.reader) as c:
+        async with client(world, server, "aa", "aa-cp1", TalosRole.reader) as c:
             with pytest.raises(TalosAccessDenied, match="os:admin"):
                 await c.reset()
             with pytest.raises(TalosAccessDenied):
                 await c.bootstrap()
             with pytest.raises(TalosAccessDenied):
                 await c.reboot()
-        async with client(world, server, "aa", "aa-cp1", Role.operator) as c:
+        async with client(world, server, "aa", "aa-cp1", TalosRole.operator) as c:
             await c.reboot()  # operators may reboot
             with pytest.raises(TalosAccessDenied):
                 await c.reset()
@@ -161,7 +161,7 @@ def test_reader_cannot_reset_or_bootstrap(world: World) -> None:
 
 def test_bootstrap_once_then_refused_and_members_follow_control_planes(world: World) -> None:
     async def body(server: TalosApiServer, nodes: MemoryNodes) -> None:
-        async with client(world, server, "aa", "aa-cp1", Role.admin) as c:
+        async with client(world, server, "aa", "aa-cp1", TalosRole.admin) as c:
             with pytest.raises(TalosRefused, match="not bootstrapped"):
                 await c.etcd_members()  # unformed: etcd not running
             with pytest.raises(TalosCallFailed, match="UNIMPLEMENTED"):
@@ -191,7 +191,7 @@ def test_bootstrap_once_then_refused_and_members_follow_control_planes(world: Wo
 def test_reset_wipe_clears_the_node(world: World) -> None:
     async def body(server: TalosApiServer, nodes: MemoryNodes) -> None:
         nodes.seeded = False
-        async with client(world, server, "bbb", "bbb-cp1", Role.admin) as c:
+        async with client(world, server, "bbb", "bbb-cp1", TalosRole.admin) as c:
             await c.reset(graceful=False, reboot=True, wipe_labels=("STATE", "EPHEMERAL"))
             f = nodes.nodes["bbb-cp1"]
             assert (f.etcd, f.configured, f.up, f.boots) == (False, False, True, 1)
@@ -210,13 +210,13 @@ def test_reset_wipe_clears_the_node(world: World) -> None:
 def test_store_without_secrets(world: World) -> None:
     s = world.fleet.stores["ccc"]
     with pytest.raises(SecretsError, match="store ccc"):
-        client_for(world.home, s, s.nodes[0], Role.reader, now=NOW)
+        client_for(world.home, s, s.nodes[0], TalosRole.reader, now=NOW)
 
 
 def test_secrets_appearing_later_are_served(world: World, tmp_path: Path) -> None:
     async def body(server: TalosApiServer, nodes: MemoryNodes) -> None:
         late = generate_secrets(NOW)
-        cert = mint_os_client_cert(late, Role.reader, now=NOW, store_id="ccc")
+        cert = mint_os_client_cert(late, TalosRole.reader, now=NOW, store_id="ccc")
         nodes.add_ca("ccc", cert.ca_pem)
         async with TalosClient(server.endpoint, ca_pem=server.ca_pem, cert_pem=cert.cert_pem, key_pem=cert.key_pem,
                                server_name="127.0.0.1", node="ccc-cp1", timeout_s=5, store="ccc") as c:
@@ -238,7 +238,7 @@ def silent_listener() -> Iterator[int]:
 
 
 def test_deadline_fires_on_a_silent_node(world: World, silent_listener: int) -> None:
-    cert = mint_os_client_cert(world.secrets["aa"], Role.reader, now=NOW)
+    cert = mint_os_client_cert(world.secrets["aa"], TalosRole.reader, now=NOW)
 
     async def main() -> tuple[float, TalosCallFailed]:
         c = TalosClient(f"127.0.0.1:{silent_listener}", ca_pem=cert.ca_pem, cert_pem=cert.cert_pem,
@@ -277,7 +277,7 @@ def test_sleeping_servicer_hits_the_deadline_and_bootstrap_is_not_retried() -> N
         ca, ca_key = mint_ca("server", now=NOW)
         from edgefleet.talos.certs import mint_server_cert
         srv_cert, srv_key = mint_server_cert(ca, ca_key, ["127.0.0.1"], now=NOW)
-        cert = mint_os_client_cert(secrets, Role.admin, now=NOW)
+        cert = mint_os_client_cert(secrets, TalosRole.admin, now=NOW)
         server = grpc.aio.server()
         pb_grpc.add_MachineServiceServicer_to_server(Sleepy(), server)  # type: ignore[no-untyped-call]
         port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
@@ -341,7 +341,8 @@ def test_simulator_nodes_behind_the_talos_api(world: World) -> None:
     from edgefleet.sim.build import build_sim
     from edgefleet.sim.media import Media
     from edgefleet.sim.scenario import Scenario
-    from edgefleet.sim.talos_wiring import SimTalosBackend, running_talos_api
+    from edgefleet.sim.talos_serve import running_talos_api
+    from edgefleet.sim.talos_wiring import SimTalosBackend
 
     async def main() -> None:
         sim = build_sim(world.fleet, scenario=Scenario(boot_seconds=60), time_scale=60.0, clock=SIM_CLOCK,
@@ -352,7 +353,7 @@ def test_simulator_nodes_behind_the_talos_api(world: World) -> None:
             assert (world.home / "ca.pem").read_bytes() == server.ca_pem
 
             def admin(store: str, node: str) -> TalosClient:
-                return client(world, server, store, node, Role.admin)
+                return client(world, server, store, node, TalosRole.admin)
 
             async def settle() -> None:
                 for _ in range(200):

@@ -22,7 +22,7 @@ from edgefleet.rollout.ledger import Ledger
 from edgefleet.sim.build import build_sim
 from edgefleet.sim.scenario import parse_scenario
 from edgefleet.sim.server import running_server
-from edgefleet.sim.talos_wiring import running_talos_api
+from edgefleet.sim.talos_serve import running_talos_api
 from tests.contract.rollout_world import PASSWORD, PASSWORD_ENV, ledger_url, make_inventory, release_home
 from tests.helpers import REPO
 from tests.hygiene import dump_state, find_secrets, run_secrets

@@ -26,7 +26,7 @@ from edgefleet.errors import InventoryError
 from edgefleet.inventory.load import load_fleet
 from edgefleet.inventory.model import MaintenanceWindow, parse_wall_time
 from edgefleet.rollout.plan import RolloutPolicy, plan_rollout
-from edgefleet.schedule.groups import Verdict, freeze_decision, plan_schedule, upcoming_starts
+from edgefleet.schedule.groups import FreezeVerdict, freeze_decision, plan_schedule, upcoming_starts
 from edgefleet.schedule.windows import in_window, next_window
 
 ZONES = sorted(available_timezones())
@@ -109,7 +109,7 @@ def test_any_inventory_that_validates_can_be_planned_and_scheduled(files: dict[s
         # The scheduler's side of the same rules (window groups, upcoming starts, the freeze gate).
         (gs,) = plan_schedule(fleet, now, min_duration=policy.node_duration)
         upcoming_starts(fleet, gs.group, now, 3)
-        assert freeze_decision(fleet, ["s-1"], now).verdict in set(Verdict)
+        assert freeze_decision(fleet, ["s-1"], now).verdict in set(FreezeVerdict)
     finally:
         shutil.rmtree(root)
 

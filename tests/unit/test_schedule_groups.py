@@ -24,7 +24,7 @@ from edgefleet.inventory.model import Fleet
 from edgefleet.releases.catalog import Release, ReleaseCatalog, ReleaseState
 from edgefleet.releases.upstream import sha256_file
 from edgefleet.schedule.groups import (
-    Verdict,
+    FreezeVerdict,
     freeze_decision,
     group_stores,
     next_group_start,
@@ -192,25 +192,25 @@ def test_freeze_decision_go_wait_skip() -> None:
                          "countries": ["SE"], "reason": "stock audit"},
                         {"name": "peak", "start": date(2026, 6, 10), "end": date(2026, 6, 12), "reason": "peak sales"}])
     d = freeze_decision(fleet, ["a", "b"], local(CPH, 2026, 6, 1, 1, 30))
-    assert d.verdict is Verdict.go and d.until is None and "no freeze" in d.reason
+    assert d.verdict is FreezeVerdict.go and d.until is None and "no freeze" in d.reason
     # b is frozen for the first hour of the window: wait for it, inside the same window.
     d = freeze_decision(fleet, ["a", "b"], local(CPH, 2026, 6, 2, 1, 10))
-    assert d.verdict is Verdict.wait and d.until == local(CPH, 2026, 6, 2, 2, 0)
+    assert d.verdict is FreezeVerdict.wait and d.until == local(CPH, 2026, 6, 2, 2, 0)
     assert "store b is in freeze 'audit' (stock audit)" in d.reason
     # a run of 3 h would not end before the window closes at 05:00 after waiting: wait for tomorrow
     # exceeds max_wait (12 h) -> skip.
     d = freeze_decision(fleet, ["a", "b"], local(CPH, 2026, 6, 2, 1, 10), min_duration=timedelta(hours=3, minutes=30))
-    assert d.verdict is Verdict.skip and "reschedule" in d.reason
+    assert d.verdict is FreezeVerdict.skip and "reschedule" in d.reason
     # Inside a fleet-wide date freeze: skip, naming the freeze and its end.
     d = freeze_decision(fleet, ["a"], local(CPH, 2026, 6, 11, 2, 0))
-    assert d.verdict is Verdict.skip and "'peak' (peak sales) until 2026-06-13T00:00:00+02:00" in d.reason
+    assert d.verdict is FreezeVerdict.skip and "'peak' (peak sales) until 2026-06-13T00:00:00+02:00" in d.reason
     # Started early (before the window opens): wait until it opens.
     d = freeze_decision(fleet, ["a"], local(CPH, 2026, 6, 1, 0, 20))
-    assert d.verdict is Verdict.wait and d.until == local(CPH, 2026, 6, 1, 1, 0)
+    assert d.verdict is FreezeVerdict.wait and d.until == local(CPH, 2026, 6, 1, 1, 0)
     assert "outside its maintenance window" in d.reason
     # Started late (window closed): the next window is 20 h away, more than max_wait -> skip.
     d = freeze_decision(fleet, ["a"], local(CPH, 2026, 6, 1, 5, 0))
-    assert d.verdict is Verdict.skip
+    assert d.verdict is FreezeVerdict.skip
     assert freeze_decision(fleet, ["a"], local(CPH, 2026, 6, 1, 5, 0), max_wait=timedelta(days=1)).until == \
         local(CPH, 2026, 6, 2, 1, 0)
     assert d.to_json()["verdict"] == "skip"
@@ -224,7 +224,7 @@ def test_freeze_decision_with_windows_that_never_overlap_skips() -> None:
     fleet = make_fleet([store_doc("a", "Europe/Copenhagen", [{"days": DAILY, "start": "01:00", "end": "02:00"}]),
                         store_doc("b", "Europe/Copenhagen", [{"days": DAILY, "start": "03:00", "end": "04:00"}])])
     d = freeze_decision(fleet, ["a", "b"], local(CPH, 2026, 6, 1, 1, 30), max_wait=timedelta(days=3))
-    assert d.verdict is Verdict.skip and "store b is outside its maintenance window" in d.reason
+    assert d.verdict is FreezeVerdict.skip and "store b is outside its maintenance window" in d.reason
 
 
 # --- properties ------------------------------------------------------------------------------------
@@ -284,7 +284,7 @@ def test_groups_partition_and_every_start_fits_every_member(fleet: Fleet, after:
             if by_region:
                 assert store.region == gs.group.region
         # The run-time check agrees with the plan at the planned instant.
-        assert freeze_decision(fleet, gs.group.stores, gs.start, min_duration=min_duration).verdict is Verdict.go
+        assert freeze_decision(fleet, gs.group.stores, gs.start, min_duration=min_duration).verdict is FreezeVerdict.go
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -309,13 +309,13 @@ def test_upcoming_starts_one_per_occurrence(fleet: Fleet, after: datetime) -> No
 def test_freeze_decision_wait_lands_on_an_allowed_instant(fleet: Fleet, now: datetime, wait_h: int) -> None:
     stores = sorted(fleet.stores)
     d = freeze_decision(fleet, stores, now, max_wait=timedelta(hours=wait_h))
-    if d.verdict is Verdict.go:
+    if d.verdict is FreezeVerdict.go:
         assert d.until is None
         assert all(in_window(fleet.stores[s], now) and freeze_at(fleet.freezes, fleet.stores[s], now) is None
                    for s in stores)
-    elif d.verdict is Verdict.wait:
+    elif d.verdict is FreezeVerdict.wait:
         assert d.until is not None and now < d.until <= now + timedelta(hours=wait_h)
-        assert freeze_decision(fleet, stores, d.until).verdict is Verdict.go
+        assert freeze_decision(fleet, stores, d.until).verdict is FreezeVerdict.go
     else:
         assert d.until is None and "reschedule" in d.reason
 

@@ -15,7 +15,7 @@ from edgefleet.errors import SecretsError
 from edgefleet.secrets import ClusterSecrets, KeyAndCert, generate_secrets
 from edgefleet.talos.certs import (
     READER_GROUP,
-    Role,
+    TalosRole,
     cert_roles,
     issued_by,
     load_ca,
@@ -44,9 +44,9 @@ def _ca(kc: KeyAndCert) -> x509.Certificate:
     return x509.load_pem_x509_certificate(base64.b64decode(kc.crt))
 
 
-@pytest.mark.parametrize("role", list(Role))
+@pytest.mark.parametrize("role", list(TalosRole))
 def test_os_client_cert_carries_the_role_and_chains_to_the_os_ca(bundle: ClusterSecrets, other: ClusterSecrets,
-                                                                  role: Role) -> None:
+                                                                  role: TalosRole) -> None:
     c = mint_os_client_cert(bundle, role, now=NOW, store_id="s1")
     cert = x509.load_pem_x509_certificate(c.cert_pem)
     assert cert_roles(cert) == {role.value}
@@ -65,12 +65,12 @@ def test_os_client_cert_carries_the_role_and_chains_to_the_os_ca(bundle: Cluster
 
 
 def test_validity_window(bundle: ClusterSecrets) -> None:
-    c = mint_os_client_cert(bundle, Role.reader, now=NOW, validity=timedelta(hours=2))
+    c = mint_os_client_cert(bundle, TalosRole.reader, now=NOW, validity=timedelta(hours=2))
     cert = x509.load_pem_x509_certificate(c.cert_pem)
     assert cert.not_valid_before_utc == NOW - timedelta(minutes=5)
     assert cert.not_valid_after_utc == NOW + timedelta(hours=2)
     with pytest.raises(ValueError, match="timezone"):
-        mint_os_client_cert(bundle, Role.reader, now=NOW.replace(tzinfo=None))
+        mint_os_client_cert(bundle, TalosRole.reader, now=NOW.replace(tzinfo=None))
 
 
 @pytest.mark.parametrize(("admin", "group"), [(True, "system:masters"), (False, READER_GROUP)])
@@ -92,7 +92,7 @@ def test_damaged_ca_is_a_secrets_error(bundle: ClusterSecrets) -> None:
     bad = bundle.model_copy(update={"certs": bundle.certs.model_copy(update={"os": KeyAndCert(crt="bm90IGEgcGVt",
                                                                                                key="eA==")})})
     with pytest.raises(SecretsError, match=r"store s9: certs\.os"):
-        mint_os_client_cert(bad, Role.admin, now=NOW, store_id="s9")
+        mint_os_client_cert(bad, TalosRole.admin, now=NOW, store_id="s9")
 
 
 def test_server_cert_sans() -> None:

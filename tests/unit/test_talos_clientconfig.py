@@ -20,7 +20,7 @@ from edgefleet.inventory.model import url_host
 from edgefleet.rollout.endpoints import Endpoints
 from edgefleet.secrets import ClusterSecrets, generate_secrets, store_secrets
 from edgefleet.talos.api import endpoint_with_port
-from edgefleet.talos.certs import Role, cert_roles, issued_by, mint_kube_client_cert, mint_os_client_cert
+from edgefleet.talos.certs import TalosRole, cert_roles, issued_by, mint_kube_client_cert, mint_os_client_cert
 from edgefleet.talos.clientconfig import render_kubeconfig, render_talosconfig
 from tests.helpers import SAMPLE_INVENTORY
 
@@ -41,7 +41,7 @@ def _pem(b64: str) -> x509.Certificate:
 
 def test_talosconfig_shape(bundle: ClusterSecrets) -> None:
     store = load_fleet(SAMPLE_INVENTORY).store(STORE)
-    doc = yaml.safe_load(render_talosconfig(store, mint_os_client_cert(bundle, Role.reader, now=NOW)))
+    doc = yaml.safe_load(render_talosconfig(store, mint_os_client_cert(bundle, TalosRole.reader, now=NOW)))
     assert doc["context"] == STORE and list(doc["contexts"]) == [STORE]
     ctx = doc["contexts"][STORE]
     assert set(ctx) == {"endpoints", "nodes", "ca", "crt", "key"}
@@ -102,7 +102,7 @@ def test_ipv6_only_store_configs_and_endpoints(bundle: ClusterSecrets) -> None:
     kube = yaml.safe_load(render_kubeconfig(store, mint_kube_client_cert(bundle, admin=True, now=NOW, user="admin"),
                                             user="admin"))
     assert kube["clusters"][0]["cluster"]["server"] == store.endpoint == "https://[fd00:27:2::10]:6443"
-    talos = yaml.safe_load(render_talosconfig(store, mint_os_client_cert(bundle, Role.reader, now=NOW)))
+    talos = yaml.safe_load(render_talosconfig(store, mint_os_client_cert(bundle, TalosRole.reader, now=NOW)))
     assert talos["contexts"]["vn-002"]["endpoints"] == ["fd00:27:2::11", "fd00:27:2::12", "fd00:27:2::13"]
     assert endpoint_with_port("fd00:27:2::11") == "[fd00:27:2::11]:50000"
     assert endpoint_with_port("[fd00:27:2::11]:50001") == "[fd00:27:2::11]:50001"

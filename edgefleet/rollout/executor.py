@@ -131,7 +131,7 @@ from edgefleet.rollout.states import (
     WaveEvent,
     WaveState,
 )
-from edgefleet.rollout.storerun import WINDOW_SHUT, Caps, StoreRunner
+from edgefleet.rollout.storerun import WINDOW_SHUT, CapSlots, StoreRunner
 from edgefleet.seeds.server import SeedServer
 
 __all__ = ["NETSEED_EXPIRES", "SEED_KEY_FILE", "SEED_URL_PATTERN", "EngineSettings", "Executor", "execute",
@@ -211,7 +211,7 @@ class Executor:
             return
         await self.ctx.event("repair_started", reason=f"{len(split)} split store(s): continuing their repair",
                              detail={"stores": [r.store for r in split]})
-        caps = Caps(asyncio.Semaphore(self.s.max_concurrent), self.s.max_per_region, self.s.max_per_country)
+        caps = CapSlots(asyncio.Semaphore(self.s.max_concurrent), self.s.max_per_region, self.s.max_per_country)
         await asyncio.gather(*(runner.task(r, caps) for r in split))
 
     async def _verify_targets(self) -> None:
@@ -250,7 +250,7 @@ class Executor:
     # -- waves --------------------------------------------------------------------------------------
 
     async def _waves(self, rec: RolloutRecord, runner: StoreRunner) -> tuple[RolloutState, str]:
-        caps = Caps(asyncio.Semaphore(self.s.max_concurrent), self.s.max_per_region, self.s.max_per_country)
+        caps = CapSlots(asyncio.Semaphore(self.s.max_concurrent), self.s.max_per_region, self.s.max_per_country)
         runs = self.ledger.runs(self.id)
         waves = self.ledger.waves(self.id)
         last = max((w.index for w in waves), default=0)
@@ -279,7 +279,7 @@ class Executor:
         return self._summary()
 
     async def _wave(self, index: int, name: str, status: WaveState, budget: int, runs: list[StoreRunRecord],
-                    runner: StoreRunner, caps: Caps) -> tuple[RolloutState, str] | None:
+                    runner: StoreRunner, caps: CapSlots) -> tuple[RolloutState, str] | None:
         """Run one wave's stores and its gate; the rollout's end when the wave stops it."""
         ctx = self.ctx
         members = [r for r in runs if r.wave == index]

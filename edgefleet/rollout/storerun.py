@@ -46,7 +46,7 @@ from edgefleet.rollout.reimage import NodeTask, QuorumPolicy, WindowGuard, reima
 from edgefleet.rollout.settings import redact, seeds_dir
 from edgefleet.rollout.states import Outcome, Phase, RunEvent, RunState, SkipCause, Stage, Step
 
-__all__ = ["WINDOW_SHUT", "Aborted", "Caps", "StoreRunner"]
+__all__ = ["WINDOW_SHUT", "Aborted", "CapSlots", "StoreRunner"]
 
 WINDOW_SHUT = "its maintenance window did not open"  # said in the reason of a store skipped for want of a window
 
@@ -56,7 +56,7 @@ class Aborted(Exception):
 
 
 @dataclass
-class Caps:
+class CapSlots:
     glob: asyncio.Semaphore
     limit_region: int | None
     limit_country: int | None
@@ -112,7 +112,7 @@ class StoreRunner:
 
     # -- the store's task -------------------------------------------------------------------------
 
-    async def task(self, run: StoreRunRecord, caps: Caps) -> Outcome:
+    async def task(self, run: StoreRunRecord, caps: CapSlots) -> Outcome:
         ctx = self.ctx
         cursor = RunCursor(ctx.rollout_id, run.store, run.status)
         store = ctx.fleet.stores.get(run.store)

@@ -4,7 +4,7 @@
   body bytes as sent, the path without its token), and a send timeout for clients that stop reading.
 * ``TokenCheck``: a middleware that lets a request reach the endpoint only when its token grants its
   path (the decisions are ``edgefleet.seeds.tokens``), leaving what it grants in the request's
-  ``Outcome``; ``404`` for a path that cannot exist, ``403`` with the reason otherwise.
+  ``RequestOutcome``; ``404`` for a path that cannot exist, ``403`` with the reason otherwise.
 * ``GuardedH11``: uvicorn's h11 protocol with the limits uvicorn lacks (head timeout, head size,
   connection count), so that a slow or greedy client cannot hold the server.
 """
@@ -40,15 +40,15 @@ __all__ = [
     "DynamicRoute",
     "GuardedH11",
     "Limits",
-    "Outcome",
     "QuietUvicorn",
+    "RequestOutcome",
     "TokenCheck",
     "error_response",
     "listen",
     "outcome_of",
 ]
 
-_STATE_KEY = "edgefleet.seeds"  # the request's Outcome in scope["state"]
+_STATE_KEY = "edgefleet.seeds"  # the request's RequestOutcome in scope["state"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class DynamicRoute(Protocol):
 
 
 @dataclass
-class Outcome:
+class RequestOutcome:
     """One request as the access log shows it, filled in by the middlewares and the endpoint; the
     token check leaves what the token granted in ``relpath`` (a file) or ``route`` + ``rest``."""
 
@@ -92,11 +92,11 @@ def error_response(status: int, reason: str, headers: dict[str, str] | None = No
     return PlainTextResponse(f"{status} {HTTPStatus(status).phrase}: {reason}\n", status, headers=headers)
 
 
-def outcome_of(scope: Scope) -> Outcome:
+def outcome_of(scope: Scope) -> RequestOutcome:
     out = scope.setdefault("state", {}).get(_STATE_KEY)
     if out is None:
-        out = scope["state"][_STATE_KEY] = Outcome()
-    assert isinstance(out, Outcome)
+        out = scope["state"][_STATE_KEY] = RequestOutcome()
+    assert isinstance(out, RequestOutcome)
     return out
 
 
@@ -124,7 +124,7 @@ class AccessLog:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = path.open("a", encoding="utf-8")
 
-    def write(self, client: str, method: str, out: Outcome, started: float) -> None:
+    def write(self, client: str, method: str, out: RequestOutcome, started: float) -> None:
         if self._fh is None:
             return
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
@@ -201,7 +201,7 @@ def refusal(scope: Scope) -> Response | None:
 
 class TokenCheck:
     """Lets a request through to the endpoint only when its token grants its path (a file under
-    the root, or a dynamic route's scope), and records in the request's ``Outcome`` what it
+    the root, or a dynamic route's scope), and records in the request's ``RequestOutcome`` what it
     grants; answers ``404`` for a path that cannot exist and ``403`` (with the reason) otherwise."""
 
     def __init__(self, app: ASGIApp, *, secret: bytes, grants: Grants, dynamic: Mapping[str, DynamicRoute],
@@ -222,7 +222,7 @@ class TokenCheck:
             return
         await self.app(scope, receive, send)
 
-    def _check(self, scope: Scope, out: Outcome) -> Response | None:
+    def _check(self, scope: Scope, out: RequestOutcome) -> Response | None:
         target = split_target(scope.get("raw_path", scope["path"].encode()).decode("latin-1"))
         if target is not None:
             out.path = target.shown

@@ -78,8 +78,8 @@ from edgefleet.seeds.asgi import (
     DynamicRoute,
     GuardedH11,
     Limits,
-    Outcome,
     QuietUvicorn,
+    RequestOutcome,
     TokenCheck,
     error_response,
     listen,
@@ -127,7 +127,7 @@ def _keep_range(scope: Scope, wanted: tuple[int, int] | None) -> None:
     scope["headers"] = headers
 
 
-async def _dynamic_response(out: Outcome) -> Response:
+async def _dynamic_response(out: RequestOutcome) -> Response:
     assert out.route is not None
     reply = await out.route.serve(out.node, list(out.rest))
     if reply.status != 200:
@@ -138,7 +138,7 @@ async def _dynamic_response(out: Outcome) -> Response:
         "Digest": f"sha-256={base64.b64encode(digest).decode()}", "Cache-Control": "no-store"})
 
 
-def _wanted_range(request: Request, out: Outcome, etag: str,
+def _wanted_range(request: Request, out: RequestOutcome, etag: str,
                   st: os.stat_result) -> tuple[int, int] | Literal["unsatisfiable"] | None:
     """The one range to send (``parse_range``), or None for the whole file: no ``Range``, a
     malformed or multiple one, or an ``If-Range`` that names another version of the file."""
@@ -276,7 +276,7 @@ class SeedServer:
 
     def _config(self, ctx: ssl.SSLContext | None) -> uvicorn.Config:
         limits = Limits(self.max_connections, self.max_head_bytes, self.header_timeout_s,
-                         lambda client, status: self._log.write(client, "-", Outcome(status=status), 0.0))
+                         lambda client, status: self._log.write(client, "-", RequestOutcome(status=status), 0.0))
         protocol = type("_SeedProtocol", (GuardedH11,), {"limits": limits})
         middleware = [Middleware(AccessLogMiddleware, log=self._log, send_timeout_s=self.send_timeout_s),
                       Middleware(TokenCheck, secret=self._secret, grants=self._grants, dynamic=self._dynamic,

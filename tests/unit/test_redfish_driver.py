@@ -139,9 +139,9 @@ def test_the_rollout_engine_runs_the_one_reimage_sequence() -> None:
     import ast
     import inspect
 
-    import edgefleet.rollout.executor as executor
+    import edgefleet.rollout.reimage.redfish as redfish_reimager
 
-    tree = ast.parse(inspect.getsource(executor))
+    tree = ast.parse(inspect.getsource(redfish_reimager))
     called = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
               for n in ast.walk(tree) if isinstance(n, ast.Call)}
     steps = {"choose_slots", "media_slots", "insert_media", "eject_media", "set_boot_once_cd", "reset", "wait_power"}

@@ -1,7 +1,6 @@
-"""How one node is reimaged, step by step, for either method: ``Reimager`` (prepare, disrupt,
-wait, finish, cleanup) with ``RedfishReimager`` (virtual media through the BMC) and
-``TalosInBandReimager`` (a Talos API reset from the network seed); one ``WindowGuard`` and one
-``QuorumPolicy`` (etcd membership health, Bootstrap exactly once) for both; ``reimage_node`` runs them."""
+"""How one node is reimaged, step by step: ``Reimager`` (prepare, disrupt, wait, finish, cleanup),
+``RedfishReimager`` (virtual media through the BMC) and ``TalosInBandReimager`` (a Talos API reset);
+one ``WindowGuard`` and one ``QuorumPolicy`` for both; ``reimage_node`` runs them."""
 
 from edgefleet.rollout.reimage.base import NodeTask, Reimager, WindowGuard
 from edgefleet.rollout.reimage.inband import TalosInBandReimager

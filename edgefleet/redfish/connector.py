@@ -70,8 +70,8 @@ from edgefleet.inventory.model import BmcTls, CredentialsRef, Node
 from edgefleet.redfish.responses import (
     RedfishResponse,
     error_from_response,
-    is_json_type,
     parse_retry_after,
+    parse_success,
     redfish_messages,
 )
 from edgefleet.redfish.transport import POOL_KEY, BmcClients, PinMismatch, PooledClient, Timeouts, is_cert_failure
@@ -439,7 +439,8 @@ class Connector:
             tries.repeatable = idempotent
             raise self._transport_error(method, url, operation, "transport error", e) from None
         if r.status_code < 400:
-            return self._parse_ok(r, method, url, operation)
+            return parse_success(r.status_code, r.headers, r.content, method=method, url=url, bmc=self.bmc,
+                                 operation=operation)
         err = error_from_response(r.status_code, r.content, bmc=self.bmc, operation=operation,
                                   method=method, url=url)
         if r.status_code == 503:  # not processed: repeated for any method, after its Retry-After
@@ -454,25 +455,6 @@ class Connector:
         detail = str(e) or type(e).__name__
         return BmcError(f"{method} {url}: {what} ({detail})", bmc=self.bmc, operation=operation,
                         transient=True)
-
-    def _parse_ok(self, r: httpx.Response, method: str, url: str, operation: str) -> RedfishResponse:
-        hdrs = {k.lower(): v for k, v in r.headers.items()}
-        if r.status_code == 204 or not r.content.strip():
-            return RedfishResponse(r.status_code, {}, hdrs, url)
-        ctype = r.headers.get("content-type", "")
-        if not is_json_type(ctype):
-            raise BmcError(f"{method} {url} -> HTTP {r.status_code} with content type {ctype or '(none)'!r}, "
-                           "expected application/json: is this URL a Redfish service?",
-                           bmc=self.bmc, operation=operation, status=r.status_code)
-        try:
-            body = json.loads(r.content)
-        except ValueError as e:
-            raise BmcError(f"{method} {url} -> HTTP {r.status_code}: malformed JSON ({e})", bmc=self.bmc,
-                           operation=operation, status=r.status_code) from None
-        if not isinstance(body, dict):
-            raise BmcError(f"{method} {url} -> HTTP {r.status_code}: expected a JSON object, got "
-                           f"{type(body).__name__}", bmc=self.bmc, operation=operation, status=r.status_code)
-        return RedfishResponse(r.status_code, body, hdrs, url)
 
     async def aclose(self) -> None:
         """Log out of the session, if one was created (best effort: the BMC expires it anyway)."""

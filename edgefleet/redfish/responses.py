@@ -12,7 +12,8 @@ from typing import Any
 
 from edgefleet.errors import BmcError
 
-__all__ = ["RedfishResponse", "error_from_response", "is_json_type", "parse_retry_after", "redfish_messages"]
+__all__ = ["RedfishResponse", "error_from_response", "is_json_type", "parse_retry_after", "parse_success",
+           "redfish_messages"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,3 +103,26 @@ def is_json_type(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or media.endswith("+json")
 
+
+
+def parse_success(status: int, headers: Mapping[str, str], content: bytes, *, method: str, url: str, bmc: str,
+                  operation: str) -> RedfishResponse:
+    """A 2xx answer as a ``RedfishResponse``: an empty body or a 204 is ``{}``; anything but a JSON
+    object with a JSON content type is a non-transient ``BmcError`` (is this URL a Redfish service?)."""
+    hdrs = {k.lower(): v for k, v in headers.items()}
+    if status == 204 or not content.strip():
+        return RedfishResponse(status, {}, hdrs, url)
+    ctype = hdrs.get("content-type", "")
+    if not is_json_type(ctype):
+        raise BmcError(f"{method} {url} -> HTTP {status} with content type {ctype or '(none)'!r}, "
+                       "expected application/json: is this URL a Redfish service?",
+                       bmc=bmc, operation=operation, status=status)
+    try:
+        body = json.loads(content)
+    except ValueError as e:
+        raise BmcError(f"{method} {url} -> HTTP {status}: malformed JSON ({e})", bmc=bmc,
+                       operation=operation, status=status) from None
+    if not isinstance(body, dict):
+        raise BmcError(f"{method} {url} -> HTTP {status}: expected a JSON object, got "
+                       f"{type(body).__name__}", bmc=bmc, operation=operation, status=status)
+    return RedfishResponse(status, body, hdrs, url)

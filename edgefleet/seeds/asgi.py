@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import socket
 import time
@@ -22,13 +23,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import IO, ClassVar, Protocol
+from typing import IO, Any, ClassVar, Protocol, cast
 
 import h11
 import uvicorn
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.h11_impl import H11Protocol, RequestResponseCycle
 
 from edgefleet.errors import SeedError
 from edgefleet.seeds.tokens import Grants, check_token, split_target
@@ -48,7 +49,12 @@ __all__ = [
     "outcome_of",
 ]
 
+<<<<<<< HEAD
 _STATE_KEY = "edgefleet.seeds"  # the request's RequestOutcome in scope["state"]
+=======
+_SENDFILE_CHUNK = 4 * 1024 * 1024
+_STATE_KEY = "edgefleet.seeds"  # the request's Outcome in scope["state"]
+>>>>>>> wt16-seedsrv
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,7 @@ class RequestOutcome:
     relpath: str = ""
     route: DynamicRoute | None = None
     rest: tuple[str, ...] = ()
+    finish: Callable[[], None] | None = None  # writes the access-log line (once)
 
 
 def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> Response:
@@ -165,11 +172,18 @@ class AccessLogMiddleware:
                 self.log.write(f"{client[0]}:{client[1]}" if client else "-", scope["method"], out, started)
 
         async def counted(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            kind = message["type"]
+            if kind == "http.response.start":
                 out.status = message["status"]
-            elif message["type"] == "http.response.body" and scope["method"] != "HEAD":
+            elif kind == "http.response.body" and scope["method"] != "HEAD":
                 out.sent += len(message.get("body", b""))
-            if message["type"] == "http.response.body" and not message.get("more_body", False):
+            elif kind == "http.response.pathsend":
+                # The whole file by sendfile: the protocol times each chunk, counts the bytes
+                # and writes the log line (out.finish) before the last byte.
+                out.finish = write_log
+                await send(message)
+                return
+            if kind == "http.response.body" and not message.get("more_body", False):
                 # Before the last bytes go out, not when the app returns: by then the client may
                 # have read the response and had its next request answered (and logged).
                 write_log()
@@ -255,17 +269,41 @@ class Limits:
     max_connections: int
     max_head_bytes: int
     header_timeout_s: float
+    send_timeout_s: float
     log: Callable[[str, int], None]
 
 
 class GuardedH11(H11Protocol):
     """uvicorn's h11 protocol with the limits uvicorn lacks: a request head must arrive within
     ``header_timeout_s`` (``408``) and stay under ``max_head_bytes`` (``431``); a connection beyond
-    ``max_connections`` gets ``503``. ``limits`` is set on a subclass made per server."""
+    ``max_connections`` gets ``503``. ``limits`` is set on a subclass made per server.
+
+    It also offers the ASGI ``http.response.pathsend`` extension, which Starlette's
+    ``FileResponse`` uses for a whole file: the body goes out with ``sendfile`` (no copy through
+    Python; a release image is hundreds of MiB), each 4 MiB within ``send_timeout_s``."""
 
     limits: ClassVar[Limits]
     _head_timer: asyncio.TimerHandle | None = None
     _head_bytes = 0
+    _offered: RequestResponseCycle | None = None
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        cycle = self.cycle
+        if cycle is not None and cycle is not self._offered:
+            # A request just began: its task is created but has not run yet, so it still sees this.
+            self._offered = cycle
+            cycle.scope["extensions"] = {**cycle.scope.get("extensions", {}), "http.response.pathsend": {}}
+            plain = cycle.send
+            timeout = self.limits.send_timeout_s
+
+            async def send(message: Any) -> None:
+                if message["type"] == "http.response.pathsend":
+                    await _send_file(cycle, message["path"], timeout)
+                else:
+                    await plain(message)
+
+            cycle.send = send  # type: ignore[method-assign]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -326,6 +364,60 @@ class _QuietDrop(logging.Filter):
 
 
 _QUIET_DROP = _QuietDrop()
+
+
+class _Placeholder:
+    """Stands for a file chunk in h11's framing (``send_with_data_passthrough``): h11 counts its
+    length against the Content-Length, and the bytes themselves go out with ``sendfile``."""
+
+    def __init__(self, length: int):
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+
+async def _send_file(cycle: RequestResponseCycle, path: str, timeout_s: float) -> None:
+    """The body of a response whose head is sent: the file at ``path``, by ``sendfile``, then the
+    end of the response. A client gone (or too slow) ends it early; uvicorn closes the connection.
+    The request's access-log line is written just before the last byte goes out (once the client
+    has the whole response, it may already be reading the log), with the bytes sent."""
+    out = outcome_of(cast(Scope, cycle.scope))
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            pos = 0
+            while pos < size:
+                if cycle.disconnected:
+                    return
+                if cycle.flow.write_paused:
+                    await cycle.flow.drain()
+                chunk = min(_SENDFILE_CHUNK, size - 1 - pos) or 1  # the last byte goes on its own
+                if pos + chunk == size and out.finish is not None:
+                    out.sent = size
+                    out.finish()
+                await _send_chunk(cycle, fh, pos, chunk, timeout_s)
+                pos += chunk
+                out.sent = pos
+    except (ConnectionError, TimeoutError, RuntimeError, h11.LocalProtocolError):
+        # RuntimeError: the transport closed under sendfile; LocalProtocolError: the file is not
+        # the length the response declared (replaced since). Either way the response cannot end well.
+        cycle.transport.close()
+        return
+    await cycle.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _send_chunk(cycle: RequestResponseCycle, fh: IO[bytes], pos: int, count: int, timeout_s: float) -> None:
+    placeholder = _Placeholder(count)
+    parts = cycle.conn.send_with_data_passthrough(h11.Data(data=placeholder))  # type: ignore[arg-type]
+    for part in parts or ():
+        if part is not placeholder:  # type: ignore[comparison-overlap]
+            cycle.transport.write(part)
+            continue
+        async with asyncio.timeout(timeout_s):
+            sent = await asyncio.get_running_loop().sendfile(cycle.transport, fh, pos, count)
+        if sent != count:
+            raise ConnectionError(f"{fh.name} shrank while being sent")
 
 
 class QuietUvicorn(uvicorn.Server):

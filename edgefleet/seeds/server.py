@@ -275,7 +275,7 @@ class SeedServer:
         return ctx
 
     def _config(self, ctx: ssl.SSLContext | None) -> uvicorn.Config:
-        limits = Limits(self.max_connections, self.max_head_bytes, self.header_timeout_s,
+        limits = Limits(self.max_connections, self.max_head_bytes, self.header_timeout_s, self.send_timeout_s,
                          lambda client, status: self._log.write(client, "-", RequestOutcome(status=status), 0.0))
         protocol = type("_SeedProtocol", (GuardedH11,), {"limits": limits})
         middleware = [Middleware(AccessLogMiddleware, log=self._log, send_timeout_s=self.send_timeout_s),

@@ -473,8 +473,9 @@ class Executor:
 
     async def _waves(self, rec: RolloutRecord) -> tuple[RolloutStatus, str]:
         caps = _Caps(asyncio.Semaphore(self.s.max_concurrent), self.s.max_per_region, self.s.max_per_country)
-        runs = self.ledger.runs(self.id)
-        for wave in self.ledger.waves(self.id):
+        runs = self.ledger.runs(self.id)  # the planned rows: wave, earliest start, from/to release
+        waves = self.ledger.waves(self.id)
+        for wave in waves:
             if wave.status in ("passed", "halted"):
                 if wave.status == "halted":
                     return RolloutStatus.halted, wave.reason
@@ -498,8 +499,10 @@ class Executor:
                                                 detail={"wave": wave.index, "name": wave.name,
                                                         "stores": len(members)}))
             # Stores with more nodes first (longest processing time first): under the caps, a long
-            # store started last would hold the wave open alone for its whole length.
-            todo = sorted((r for r in members if r.status not in RUN_DONE), key=self._node_count, reverse=True)
+            # store started last would hold the wave open alone for its whole length. Among equals,
+            # the planned order (earliest start).
+            todo = sorted((r for r in members if r.status not in RUN_DONE),
+                          key=lambda r: (-self._node_count(r), r.earliest_start or self.now(), r.store))
             outcomes = await asyncio.gather(*(self._store_task(r, caps) for r in todo))
             inconclusive = sum(1 for o in outcomes if o == "inconclusive")
             final = {r.store: r for r in self.ledger.runs(self.id) if r.wave == wave.index}
@@ -522,7 +525,7 @@ class Executor:
                 return RolloutStatus.halted, f"wave {wave.name}: {why}"
             if decision is WaveDecision.pause:
                 return RolloutStatus.paused, f"wave {wave.name}: {why}"
-            if self.s.wave_soak > timedelta(0) and wave.index < max(w.index for w in self.ledger.waves(self.id)):
+            if self.s.wave_soak > timedelta(0) and wave.index < waves[-1].index:
                 await self._event("wave_soak", reason=f"waiting {self.s.wave_soak} before the next wave",
                                   detail={"wave": wave.index})
                 until = time.monotonic() + self.endpoints.real_seconds(self.s.wave_soak.total_seconds())

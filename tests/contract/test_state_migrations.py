@@ -23,6 +23,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, inspect, text
 
 from edgefleet.errors import StateError
+from edgefleet.rollout import operations as ops
 from edgefleet.rollout.ledger import Ledger, RolloutStatus, RunStatus
 from edgefleet.state.db import TABLE_MODULES, Base, create_state_engine
 from edgefleet.state.migrate import BASELINE, Migrated, head_revision, migrate, script_config
@@ -163,6 +164,10 @@ def test_a_store_from_before_migrations_is_adopted_and_keeps_its_rows(url: str) 
         ("s3", RunStatus.pending, "")]
     assert [w.status for w in ledger.waves("ro-old")] == ["passed", "running"]
     assert ledger.store_releases()["s1"] == ("v2", "v1")
+    assert [r.earliest_start for r in ledger.runs("ro-old")] == [None, None, None]  # not planned in time then
+    request = ops.saved_request(rec)  # the request as that version saved it, read whole
+    assert (request.kind, request.release, request.canary, request.waves) == ("rollout", "v2", 1, ("1", "100%"))
+    assert (request.settings.max_concurrent, request.settings.node_ready_timeout_s) == (2, 90.0)
     engine.dispose()
     again = _raw(url)
     assert migrate(again, Base.metadata) is Migrated.current

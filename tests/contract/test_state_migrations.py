@@ -6,13 +6,17 @@ one store at once migrate it once."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import itertools
 import json
 import multiprocessing
 import os
+import shutil
+import sqlite3
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +28,24 @@ from sqlalchemy import Engine, create_engine, inspect, text
 
 from edgefleet.errors import StateError
 from edgefleet.rollout import operations as ops
+from edgefleet.rollout.executor import EngineSettings
 from edgefleet.rollout.ledger import Ledger, RolloutStatus, RunStatus
-from edgefleet.state.db import TABLE_MODULES, Base, create_state_engine
+from edgefleet.state.db import TABLE_MODULES, Base, close_all, create_state_engine
 from edgefleet.state.migrate import BASELINE, Migrated, head_revision, migrate, script_config
+from tests.contract.rollout_world import (
+    PASSWORD,
+    PASSWORD_ENV,
+    get_json,
+    ledger_matches_sim,
+    ledger_url,
+    make_inventory,
+    release_home,
+    running_world,
+)
+from tests.helpers import require_tool
 from tests.pg import Postgres, start_postgres
 
+START = datetime(2026, 11, 3, 21, 30, tzinfo=UTC)  # 22:30 in Copenhagen: inside the 22:00-05:00 window
 DATA = Path(__file__).resolve().parents[1] / "data"
 SCHEMA_0001 = DATA / "state_schema_0001.sql"  # what create_all made before migrations existed
 _db_names = itertools.count()
@@ -216,3 +233,83 @@ def test_two_processes_opening_one_store_at_once_migrate_it_once(url: str) -> No
         assert list(conn.execute(text("SELECT version_num FROM alembic_version"))) == [(head_revision(),)]
     assert _differences(engine) == []
     engine.dispose()
+
+
+def _make_legacy(db: Path) -> None:
+    """Rewrite the SQLite store ``db`` as the last edgefleet without migrations would have left it:
+    that version's schema (the dump), its rows (columns it did not have dropped), each operation's
+    saved settings in that version's shape (``{"settings": {...}}``), no alembic_version."""
+    legacy = db.with_name("legacy.db")
+    src, dst = sqlite3.connect(db), sqlite3.connect(legacy)
+    dst.executescript(SCHEMA_0001.read_text())
+    for (table,) in list(dst.execute("SELECT name FROM sqlite_master WHERE type = 'table'")):
+        cols = ", ".join(f'"{c[1]}"' for c in dst.execute(f'PRAGMA table_info("{table}")'))
+        rows = src.execute(f'SELECT {cols} FROM "{table}"').fetchall()
+        if rows:
+            dst.executemany(f'INSERT INTO "{table}" ({cols}) VALUES ({", ".join("?" * len(rows[0]))})', rows)
+    for rid, policy in list(dst.execute("SELECT id, policy FROM rollouts")):
+        dst.execute("UPDATE rollouts SET policy = ?, plan = ? WHERE id = ?",
+                    (json.dumps({"settings": json.loads(policy)["settings"]}), json.dumps({"stores": []}), rid))
+    dst.commit()
+    dst.close()
+    src.close()
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    os.replace(legacy, db)
+
+
+@pytest.mark.slow
+@pytest.mark.clock  # the store's secrets, Talos API mTLS and seed tokens on the real clock
+def test_an_operation_interrupted_under_the_previous_schema_resumes_after_the_migration(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A provision interrupted mid-reimage, its ledger turned into one of the last version without
+    migrations, opened (adopted: stamped at the baseline, upgraded), then resumed to success from that
+    ledger alone; the simulator's nodes and the ledger agree."""
+    require_tool(shutil.which("packer"), "packer (Debian package `packer`)")
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+    fleet = make_inventory(tmp_path / "inventory")
+    home, engine = release_home(tmp_path, ["v1"])
+    url = ledger_url(home)
+    store = "dk-0003"  # a control plane and a worker
+    settings = EngineSettings(node_ready_timeout_s=30.0, quorum_timeout_s=30.0, store_gate_timeout_s=30.0,
+                              window_wait_max_s=10.0, poll_s=0.05, heartbeat_s=0.5, power_deadline_s=5.0)
+
+    async def main() -> None:
+        async with running_world(fleet, home, boot_seconds=60, time_scale=120, clock=START,
+                                 ca_out=tmp_path / "talos-ca.pem") as (sim, ep):
+            made = ops.create_provision(fleet, engine, home, store, "v1", ep.clock(), settings=settings,
+                                        operator="test")
+            rid = made.record.id
+            task = asyncio.create_task(ops.run(fleet, home, engine, ep, rid, settings=settings))
+            for _ in range(1500):  # interrupted once its first node is booting from the media
+                await asyncio.sleep(0.02)
+                if Ledger(engine).events(rid, kind="reimage_booting") or task.done():
+                    break
+            assert not task.done(), task
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            engine.dispose()
+            close_all()
+            _make_legacy(home / "edgefleet.db")
+            assert _revision(_raw(url)) is None
+
+            migrated = create_state_engine(url)
+            try:
+                assert _revision(migrated) == head_revision() and _differences(migrated) == []
+                ledger = Ledger(migrated)
+                assert ledger.rollout(rid).status is RolloutStatus.running
+                rec = await ops.resume(fleet, home, migrated, ep, rid)  # settings from the old ledger alone
+                assert rec.status is RolloutStatus.succeeded, ops.status(migrated, rid)
+                started = ledger.events(rid, kind="execution_started")
+                assert [e["detail"]["settings"] for e in started] == [settings.to_json()] * 2
+                assert ledger.store_releases()[store] == ("v1", "v1")
+                assert (await get_json(f"{sim}/sim/violations"))["total"] == 0
+                await ledger_matches_sim(sim, ledger, fleet.model_copy(update={"stores": {store: fleet.stores[store]}}))
+            finally:
+                migrated.dispose()
+
+    try:
+        asyncio.run(asyncio.wait_for(main(), 240))
+    finally:
+        engine.dispose()

@@ -391,7 +391,8 @@ def check_run(sim: Simulator, state: str, rollout_id: str, release: str, nodes: 
         bad = [(r.store, r.status.value, r.reason) for r in runs if r.status is not RunStatus.succeeded]
         if rec.status.value != "succeeded" or bad:
             raise RuntimeError(f"rollout {rollout_id} is {rec.status.value} ({rec.reason}); not succeeded: {bad[:5]}")
-        waves_plan = rec.plan["waves"]
+        planned = sorted(runs, key=lambda r: (r.wave, r.earliest_start or rec.created_at, r.store))
+        waves_plan = [[r.store for r in planned if r.wave == w.index] for w in ledger.waves(rollout_id)]
     finally:
         engine.dispose()
     report = sim.get("/sim/report")
@@ -402,7 +403,7 @@ def check_run(sim: Simulator, state: str, rollout_id: str, release: str, nodes: 
         raise RuntimeError(f"the simulator's nodes run {report['releases']}, not all {release}")
     if report["violations"]["total"] != 0:
         raise RuntimeError(f"the oracle found violations: {report['violations']['by_rule']}")
-    return joined, [[s["store"] for s in w["stores"]] for w in waves_plan], len(runs)
+    return joined, waves_plan, len(runs)
 
 
 # -- the benchmark -----------------------------------------------------------------------------------

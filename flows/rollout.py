@@ -12,7 +12,8 @@ and lose its record. Per-store progress lives in the ledger and in the progress 
 Where a run reads and writes: parameters ``inventory``, ``home`` and ``state_url`` when given, else the
 worker's ``EDGEFLEET_INVENTORY``, ``EDGEFLEET_HOME`` and ``EDGEFLEET_STATE_URL`` (as the CLI); with
 ``sim_url`` the run drives that fleet simulator (and its clock) instead of the inventory's addresses.
-``seed_public_url`` is the CLI's ``--seed-public-url`` (recorded with the operation, kept on resume).
+``seed_public_url`` is the CLI's ``--seed-public-url``; it, the timeouts and the retry budgets are saved
+with the operation (its ``RolloutRequest``) and kept on resume.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from edgefleet.rollout.endpoints import Endpoints, from_inventory, from_simulato
 from edgefleet.rollout.executor import EngineSettings
 from edgefleet.rollout.ledger import RolloutRecord, RolloutStatus
 from edgefleet.rollout.plan import RolloutPlan, RolloutPolicy
+from edgefleet.rollout.request import RolloutRequest
 from edgefleet.schedule.groups import freeze_decision
 from edgefleet.settings import load_settings
 from edgefleet.state.db import open_state
@@ -59,6 +61,11 @@ def _serial(entries: list[str]) -> tuple[int | str, ...]:
 
 def _budget(text: str) -> int | str:
     return int(text) if text.strip().isdigit() else text.strip()
+
+
+def _settings(**fields: Any) -> EngineSettings:
+    """The flow's engine parameters, validated (InputError naming the bad ones)."""
+    return RolloutRequest.build(release="-", settings=fields).settings
 
 
 def _fleet(inventory: str | None) -> Fleet:
@@ -178,12 +185,17 @@ async def rollout(release: str, stores: list[str] | None = None, canary: int = 1
                   canary_stores: list[str] | None = None, waves: list[str] | None = None,
                   wave_groups: list[str] | None = None, max_concurrent: int = 100, max_per_region: int | None = None,
                   max_per_country: int | None = None, failure_budget: str = "10%", node_minutes: float = 20.0,
-                  node_timeout_s: float = 1800.0, gate_timeout_s: float = 600.0, poll_s: float = 2.0,
-                  soak_s: float = 0.0, wave_soak_minutes: float = 30.0, gate_on_window: bool = True,
+                  node_timeout_s: float = 1800.0, quorum_timeout_s: float = 600.0, gate_timeout_s: float = 600.0,
+                  poll_s: float = 2.0, soak_s: float = 0.0, bmc_attempts: int = 4, reimage_attempts: int = 3,
+                  wave_soak_minutes: float = 30.0, gate_on_window: bool = True,
                   max_wait_hours: float = 12.0, seed_public_url: str | None = None, sim_url: str | None = None,
                   inventory: str | None = None,
                   home: str | None = None, state_url: str | None = None) -> State[Any]:
     """Roll ``release`` out to ``stores`` (default: the whole fleet) as canary + waves.
+
+    The parameters make one ``RolloutRequest`` (validated here, saved whole with the rollout): the
+    quorum, node-ready, gate and soak timeouts and the retry budgets are the CLI's options of the
+    same names (``rollout start --quorum-timeout ...``).
 
     ``gate_on_window``: first wait (at most ``max_wait_hours``) until every store of the run is inside
     its maintenance window and in no freeze, or skip the run (ends Cancelled with the reason, so
@@ -193,34 +205,33 @@ async def rollout(release: str, stores: list[str] | None = None, canary: int = 1
     engine = open_state(state_url or load_settings().state_store_url)
     home_dir = Path(home) if home else load_settings().home
     endpoints = await _endpoints(fleet, sim_url)
-    policy = RolloutPolicy(canary=list(canary_stores) if canary_stores else canary,
-                           waves=_serial(waves or ["1", "5", "20%", "100%"]), wave_groups=tuple(wave_groups or ()),
-                           max_concurrent=max_concurrent, max_per_region=max_per_region,
-                           max_per_country=max_per_country, failure_budget=_budget(failure_budget),
-                           node_duration=timedelta(minutes=node_minutes),
-                           wave_soak=timedelta(minutes=wave_soak_minutes))
+    request = RolloutRequest.build(
+        kind="rollout", release=release, stores=stores or None,
+        canary=tuple(canary_stores) if canary_stores else canary, waves=_serial(waves or ["1", "5", "20%", "100%"]),
+        wave_groups=tuple(wave_groups or ()), failure_budget=_budget(failure_budget),
+        settings=_settings(max_concurrent=max_concurrent, max_per_region=max_per_region,
+                           max_per_country=max_per_country, node_duration=timedelta(minutes=node_minutes),
+                           wave_soak=timedelta(minutes=wave_soak_minutes), node_ready_timeout_s=node_timeout_s,
+                           quorum_timeout_s=quorum_timeout_s, store_gate_timeout_s=gate_timeout_s, poll_s=poll_s,
+                           soak=timedelta(seconds=soak_s), bmc_attempts=bmc_attempts,
+                           reimage_attempts=reimage_attempts, seed_public_url=seed_public_url))
     if gate_on_window:
-        skip = await _await_window(fleet, stores or list(fleet.stores), endpoints,
-                                   policy.node_duration, timedelta(hours=max_wait_hours))
+        skip = await _await_window(fleet, list(request.stores or fleet.stores), endpoints,
+                                   request.settings.node_duration, timedelta(hours=max_wait_hours))
         if skip is not None:
             return Cancelled(message=f"skipped: {skip}")
-    settings = ops.settings_for(policy, EngineSettings(node_ready_timeout_s=node_timeout_s, poll_s=poll_s,
-                                                       soak=timedelta(seconds=soak_s),
-                                                       store_gate_timeout_s=gate_timeout_s,
-                                                       quorum_timeout_s=gate_timeout_s,
-                                                       seed_public_url=seed_public_url))
-    made = ops.create_rollout(fleet, engine, release, policy, endpoints.clock(), settings=settings,
-                              operator="prefect", stores=stores)
+    made = ops.record_rollout(fleet, engine, request, endpoints.clock(), operator="prefect")
     if made.plan is not None:
         await acreate_markdown_artifact(markdown=_plan_markdown(made.plan), key=_artifact_key("plan", made.record.id),
                                        description=f"plan of rollout {made.record.id}")
-    return await _drive(fleet, home_dir, engine, endpoints, made.record.id, settings)
+    return await _drive(fleet, home_dir, engine, endpoints, made.record.id, request.settings)
 
 
 @flow(name="rollback", retries=0)
 async def rollback(release: str, reason: str = "", max_concurrent: int = 100, max_per_region: int | None = None,
                    max_per_country: int | None = None, failure_budget: str = "10%", node_minutes: float = 20.0,
-                   node_timeout_s: float = 1800.0, gate_timeout_s: float = 600.0, poll_s: float = 2.0,
+                   node_timeout_s: float = 1800.0, quorum_timeout_s: float = 600.0, gate_timeout_s: float = 600.0,
+                   poll_s: float = 2.0, bmc_attempts: int = 4, reimage_attempts: int = 3,
                    seed_public_url: str | None = None, sim_url: str | None = None,
                    inventory: str | None = None, home: str | None = None,
                    state_url: str | None = None) -> State[Any]:
@@ -232,21 +243,22 @@ async def rollback(release: str, reason: str = "", max_concurrent: int = 100, ma
     policy = RolloutPolicy(canary=0, waves=("100%",), max_concurrent=max_concurrent, max_per_region=max_per_region,
                            max_per_country=max_per_country, failure_budget=_budget(failure_budget),
                            node_duration=timedelta(minutes=node_minutes))
-    settings = ops.settings_for(policy, EngineSettings(node_ready_timeout_s=node_timeout_s, poll_s=poll_s,
-                                                       store_gate_timeout_s=gate_timeout_s,
-                                                       quorum_timeout_s=gate_timeout_s,
-                                                       seed_public_url=seed_public_url))
+    settings = _settings(node_ready_timeout_s=node_timeout_s, quorum_timeout_s=quorum_timeout_s,
+                         store_gate_timeout_s=gate_timeout_s, poll_s=poll_s, bmc_attempts=bmc_attempts,
+                         reimage_attempts=reimage_attempts, seed_public_url=seed_public_url)
     made = ops.create_rollback(fleet, engine, release, endpoints.clock(), reason=reason or "rollback flow",
                                policy=policy, settings=settings, operator="prefect")
     for sid, why in made.skipped:
         get_run_logger().warning("not rolled back: %s: %s", sid, why)
-    home_dir = Path(home) if home else load_settings().home
-    return await _drive(fleet, home_dir, engine, endpoints, made.record.id, settings)
+    assert made.request is not None
+    return await _drive(fleet, Path(home) if home else load_settings().home, engine, endpoints, made.record.id,
+                        made.request.settings)
 
 
 @flow(name="provision_store", retries=0)
-async def provision_store(store: str, release: str, node_timeout_s: float = 1800.0, gate_timeout_s: float = 600.0,
-                          poll_s: float = 2.0, seed_public_url: str | None = None,
+async def provision_store(store: str, release: str, node_timeout_s: float = 1800.0, quorum_timeout_s: float = 600.0,
+                          gate_timeout_s: float = 600.0, poll_s: float = 2.0, bmc_attempts: int = 4,
+                          reimage_attempts: int = 3, seed_public_url: str | None = None,
                           sim_url: str | None = None, inventory: str | None = None, home: str | None = None,
                           state_url: str | None = None) -> State[Any]:
     """Provision ``store`` on ``release``: cluster secrets on first use, seeds, every node reimaged,
@@ -255,8 +267,9 @@ async def provision_store(store: str, release: str, node_timeout_s: float = 1800
     engine = open_state(state_url or load_settings().state_store_url)
     home_dir = Path(home) if home else load_settings().home
     endpoints = await _endpoints(fleet, sim_url)
-    settings = EngineSettings(node_ready_timeout_s=node_timeout_s, poll_s=poll_s, store_gate_timeout_s=gate_timeout_s,
-                              quorum_timeout_s=gate_timeout_s, seed_public_url=seed_public_url)
+    settings = _settings(node_ready_timeout_s=node_timeout_s, quorum_timeout_s=quorum_timeout_s,
+                         store_gate_timeout_s=gate_timeout_s, poll_s=poll_s, bmc_attempts=bmc_attempts,
+                         reimage_attempts=reimage_attempts, seed_public_url=seed_public_url)
     made = ops.create_provision(fleet, engine, home_dir, store, release, endpoints.clock(), settings=settings,
                                 operator="prefect")
     return await _drive(fleet, home_dir, engine, endpoints, made.record.id, settings)

@@ -67,6 +67,16 @@ SeedUrlOpt = Annotated[str | None, typer.Option(
                               "seed_url takes precedence for its nodes. Recorded with the rollout")]
 PostHookOpt = Annotated[Path | None, typer.Option("--post-hook", help="Ansible playbook run after each store "
                                                                      "passed its gate (failing: rolled back)")]
+QuorumOpt = Annotated[float, typer.Option("--quorum-timeout", min=0.1, help="Seconds to wait for the other control "
+                                                                            "planes to be Ready before one is wiped")]
+GateOpt = Annotated[float, typer.Option("--gate-timeout", min=0.1, help="Seconds a store may take to pass its "
+                                                                        "health gate after its last node")]
+BmcAttemptsOpt = Annotated[int, typer.Option("--bmc-attempts", min=1, help="Tries of one BMC request that fails "
+                                                                           "transiently")]
+ReimageAttemptsOpt = Annotated[int, typer.Option("--reimage-attempts", min=1, help="Tries of a node's whole "
+                                                                                   "reimage sequence")]
+StoresOpt = Annotated[list[str] | None, typer.Option("--store", help="Only this store (repeat for more); default: "
+                                                                     "every store of the inventory")]
 
 
 def _engine() -> Engine:
@@ -109,6 +119,15 @@ def _policy(canary: int | None, canary_stores: str | None, waves: str, wave_grou
                          failure_budget=_budget(failure_budget), node_duration=timedelta(minutes=node_minutes))
 
 
+def _known_stores(fleet: Fleet, stores: list[str] | None) -> None:
+    """``--store``: every id must be a store of the inventory (InputError naming the unknown ones)."""
+    unknown = [s for s in stores or () if s not in fleet.stores]
+    if unknown:
+        some = ", ".join(sorted(fleet.stores)[:5]) + (", ..." if len(fleet.stores) > 5 else "")
+        raise InputError(f"--store {', '.join(unknown)}: no such store in the inventory {fleet.source or ''} "
+                         f"(its stores: {some}); check the id or the --inventory path")
+
+
 def _seed_url(url: str | None) -> str | None:
     from edgefleet.rollout.executor import SEED_URL_PATTERN
 
@@ -119,13 +138,16 @@ def _seed_url(url: str | None) -> str | None:
 
 
 def _settings(node_timeout: float, soak: float, poll: float, pre_hook: Path | None = None,
-              post_hook: Path | None = None, seed_public_url: str | None = None) -> EngineSettings:
+              post_hook: Path | None = None, seed_public_url: str | None = None, *, quorum_timeout: float = 600.0,
+              gate_timeout: float = 600.0, bmc_attempts: int = 4, reimage_attempts: int = 3) -> EngineSettings:
     from edgefleet.rollout.executor import EngineSettings
 
     for flag, hook in (("--pre-hook", pre_hook), ("--post-hook", post_hook)):
         if hook is not None and not hook.is_file():
             raise InputError(f"{flag} {hook}: no such playbook")
     return EngineSettings(node_ready_timeout_s=node_timeout, soak=timedelta(seconds=soak), poll_s=poll,
+                          quorum_timeout_s=quorum_timeout, store_gate_timeout_s=gate_timeout,
+                          bmc_attempts=bmc_attempts, reimage_attempts=reimage_attempts,
                           pre_hook=str(pre_hook.resolve()) if pre_hook else None,
                           post_hook=str(post_hook.resolve()) if post_hook else None,
                           seed_public_url=_seed_url(seed_public_url))
@@ -197,7 +219,7 @@ def _finish(engine: Engine, rec: RolloutRecord, json_out: bool) -> None:
 def plan(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), canary: CanaryOpt = None,
          canary_stores: CanaryStoresOpt = None, waves: WavesOpt = "1,5,20%,100%", wave_groups: GroupsOpt = None,
          max_concurrent: MaxOpt = 100, max_per_region: RegionOpt = None, max_per_country: CountryOpt = None,
-         failure_budget: BudgetOpt = "10%", node_minutes: NodeMinOpt = 20.0,
+         failure_budget: BudgetOpt = "10%", node_minutes: NodeMinOpt = 20.0, store: StoresOpt = None,
          now: Annotated[str | None, typer.Option("--now", help="Plan as of this instant (ISO 8601)")] = None,
          json_out: JsonOpt = False) -> None:
     """Show the plan: waves, stores, earliest start per store in UTC and local time."""
@@ -205,7 +227,7 @@ def plan(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), canar
 
     p = ops.plan(_fleet(inventory), _engine(), release,
                  _policy(canary, canary_stores, waves, wave_groups, max_concurrent, max_per_region, max_per_country,
-                         failure_budget, node_minutes), parse_instant(now, "--now"))
+                         failure_budget, node_minutes), parse_instant(now, "--now"), stores=store)
     if json_out:
         print_json(p.to_dict())
         return
@@ -221,24 +243,30 @@ def start(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), cana
           canary_stores: CanaryStoresOpt = None, waves: WavesOpt = "1,5,20%,100%", wave_groups: GroupsOpt = None,
           max_concurrent: MaxOpt = 100, max_per_region: RegionOpt = None, max_per_country: CountryOpt = None,
           failure_budget: BudgetOpt = "10%", node_minutes: NodeMinOpt = 20.0, node_timeout: NodeTimeoutOpt = 1800.0,
-          soak: SoakOpt = 0.0, poll: PollOpt = 2.0, pre_hook: PreHookOpt = None, post_hook: PostHookOpt = None,
-          seed_public_url: SeedUrlOpt = None, sim: SimOpt = None, json_out: JsonOpt = False) -> None:
+          quorum_timeout: QuorumOpt = 600.0, gate_timeout: GateOpt = 600.0, soak: SoakOpt = 0.0, poll: PollOpt = 2.0,
+          bmc_attempts: BmcAttemptsOpt = 4, reimage_attempts: ReimageAttemptsOpt = 3, store: StoresOpt = None,
+          pre_hook: PreHookOpt = None, post_hook: PostHookOpt = None, seed_public_url: SeedUrlOpt = None,
+          sim: SimOpt = None, json_out: JsonOpt = False) -> None:
     """Plan, record and run a rollout of RELEASE to its end (or a halt, or a pause)."""
     from edgefleet.rollout import operations as ops
+    from edgefleet.rollout.request import RolloutRequest
 
     fleet, engine = _fleet(inventory), _engine()
-    policy = _policy(canary, canary_stores, waves, wave_groups, max_concurrent, max_per_region, max_per_country,
-                     failure_budget, node_minutes)
-    settings = ops.settings_for(policy, _settings(node_timeout, soak, poll, pre_hook, post_hook,
-                                                      seed_public_url))
+    _known_stores(fleet, store)
+    request = RolloutRequest.of(
+        "rollout", release, _policy(canary, canary_stores, waves, wave_groups, max_concurrent, max_per_region,
+                                    max_per_country, failure_budget, node_minutes),
+        _settings(node_timeout, soak, poll, pre_hook, post_hook, seed_public_url, quorum_timeout=quorum_timeout,
+                  gate_timeout=gate_timeout, bmc_attempts=bmc_attempts, reimage_attempts=reimage_attempts),
+        stores=store)
 
     async def main() -> RolloutRecord:
         ep = await _endpoints(fleet, sim)
-        made = ops.create_rollout(fleet, engine, release, policy, ep.clock(), settings=settings, operator=_operator())
+        made = ops.record_rollout(fleet, engine, request, ep.clock(), operator=_operator())
         if not json_out:
             console.print(f"rollout [bold]{made.record.id}[/bold]: {sum(len(w.stores) for w in made.plan.waves)} "
                           f"stores in {len(made.plan.waves)} waves" if made.plan else made.record.id)
-        return await ops.run(fleet, edgefleet_home(), engine, ep, made.record.id, settings=settings)
+        return await ops.run(fleet, edgefleet_home(), engine, ep, made.record.id, settings=request.settings)
 
     _finish(engine, asyncio.run(main()), json_out)
 
@@ -261,9 +289,19 @@ def resume(rollout_id: Annotated[str, typer.Argument(help="Rollout id")], invent
            approve: Annotated[bool, typer.Option("--approve", help="Go on past a paused wave")] = False,
            reject: Annotated[bool, typer.Option("--reject", help="Halt at a paused wave")] = False,
            node_timeout: Annotated[float | None, typer.Option("--node-timeout", min=0.1, help="Override the "
-                                                              "recorded node timeout (seconds)")] = None,
-           poll: Annotated[float | None, typer.Option("--poll", min=0.01, help="Override the recorded "
+                                                              "saved node timeout (seconds)")] = None,
+           quorum_timeout: Annotated[float | None, typer.Option("--quorum-timeout", min=0.1, help="Override the "
+                                                                "saved quorum timeout (seconds)")] = None,
+           gate_timeout: Annotated[float | None, typer.Option("--gate-timeout", min=0.1, help="Override the "
+                                                              "saved store gate timeout (seconds)")] = None,
+           soak: Annotated[float | None, typer.Option("--soak", min=0, help="Override the saved soak (seconds, "
+                                                      "rollout clock)")] = None,
+           poll: Annotated[float | None, typer.Option("--poll", min=0.01, help="Override the saved "
                                                       "poll interval (seconds)")] = None,
+           bmc_attempts: Annotated[int | None, typer.Option("--bmc-attempts", min=1, help="Override the saved "
+                                                            "BMC request tries")] = None,
+           reimage_attempts: Annotated[int | None, typer.Option("--reimage-attempts", min=1, help="Override the "
+                                                                "saved reimage sequence tries")] = None,
            seed_public_url: Annotated[str | None, typer.Option("--seed-public-url", help="Override the recorded "
                                                                "seed server address (see rollout start)")] = None,
            sim: SimOpt = None, json_out: JsonOpt = False) -> None:
@@ -278,7 +316,11 @@ def resume(rollout_id: Annotated[str, typer.Argument(help="Rollout id")], invent
         ep = await _endpoints(fleet, sim)
         return await ops.resume(fleet, edgefleet_home(), engine, ep, rollout_id,
                                 decision="approve" if approve else "reject" if reject else None,
-                                overrides={"node_ready_timeout_s": node_timeout, "poll_s": poll,
+                                overrides={"node_ready_timeout_s": node_timeout, "quorum_timeout_s": quorum_timeout,
+                                           "store_gate_timeout_s": gate_timeout,
+                                           "soak": timedelta(seconds=soak) if soak is not None else None,
+                                           "poll_s": poll, "bmc_attempts": bmc_attempts,
+                                           "reimage_attempts": reimage_attempts,
                                            "seed_public_url": _seed_url(seed_public_url)})
 
     _finish(engine, asyncio.run(main()), json_out)
@@ -302,7 +344,9 @@ def rollback_cmd(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"
                  reason: Annotated[str, typer.Option("--reason", help="Why (recorded with the revocation)")] = "",
                  max_concurrent: MaxOpt = 100, max_per_region: RegionOpt = None, max_per_country: CountryOpt = None,
                  failure_budget: BudgetOpt = "10%", node_minutes: NodeMinOpt = 20.0,
-                 node_timeout: NodeTimeoutOpt = 1800.0, poll: PollOpt = 2.0, seed_public_url: SeedUrlOpt = None,
+                 node_timeout: NodeTimeoutOpt = 1800.0, quorum_timeout: QuorumOpt = 600.0,
+                 gate_timeout: GateOpt = 600.0, poll: PollOpt = 2.0, bmc_attempts: BmcAttemptsOpt = 4,
+                 reimage_attempts: ReimageAttemptsOpt = 3, seed_public_url: SeedUrlOpt = None,
                  sim: SimOpt = None, json_out: JsonOpt = False) -> None:
     """Revoke RELEASE and bring every store on it back to its last known-good release."""
     from edgefleet.rollout import operations as ops
@@ -310,7 +354,8 @@ def rollback_cmd(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"
     fleet, engine = _fleet(inventory), _engine()
     policy = _policy(None, None, "100%", None, max_concurrent, max_per_region, max_per_country, failure_budget,
                      node_minutes)
-    settings = ops.settings_for(policy, _settings(node_timeout, 0.0, poll, seed_public_url=seed_public_url))
+    settings = _settings(node_timeout, 0.0, poll, seed_public_url=seed_public_url, quorum_timeout=quorum_timeout,
+                         gate_timeout=gate_timeout, bmc_attempts=bmc_attempts, reimage_attempts=reimage_attempts)
 
     async def main() -> RolloutRecord:
         ep = await _endpoints(fleet, sim)
@@ -318,20 +363,22 @@ def rollback_cmd(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"
                                    policy=policy, settings=settings, operator=_operator())
         for sid, why in made.skipped:
             console.print(f"[yellow]not rolled back[/yellow] {sid}: {why}")
-        return await ops.run(fleet, edgefleet_home(), engine, ep, made.record.id, settings=settings)
+        return await ops.run(fleet, edgefleet_home(), engine, ep, made.record.id)  # the saved request's settings
 
     _finish(engine, asyncio.run(main()), json_out)
 
 
 def provision_cmd(store: Annotated[str, typer.Argument(help="Store id")], release: ReleaseOpt,
                   inventory: InventoryOpt = Path("inventory"), node_timeout: NodeTimeoutOpt = 1800.0,
-                  poll: PollOpt = 2.0, seed_public_url: SeedUrlOpt = None, sim: SimOpt = None,
-                  json_out: JsonOpt = False) -> None:
+                  quorum_timeout: QuorumOpt = 600.0, gate_timeout: GateOpt = 600.0, poll: PollOpt = 2.0,
+                  bmc_attempts: BmcAttemptsOpt = 4, reimage_attempts: ReimageAttemptsOpt = 3,
+                  seed_public_url: SeedUrlOpt = None, sim: SimOpt = None, json_out: JsonOpt = False) -> None:
     """Provision a store on RELEASE: secrets on first use, seeds, reimage every node, bootstrap."""
     from edgefleet.rollout import operations as ops
 
     fleet, engine = _fleet(inventory), _engine()
-    settings = _settings(node_timeout, 0.0, poll, seed_public_url=seed_public_url)
+    settings = _settings(node_timeout, 0.0, poll, seed_public_url=seed_public_url, quorum_timeout=quorum_timeout,
+                         gate_timeout=gate_timeout, bmc_attempts=bmc_attempts, reimage_attempts=reimage_attempts)
 
     async def main() -> RolloutRecord:
         ep = await _endpoints(fleet, sim)

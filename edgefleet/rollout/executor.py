@@ -288,7 +288,9 @@ class Executor:
                                            detail={"wave": index, "name": name, "stores": len(members)}))
         # Stores with more nodes first (longest processing time first): under the caps, a long
         # store started last would hold the wave open alone for its whole length.
-        todo = sorted((r for r in members if r.status not in RUN_DONE), key=self._node_count, reverse=True)
+        # Among equals, the planned order (earliest start).
+        todo = sorted((r for r in members if r.status not in RUN_DONE),
+                      key=lambda r: (-self._node_count(r), r.earliest_start or self.now(), r.store))
         outcomes = await asyncio.gather(*(runner.task(r, caps) for r in todo))
         inconclusive = sum(1 for o in outcomes if o is Outcome.inconclusive)
         final = [r for r in self.ledger.runs(self.id) if r.wave == index]

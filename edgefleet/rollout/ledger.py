@@ -3,10 +3,12 @@ locks and an append-only event log, in the state store (``edgefleet.state.db``).
 
 Tables (``edgefleet.rollout.tables``)::
 
-    rollouts       id, kind (rollout|rollback|provision), release, status, policy + plan JSON, operator,
+    rollouts       id, kind (rollout|rollback|provision), release, status, policy (the whole request,
+                   ``edgefleet.rollout.request``), plan notes JSON (skipped/unschedulable stores), operator,
                    created/updated, heartbeat (a running executor touches it), abort_requested, decision
     waves          (rollout, index): name, status, budget, failures
-    store_runs     (rollout, store): wave, status, from/to release, step, started/ended, reason, detail JSON
+    store_runs     (rollout, store): the planned row (wave, earliest start, from/to release), then status,
+                   step, started/ended, reason, detail JSON
     node_state     node: store, observed release, ready, observed_at
     store_release  store: current release, last known good, updated
     store_locks    store: holder (a rollout id), acquired_at
@@ -136,7 +138,7 @@ class RolloutRecord:
     status: RolloutStatus
     reason: str
     policy: dict[str, Any]
-    plan: dict[str, Any]
+    """The request as saved (``RolloutRequest.from_saved`` reads it)."""
     operator: str
     created_at: datetime
     updated_at: datetime
@@ -173,25 +175,29 @@ class StoreRunRecord:
     ended_at: datetime | None
     reason: str
     detail: dict[str, Any]
+    earliest_start: datetime | None = None
+    """When the planner said the store may start at the earliest (None: not planned in time)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"store": self.store, "wave": self.wave, "status": self.status.value,
                 "from_release": self.from_release, "to_release": self.to_release, "step": self.step,
                 "started_at": self.started_at.isoformat() if self.started_at else None,
-                "ended_at": self.ended_at.isoformat() if self.ended_at else None, "reason": self.reason}
+                "ended_at": self.ended_at.isoformat() if self.ended_at else None, "reason": self.reason,
+                "earliest_start": self.earliest_start.isoformat() if self.earliest_start else None}
 
 
 def _rollout(r: RolloutRow) -> RolloutRecord:
     created, updated = _utc(r.created_at), _utc(r.updated_at)
     assert created is not None and updated is not None
     return RolloutRecord(r.id, Kind(r.kind), r.release, RolloutStatus(r.status), r.reason, json.loads(r.policy),
-                         json.loads(r.plan), r.operator, created, updated, _utc(r.heartbeat_at),
+                         r.operator, created, updated, _utc(r.heartbeat_at),
                          bool(r.abort_requested), r.decision)
 
 
 def _run(r: StoreRunRow) -> StoreRunRecord:
     return StoreRunRecord(r.store, r.wave, RunStatus(r.status), r.from_release, r.to_release, r.step,
-                          _utc(r.started_at), _utc(r.ended_at), r.reason, json.loads(r.detail or "{}"))
+                          _utc(r.started_at), _utc(r.ended_at), r.reason, json.loads(r.detail or "{}"),
+                          _utc(r.earliest_start))
 
 
 # -- the ledger -------------------------------------------------------------------------------------
@@ -207,9 +213,12 @@ class Ledger:
     def create_rollout(self, *, rollout_id: str, kind: Kind, release: str, now: datetime,
                        policy: Mapping[str, Any], plan: Mapping[str, Any], operator: str,
                        waves: Sequence[tuple[int, str, int]],
-                       runs: Sequence[tuple[str, int, str | None, str]]) -> RolloutRecord:
-        """Record a planned rollout with its waves ``(index, name, budget)`` and store runs
-        ``(store, wave, from_release, to_release)``, in one transaction."""
+                       runs: Sequence[tuple[str, int, str | None, str]],
+                       starts: Mapping[str, datetime] | None = None) -> RolloutRecord:
+        """Record a planned rollout with its waves ``(index, name, budget)`` and planned store runs
+        ``(store, wave, from_release, to_release)`` with each store's earliest start (``starts``), in
+        one transaction. ``plan``: notes kept beside the rows (skipped, unschedulable stores)."""
+        starts = starts or {}
         with session_scope(self.engine) as s:
             s.add(RolloutRow(id=rollout_id, kind=kind.value, release=release, status=RolloutStatus.planned.value,
                              reason="", policy=dumps(policy), plan=dumps(plan), operator=operator,
@@ -222,7 +231,8 @@ class Ledger:
             if runs:
                 s.execute(insert(StoreRunRow), [{"rollout": rollout_id, "store": st, "wave": w, "from_release": fr,
                                                  "to_release": to, "status": RunStatus.pending.value, "step": "",
-                                                 "reason": "", "detail": "{}"} for st, w, fr, to in runs])
+                                                 "reason": "", "detail": "{}", "earliest_start": starts.get(st)}
+                                                for st, w, fr, to in runs])
             s.add(EventRow(ts=now, rollout=rollout_id, kind="rollout_planned", reason=f"{kind.value} of {release}",
                            detail=dumps({"stores": len(runs), "waves": len(waves), "operator": operator})))
         return self.rollout(rollout_id)
@@ -245,6 +255,21 @@ class Ledger:
         with session_scope(self.engine) as s:
             rows = s.scalars(select(RolloutRow).order_by(RolloutRow.created_at.desc()).limit(limit))
             return [_rollout(r) for r in rows]
+
+    def plan_notes(self, rollout_id: str) -> dict[str, Any]:
+        """What the plan said beside its rows (skipped and unschedulable stores)."""
+        with session_scope(self.engine) as s:
+            text = s.scalar(select(RolloutRow.plan).where(RolloutRow.id == rollout_id))
+            return dict(json.loads(text)) if text else {}
+
+    def save_request(self, rollout_id: str, now: datetime, request: Mapping[str, Any],
+                     changed: Mapping[str, Any]) -> None:
+        """Replace the saved request (a resume that overrides settings), recording what changed."""
+        with session_scope(self.engine) as s:
+            s.execute(update(RolloutRow).where(RolloutRow.id == rollout_id)
+                      .values(policy=dumps(request), updated_at=now))
+            s.add(EventRow(ts=now, rollout=rollout_id, kind="request_changed",
+                           reason=", ".join(f"{k}={v}" for k, v in sorted(changed.items())), detail=dumps(changed)))
 
     def set_rollout(self, rollout_id: str, now: datetime, **values: Any) -> None:
         with session_scope(self.engine) as s:

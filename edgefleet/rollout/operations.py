@@ -33,6 +33,7 @@ from edgefleet.rollout.ledger import (
     stmt_run,
 )
 from edgefleet.rollout.plan import RolloutPlan, RolloutPolicy, budget_allowed, plan_rollout
+from edgefleet.rollout.request import OVERRIDABLE, RolloutRequest
 from edgefleet.rollout.states import RolloutEvent, RunEvent, SkipCause
 
 __all__ = [
@@ -42,8 +43,11 @@ __all__ = [
     "create_rollback",
     "create_rollout",
     "plan",
+    "plan_request",
+    "record_rollout",
     "resume",
     "run",
+    "saved_request",
     "settings_for",
     "status",
 ]
@@ -54,53 +58,67 @@ class Created:
     record: RolloutRecord
     plan: RolloutPlan | None
     skipped: tuple[tuple[str, str], ...] = ()
+    request: RolloutRequest | None = None
 
 
 def settings_for(policy: RolloutPolicy, base: EngineSettings | None = None) -> EngineSettings:
-    """The engine settings of ``base`` with the policy's caps and node duration."""
-    b = base or EngineSettings()
-    return EngineSettings(**{**b.__dict__, "max_concurrent": policy.max_concurrent,
-                             "max_per_region": policy.max_per_region, "max_per_country": policy.max_per_country,
-                             "node_duration": policy.node_duration, "wave_soak": policy.wave_soak})
+    """The engine settings a rollout of ``policy`` with ``base`` runs with (``RolloutRequest.of``
+    merges them; this is its settings half)."""
+    return RolloutRequest.of("rollout", "-", policy, base).settings
 
 
-def _policy_json(policy: RolloutPolicy | None, settings: EngineSettings) -> dict[str, Any]:
-    """What a rollout records of how it was asked to run: the engine settings whole (read back by
-    ``EngineSettings.from_json`` on resume) and the plan's policy."""
-    if policy is None:
-        return {"settings": settings.to_json()}
-    canary: Any = policy.canary if isinstance(policy.canary, int) else list(policy.canary)
-    return {"settings": settings.to_json(), "canary": canary, "waves": [str(w) for w in policy.waves],
-            "wave_groups": list(policy.wave_groups), "failure_budget": str(policy.failure_budget)}
+def _current(ledger: Ledger) -> dict[str, str | None]:
+    return {s: c for s, (c, _lkg) in ledger.store_releases().items()}
 
 
 def plan(fleet: Fleet, engine: Engine, release: str, policy: RolloutPolicy, now: datetime, *,
          stores: Sequence[str] | None = None) -> RolloutPlan:
     """The plan of rolling ``release`` out now (refuses an unknown or revoked release)."""
-    rel = ReleaseCatalog(engine).get(release)
-    current = {s: c for s, (c, _lkg) in Ledger(engine).store_releases().items()}
-    return plan_rollout(fleet, release, policy, now, current=current, release_state=rel.state.value, stores=stores)
+    return plan_request(fleet, engine, RolloutRequest.of("rollout", release, policy, stores=stores), now)
+
+
+def plan_request(fleet: Fleet, engine: Engine, request: RolloutRequest, now: datetime) -> RolloutPlan:
+    """The plan of ``request`` now (refuses an unknown or revoked release)."""
+    rel = ReleaseCatalog(engine).get(request.release)
+    return plan_rollout(fleet, request.release, request.policy(), now, current=_current(Ledger(engine)),
+                        release_state=rel.state.value, stores=request.stores)
 
 
 def create_rollout(fleet: Fleet, engine: Engine, release: str, policy: RolloutPolicy, now: datetime, *,
                    settings: EngineSettings | None = None, operator: str = "", stores: Sequence[str] | None = None
                    ) -> Created:
-    """Plan and record a rollout of ``release`` (status planned)."""
-    catalog = ReleaseCatalog(engine)
-    catalog.require_rollable(release)
-    p = plan(fleet, engine, release, policy, now, stores=stores)
-    st = settings_for(policy, settings)
+    """Plan and record a rollout of ``release`` (status planned): ``record_rollout`` of the request
+    made of ``policy`` and ``settings``."""
+    return record_rollout(fleet, engine, RolloutRequest.of("rollout", release, policy, settings, stores=stores), now,
+                          operator=operator)
+
+
+def record_rollout(fleet: Fleet, engine: Engine, request: RolloutRequest, now: datetime, *, operator: str = ""
+                   ) -> Created:
+    """Plan ``request`` and record it (status planned): the request whole, its waves and one
+    planned row per store (wave, earliest start, from-release), which the executor consumes."""
+    if request.kind != "rollout":
+        raise InputError(f"record_rollout takes a rollout request, not a {request.kind}")
+    rel = ReleaseCatalog(engine).require_rollable(request.release)  # the release row, read once
     ledger = Ledger(engine)
-    current = {s: c for s, (c, _lkg) in ledger.store_releases().items()}
+    p = plan_rollout(fleet, request.release, request.policy(), now, current=_current(ledger),
+                     release_state=rel.state.value, stores=request.stores)
     rid = new_rollout_id("rollout", now)
-    waves = [(w.index, w.name, w.failure_budget) for w in p.waves]
-    runs = [(ps.store_id, ps.wave, current.get(ps.store_id), release) for w in p.waves for ps in w.stores]
-    rec = ledger.create_rollout(rollout_id=rid, kind=Kind.rollout, release=release, now=now,
-                                policy=_policy_json(policy, st), plan=p.to_dict(), operator=operator, waves=waves,
-                                runs=runs)
+    planned = p.stores()
+    rec = ledger.create_rollout(
+        rollout_id=rid, kind=Kind.rollout, release=request.release, now=now, policy=request.to_json(),
+        plan=_notes(p.skipped, p.unschedulable), operator=operator,
+        waves=[(w.index, w.name, w.failure_budget) for w in p.waves],
+        runs=[(ps.store_id, ps.wave, ps.from_release, request.release) for ps in planned],
+        starts={ps.store_id: ps.start for ps in planned})
     for sid, why in p.unschedulable:
         ledger.event(now, "store_unschedulable", rollout=rid, store=sid, reason=why)
-    return Created(rec, p, p.skipped)
+    return Created(rec, p, p.skipped, request)
+
+
+def _notes(skipped: Sequence[tuple[str, str]], unschedulable: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+    return {"skipped": [{"store": s, "reason": r} for s, r in skipped],
+            "unschedulable": [{"store": s, "reason": r} for s, r in unschedulable]}
 
 
 def create_rollback(fleet: Fleet, engine: Engine, release: str, now: datetime, *, reason: str,
@@ -108,12 +126,11 @@ def create_rollback(fleet: Fleet, engine: Engine, release: str, now: datetime, *
                     operator: str = "") -> Created:
     """Revoke ``release`` and record a fleet rollback: every store wholly or partly on it goes back
     to its last known-good release (one wave, the policy's caps and failure budget)."""
+    request = RolloutRequest.of("rollback", release, policy or RolloutPolicy(canary=0, waves=("100%",)), settings)
     catalog = ReleaseCatalog(engine)
     rel = catalog.get(release)
     if rel.state is not ReleaseState.revoked:
         catalog.revoke(release, now=now, reason=reason or f"rolled back by {operator or 'edgefleet'}")
-    pol = policy or RolloutPolicy()
-    st = settings_for(pol, settings)
     ledger = Ledger(engine)
     known = ledger.store_releases()
     runs: list[tuple[str, int, str | None, str]] = []
@@ -132,14 +149,13 @@ def create_rollback(fleet: Fleet, engine: Engine, release: str, now: datetime, *
             continue
         runs.append((sid, 0, release, lkg))
     rid = new_rollout_id("rollback", now)
-    budget = budget_allowed(pol.failure_budget, len(runs))
+    budget = budget_allowed(request.failure_budget, len(runs))
     rec = ledger.create_rollout(rollout_id=rid, kind=Kind.rollback, release=release, now=now,
-                                policy=_policy_json(pol, st), plan={"stores": [r[0] for r in runs],
-                                                                    "skipped": skipped},
-                                operator=operator, waves=[(0, "rollback", budget)] if runs else [], runs=runs)
+                                policy=request.to_json(), plan=_notes(skipped), operator=operator,
+                                waves=[(0, "rollback", budget)] if runs else [], runs=runs)
     for sid, why in skipped:
         ledger.event(now, "store_not_rolled_back", rollout=rid, store=sid, reason=why)
-    return Created(rec, None, tuple(skipped))
+    return Created(rec, None, tuple(skipped), request)
 
 
 def create_provision(fleet: Fleet, engine: Engine, home: Path, store_id: str, release: str, now: datetime, *,
@@ -150,19 +166,26 @@ def create_provision(fleet: Fleet, engine: Engine, home: Path, store_id: str, re
 
     if store_id not in fleet.stores:
         raise InputError(f"no store {store_id!r} in the inventory {fleet.source or ''}".rstrip())
+    request = RolloutRequest.build(kind="provision", release=release, stores=(store_id,),
+                                   settings=settings or EngineSettings())
     ReleaseCatalog(engine).require_rollable(release)
     ledger = Ledger(engine)
     seen = ledger.seen_store(store_id)
     # The CAs' validity starts at the real time, not the rollout's clock: real TLS stacks (and the
     # simulator's) check certificates against the wall clock, and a simulated clock may run ahead.
     ensure_secrets(home, store_id, cluster_exists=seen, now=datetime.now(UTC))
-    st = settings or EngineSettings()
     rid = new_rollout_id("provision", now)
     rec = ledger.create_rollout(rollout_id=rid, kind=Kind.provision, release=release, now=now,
-                                policy=_policy_json(None, st), plan={"stores": [store_id]}, operator=operator,
-                                waves=[(0, "provision", 0)], runs=[(store_id, 0, None, release)])
+                                policy=request.to_json(), plan={}, operator=operator,
+                                waves=[(0, "provision", 0)], runs=[(store_id, 0, None, release)],
+                                starts={store_id: now})
     ledger.write(stmt_run(rid, store_id, detail={"cluster_exists": seen}))
-    return Created(rec, None)
+    return Created(rec, None, (), request)
+
+
+def saved_request(record: RolloutRecord, **override: Any) -> RolloutRequest:
+    """The request saved with ``record``, with settings ``override`` (None values ignored)."""
+    return RolloutRequest.from_saved(record.kind.value, record.release, record.policy, **override)
 
 
 async def run(fleet: Fleet, home: Path, engine: Engine, endpoints: Endpoints, rollout_id: str, *,
@@ -176,8 +199,9 @@ async def resume(fleet: Fleet, home: Path, engine: Engine, endpoints: Endpoints,
                  decision: str | None = None, settings: EngineSettings | None = None,
                  overrides: dict[str, Any] | None = None) -> RolloutRecord:
     """Continue a rollout where the ledger says (after a crash, or a pause with ``decision``
-    ``approve``/``reject``). Settings: ``settings``, else the recorded ones with ``overrides``
-    (e.g. ``{"node_ready_timeout_s": 900}``)."""
+    ``approve``/``reject``). Settings: ``settings``, else the saved request's with ``overrides``
+    (e.g. ``{"node_ready_timeout_s": 900}``; None values keep the saved ones), saved back to the
+    ledger when they change something, so a later resume keeps them."""
     ledger = Ledger(engine)
     rec = ledger.rollout(rollout_id)
     if rec.status in FINISHED and not ledger.split_runs(rollout_id):
@@ -192,7 +216,16 @@ async def resume(fleet: Fleet, home: Path, engine: Engine, endpoints: Endpoints,
     elif rec.status is RolloutStatus.paused:
         raise StateError(f"rollout {rollout_id} is paused ({rec.reason}); resume it with --approve or --reject")
     if settings is None:
-        settings = EngineSettings.from_json(rec.policy, **(overrides or {}))
+        saved = saved_request(rec)
+        changed = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if set(changed) - set(OVERRIDABLE):
+            raise InputError(f"resume cannot override {', '.join(sorted(set(changed) - set(OVERRIDABLE)))}; "
+                             f"it overrides {', '.join(OVERRIDABLE)}")
+        request = saved.with_settings(**changed)
+        if request != saved:
+            ledger.save_request(rollout_id, endpoints.clock(), request.to_json(),
+                                {k: request.settings.model_dump(mode="json")[k] for k in changed})
+        settings = request.settings
     return await execute(fleet=fleet, home=home, engine=engine, endpoints=endpoints, rollout_id=rollout_id,
                          settings=settings)
 

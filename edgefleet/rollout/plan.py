@@ -267,7 +267,8 @@ def plan_rollout(fleet: Fleet, release: str, policy: RolloutPolicy, now: datetim
     if stores is not None:
         unknown = [s for s in stores if s not in fleet.stores]
         if unknown:
-            raise ReleaseInputError(f"unknown stores: {', '.join(unknown)}")
+            raise ReleaseInputError(f"stores not in the inventory {fleet.source or ''}: {', '.join(unknown)}; "
+                                    "check the store ids (or the inventory path)")
         candidates = [fleet.stores[s] for s in dict.fromkeys(stores)]
     else:
         candidates = list(fleet.stores.values())

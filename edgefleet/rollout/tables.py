@@ -24,7 +24,8 @@ class RolloutRow(Base):
     status: Mapped[str] = mapped_column(String(16), nullable=False)
     reason: Mapped[str] = mapped_column(Text, nullable=False, default="")
     policy: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
-    plan: Mapped[str] = mapped_column(Text, nullable=False, default="{}")
+    # Read on demand only (``Ledger.plan_notes``): a rollout's record is read often.
+    plan: Mapped[str] = mapped_column(Text, nullable=False, default="{}", deferred=True)
     operator: Mapped[str] = mapped_column(String(128), nullable=False, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
@@ -47,6 +48,7 @@ class WaveRow(Base):
 
 class StoreRunRow(Base):
     __tablename__ = "store_runs"
+    earliest_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     rollout: Mapped[str] = mapped_column(String(64), primary_key=True)
     store: Mapped[str] = mapped_column(String(128), primary_key=True)

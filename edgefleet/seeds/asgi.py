@@ -49,12 +49,8 @@ __all__ = [
     "outcome_of",
 ]
 
-<<<<<<< HEAD
-_STATE_KEY = "edgefleet.seeds"  # the request's RequestOutcome in scope["state"]
-=======
 _SENDFILE_CHUNK = 4 * 1024 * 1024
-_STATE_KEY = "edgefleet.seeds"  # the request's Outcome in scope["state"]
->>>>>>> wt16-seedsrv
+_STATE_KEY = "edgefleet.seeds"  # the request's RequestOutcome in scope["state"]
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
 """The state store's engine, sessions and declarative ``Base``.
 
-``open_state(url)`` returns an engine with every table created (``create_all`` is idempotent). A
-SQLite URL (the default, a file in EDGEFLEET_HOME) gets WAL journaling and a busy timeout so a CLI
-command and a running flow can share the file; any other URL (``postgresql+psycopg://...``) is passed
-to SQLAlchemy unchanged.
+``open_state(url)`` returns an engine whose schema is at this edgefleet's head revision: a fresh
+store is created, an older one migrated (``edgefleet.state.migrate``, alembic). A SQLite URL (the
+default, a file in EDGEFLEET_HOME) gets WAL journaling and a busy timeout so a CLI command and a
+running flow can share the file; any other URL (``postgresql+psycopg://...``) is passed to
+SQLAlchemy unchanged.
 
-Adding tables: declare them on ``Base`` in their own module and append that module's name to
-``TABLE_MODULES``; ``open_state`` imports them before ``create_all``.
+Changing the schema: declare tables on ``Base`` in their own module (listed in ``TABLE_MODULES``),
+and add a revision under ``edgefleet/state/migrations/versions`` that makes the same change, so
+stores written by an earlier edgefleet are brought along (``tests/contract/test_state_migrations.py``
+checks that the migrations and the declarations agree).
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from edgefleet.errors import OutputPathError, StateError
+from edgefleet.state.migrate import migrate
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
-# Modules that declare tables on Base; imported by open_state before create_all.
+# Modules that declare tables on Base; imported by open_state before it migrates.
 TABLE_MODULES: tuple[str, ...] = ("edgefleet.releases.catalog", "edgefleet.rollout.ledger")
 
 
@@ -48,7 +52,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def create_state_engine(url: str) -> Engine:
-    """A new engine for ``url`` with all tables created. Prefer ``open_state`` (cached per URL)."""
+    """A new engine for ``url`` with the schema at head. Prefer ``open_state`` (cached per URL)."""
     try:
         parsed = make_url(url)
     except ArgumentError as e:
@@ -77,16 +81,19 @@ def create_state_engine(url: str) -> Engine:
     for module in TABLE_MODULES:
         importlib.import_module(module)
     try:
-        Base.metadata.create_all(engine)
+        migrate(engine, Base.metadata)
+    except StateError:
+        engine.dispose()
+        raise
     except SQLAlchemyError as e:
         engine.dispose()
-        raise StateError(f"cannot create tables in state store "
+        raise StateError(f"cannot create or migrate the tables of state store "
                          f"{parsed.render_as_string(hide_password=True)}: {e}") from e
     return engine
 
 
 def open_state(url: str) -> Engine:
-    """The engine for ``url`` (one per URL per process), tables created on first open."""
+    """The engine for ``url`` (one per URL per process), migrated to head on first open."""
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:

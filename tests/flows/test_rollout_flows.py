@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from edgefleet.releases.catalog import ReleaseCatalog, ReleaseState
+from edgefleet.rollout import operations as ops
 from edgefleet.rollout.ledger import Ledger
 from edgefleet.sim.build import build_sim
 from edgefleet.sim.scenario import parse_scenario
@@ -182,9 +183,16 @@ def test_provision_rollout_pause_and_rollback_flows(world: dict[str, Any], capfd
     sim.post("/sim/scenario", {"never_ready": ["no-0001-n4"]})
     state = asyncio.run(flows.rollout(release="v2", canary_stores=["dk-0002"], waves=["2", "100%"],
                                       failure_budget="1", max_concurrent=3, node_minutes=10.0, wave_soak_minutes=0.0,
+                                      quorum_timeout_s=30.0, gate_timeout_s=40.0, bmc_attempts=5, reimage_attempts=2,
                                       gate_on_window=False, return_state=True, **common))
     assert state.is_completed(), state.message
     data = state.result()
+    # the flow's timeouts and retry budgets are saved with the rollout (its request) and run with
+    saved = ops.saved_request(ledger.rollout(data["rollout"]["id"])).settings
+    assert (saved.node_ready_timeout_s, saved.quorum_timeout_s, saved.store_gate_timeout_s, saved.bmc_attempts,
+            saved.reimage_attempts, saved.max_concurrent) == (20.0, 30.0, 40.0, 5, 2, 3)
+    assert [e["detail"]["settings"] for e in ledger.events(data["rollout"]["id"], kind="execution_started")] == [
+        saved.to_json()]
     results = {"provision": [s.message for s in states], "rollout": [state.message, data]}
     runs = {r["store"]: r["status"] for r in data["stores"]}
     assert runs.pop("no-0001") == "rolled_back"
@@ -194,8 +202,9 @@ def test_provision_rollout_pause_and_rollback_flows(world: dict[str, Any], capfd
     # The flow refuses nothing silently: rolling back v2 revokes it and puts everyone back on v1.
     sim.post("/sim/scenario", {"never_ready": []})
     state = asyncio.run(flows.rollback(release="v2", reason="flow test", max_concurrent=5, node_minutes=10.0,
-                                       return_state=True, **common))
+                                       quorum_timeout_s=35.0, return_state=True, **common))
     assert state.is_completed(), state.message
+    assert ops.saved_request(ledger.rollouts(1)[0]).settings.quorum_timeout_s == 35.0
     assert ReleaseCatalog(engine).get("v2").state is ReleaseState.revoked
     assert {s: c for s, (c, _l) in ledger.store_releases().items()} == {s: "v1" for s in world["fleet"].stores}
     assert sim.get("/sim/violations")["total"] == 0
@@ -208,8 +217,6 @@ def test_inconclusive_wave_pauses_the_flow_until_a_person_resumes_it(world: dict
     input) and goes on only when someone resumes it with a decision."""
     from prefect.client.orchestration import get_client
     from prefect.flow_runs import aresume_flow_run
-
-    from edgefleet.rollout import operations as ops
 
     flows = _flows()
     common, sim, engine = world["common"], world["sim"], world["engine"]

@@ -12,8 +12,7 @@ from pydantic import ValidationError
 
 from edgefleet.errors import StateError
 from edgefleet.rollout.executor import EngineSettings
-from edgefleet.rollout.operations import _policy_json
-from edgefleet.rollout.plan import RolloutPolicy
+from edgefleet.rollout.request import RolloutRequest
 
 # A value unlike the default for every field (checked below, so a new field cannot be forgotten).
 CUSTOM = EngineSettings(
@@ -39,11 +38,17 @@ def test_every_field_differs_from_its_default() -> None:
     assert same == []
 
 
+def _saved(settings: EngineSettings) -> dict[str, object]:
+    """What the previous edgefleet saved for a provision: the settings whole, nothing beside them."""
+    return {"settings": settings.to_json()}
+
+
 def test_recorded_settings_come_back_whole() -> None:
-    policy = RolloutPolicy(canary=["dk-0002"], waves=(2, "100%"), failure_budget=1)
-    recorded = json.loads(json.dumps(_policy_json(policy, CUSTOM)))  # as the ledger stores it
+    request = RolloutRequest.build(release="v2", canary=("dk-0002",), waves=(2, "100%"), failure_budget=1,
+                                   settings=CUSTOM)
+    recorded = json.loads(json.dumps(request.to_json()))  # as the ledger stores it
     assert EngineSettings.from_json(recorded) == CUSTOM
-    assert EngineSettings.from_json(json.loads(json.dumps(_policy_json(None, CUSTOM)))) == CUSTOM
+    assert EngineSettings.from_json(json.loads(json.dumps(_saved(CUSTOM)))) == CUSTOM
     assert EngineSettings.from_json(CUSTOM.to_json()) == CUSTOM  # the bare dump too
     assert set(CUSTOM.to_json()) == set(EngineSettings.model_fields)
 
@@ -59,13 +64,13 @@ def test_a_record_of_the_previous_field_list_still_loads() -> None:
 
 
 def test_overrides_replace_recorded_values_and_none_keeps_them() -> None:
-    got = EngineSettings.from_json(_policy_json(None, CUSTOM), node_ready_timeout_s=900.0, poll_s=None,
+    got = EngineSettings.from_json(_saved(CUSTOM), node_ready_timeout_s=900.0, poll_s=None,
                                    seed_public_url="http://10.0.0.5:8080")
     assert got == CUSTOM.model_copy(update={"node_ready_timeout_s": 900.0, "seed_public_url": "http://10.0.0.5:8080"})
 
 
 def test_unknown_keys_are_refused_naming_them() -> None:
-    newer = _policy_json(None, CUSTOM)
+    newer = _saved(CUSTOM)
     newer["settings"]["drain_timeout_s"] = 30
     with pytest.raises(StateError, match=r"drain_timeout_s.*newer edgefleet"):
         EngineSettings.from_json(newer)

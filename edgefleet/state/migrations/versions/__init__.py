@@ -1,0 +1,1 @@
+"""Schema revisions of the state store, oldest first (``0001_baseline``)."""

@@ -33,11 +33,13 @@ from edgefleet.inventory.model import CredentialsRef, Fleet, Node, Role, Store
 from edgefleet.sim.boot import RELEASE_LABEL, ReleaseFacts, SeedFacts, evaluate_join
 from edgefleet.sim.media import Media, MediaFetcher
 from edgefleet.sim.oracle import (
+    ControlPlaneDowns,
     Finding,
+    NodeFacts,
     check_caps,
     check_concurrent_operations,
-    check_control_planes,
     check_schedule,
+    disruptive_boot_override,
 )
 from edgefleet.sim.scenario import Scenario
 
@@ -221,6 +223,7 @@ class SimFleet:
             self.store_nodes[s.id] = lst
         self.rebooting: set[str] = set()
         self.mid_reimage: dict[str, dict[str, str]] = {}  # store -> node -> operation
+        self.control_planes_down = ControlPlaneDowns()
         self._ca: dict[str, bytes | str] = {}
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
         self.event_seq = 0
@@ -248,6 +251,7 @@ class SimFleet:
     def _apply_scenario_sets(self) -> None:
         sc = self.scenario
         self.never_ready = frozenset(sc.never_ready)
+        self.never_ready_on = {release: frozenset(nodes) for release, nodes in sc.never_ready_on.items()}
         self.flapping = frozenset(sc.flapping)
         self.offline = frozenset(sc.offline_stores)
         self.slow = frozenset(sc.slow_boot.nodes)
@@ -316,13 +320,30 @@ class SimFleet:
         if self.scenario.enforce_maintenance:
             self._record(ns, check_schedule(ns.store, self.fleet.freezes, self.clock.now(), action), operation)
 
+    def _facts(self, ns: NodeState) -> NodeFacts:
+        ready, why = self.readiness(ns)
+        return NodeFacts(ready=ready, why=why, media=bool(ns.media), booting=ns.booting)
+
+    def disruptive_request(self, ns: NodeState, operation: str | None, action: str) -> None:
+        """Oracle: a request that changes what ``ns`` runs or will boot (``edgefleet.sim.oracle``),
+        also one the BMC failed. Checks the other operations, the window, the freezes and the
+        store's other control planes."""
+        self._touch(ns, operation)
+        self._schedule(ns, operation, action)
+        if ns.is_control_plane:
+            others = {o.name: self._facts(o) for o in self.store_nodes[ns.store.id]
+                      if o is not ns and o.is_control_plane}
+            self._record(ns, self.control_planes_down.disrupt(
+                ns.name, f"{action} at {self.clock.now().isoformat()}", self._facts(ns), others), operation)
+
     def _start_reimage(self, ns: NodeState, operation: str | None) -> None:
         if operation is not None:
             ns.operation = operation
             self.mid_reimage.setdefault(ns.store.id, {})[ns.name] = operation
 
     def _settle(self, ns: NodeState) -> None:
-        """A node with no media, no override and no boot under way is no longer mid-reimage."""
+        """A node with no media, no override and no boot under way is no longer mid-reimage (so a
+        reimage lasts until its media are ejected, not until its boot is done)."""
         if not ns.media and not ns.booting and ns.boot_enabled == "Disabled":
             self._end_reimage(ns)
 
@@ -347,6 +368,8 @@ class SimFleet:
             return False, ns.reason
         if ns.name in self.never_ready:
             return False, "kubelet never becomes ready (scenario never_ready)"
+        if ns.name in self.never_ready_on.get(ns.release, ()):
+            return False, f"kubelet never becomes ready on release {ns.release} (scenario never_ready_on)"
         if ns.name in self.flapping:
             period = self.scenario.flap_seconds
             phase = int(self.clock.now().timestamp() / period + _fraction(self.scenario.seed, ns.name) * 2)
@@ -395,8 +418,7 @@ class SimFleet:
     async def insert_media(self, ns: NodeState, slot: str, image: str, operation: str | None) -> Media:
         if slot not in SLOT_IDS:
             raise ActionError(f"no virtual media slot {slot!r}", status=404, message_id="Base.1.8.ResourceMissingAtURI")
-        self._touch(ns, operation)
-        self._schedule(ns, operation, f"InsertMedia {slot} on {ns.name}")
+        self.disruptive_request(ns, operation, f"InsertMedia {slot} on {ns.name}")
         if slot in ns.media:
             raise ActionError(f"virtual media {slot} already holds {ns.media[slot].url}; eject it first", status=409,
                               message_id="Base.1.8.ResourceInUse")
@@ -437,16 +459,19 @@ class SimFleet:
         self._settle(ns)
 
     def set_boot(self, ns: NodeState, target: str | None, enabled: str | None, operation: str | None) -> None:
-        self._touch(ns, operation)
-        if target is not None:
-            ns.boot_target = target
-        if enabled is not None:
-            ns.boot_enabled = enabled
+        new_target = ns.boot_target if target is None else target
+        new_enabled = ns.boot_enabled if enabled is None else enabled
+        if disruptive_boot_override(new_target, new_enabled):
+            self.disruptive_request(ns, operation, f"boot override {new_target} ({new_enabled}) on {ns.name}")
+        else:
+            self._touch(ns, operation)
+        ns.boot_target, ns.boot_enabled = new_target, new_enabled
         self._changed(ns)
         if ns.boot_target in ("Cd", "Usb") and ns.boot_enabled != "Disabled":
             self._start_reimage(ns, operation)
         self.event("boot_override", node=ns, operation=operation,
                    detail={"target": ns.boot_target, "enabled": ns.boot_enabled})
+        self._settle(ns)
 
     def reset(self, ns: NodeState, reset_type: str, operation: str | None) -> None:
         if reset_type not in RESET_TYPES:
@@ -460,12 +485,7 @@ class SimFleet:
             return
         if reset_type in ("ForceOff", "GracefulShutdown") and ns.power == POWER_OFF:
             return
-        self._touch(ns, operation)
-        self._schedule(ns, operation, f"Reset {reset_type} of {ns.name}")
-        if ns.is_control_plane and self.readiness(ns)[0]:  # a Ready control plane goes down now
-            others = [o.name for o in self.store_nodes[ns.store.id]
-                      if o is not ns and o.is_control_plane and not self.readiness(o)[0]]
-            self._record(ns, check_control_planes(ns.name, others), operation)
+        self.disruptive_request(ns, operation, f"Reset {reset_type} of {ns.name}")
         if not ns.rebooting:
             self.rebooting.add(ns.name)
             self._check_caps(ns, operation)
@@ -535,12 +555,14 @@ class SimFleet:
             return  # reset again or powered off meanwhile
         ns.booting = False
         self.rebooting.discard(ns.name)
+        self.control_planes_down.booted(ns.name)
         self._changed(ns)
         if release is None:
             self.boots["disk"] += 1
             ready, why = self.readiness(ns)
             self.event("boot_done", node=ns, operation=operation,
                        detail={"source": "disk", "release": ns.release, "ready": ready, "reason": why})
+            self._settle(ns)
             return
         ca = self.store_ca(ns.store.id)
         verdict = evaluate_join(ns.node, release, seed, ca if isinstance(ca, bytes) else None,
@@ -554,7 +576,7 @@ class SimFleet:
         if verdict.joined and seed is not None:
             ns.labels = dict(seed.node_labels)
         self.boots["media_joined" if verdict.joined else "media_not_joined"] += 1
-        self._end_reimage(ns)
+        self._settle(ns)  # mid-reimage until its media are ejected
         ready, why = self.readiness(ns)
         self.event("boot_done", node=ns, operation=operation,
                    detail={"source": "media", "release": release.release, "joined": verdict.joined, "ready": ready,

@@ -35,6 +35,7 @@ from typing import Any
 from edgefleet.sim.fleet import (
     BOOT_ENABLED,
     BOOT_TARGETS,
+    POWER_OFF,
     POWER_ON,
     RESET_TYPES,
     SLOT_IDS,
@@ -42,8 +43,9 @@ from edgefleet.sim.fleet import (
     NodeState,
     SimFleet,
 )
+from edgefleet.sim.oracle import disruptive_boot_override
 
-__all__ = ["OPERATION_HEADER", "Reply", "error_reply", "handle"]
+__all__ = ["OPERATION_HEADER", "Reply", "disruptive_action", "error_reply", "handle"]
 
 OPERATION_HEADER = "x-edgefleet-operation"
 SYSTEM_ID = "1"
@@ -214,6 +216,34 @@ def _not_found(path: str) -> Reply:
 
 def _method_not_allowed(method: str, path: str) -> Reply:
     return error_reply(405, f"{method} is not allowed on {path}", "Base.1.8.OperationNotAllowed")
+
+
+def disruptive_action(ns: NodeState, method: str, rest: str, raw: bytes) -> str | None:
+    """What a request would do to the node, when it is disruptive (``edgefleet.sim.oracle``); for
+    the requests the scenario fails before they are handled. ``rest``: the path after ``/bmc/<node>/``."""
+    parts = [p for p in rest.split("/") if p][2:]  # after redfish/v1
+    if method == "POST" and len(parts) == 6 and parts[5] == "VirtualMedia.InsertMedia":
+        return f"InsertMedia {parts[3]} on {ns.name}"
+    if method not in ("POST", "PATCH") or not parts or parts[0] != "Systems":
+        return None
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(body, dict):
+        return None
+    if method == "PATCH" and len(parts) == 2 and isinstance(body.get("Boot"), dict):
+        boot = body["Boot"]
+        target = str(boot.get("BootSourceOverrideTarget", ns.boot_target))
+        enabled = str(boot.get("BootSourceOverrideEnabled", ns.boot_enabled))
+        return f"boot override {target} ({enabled}) on {ns.name}" if disruptive_boot_override(target, enabled) \
+            else None
+    if method == "POST" and parts[2:] == ["Actions", "ComputerSystem.Reset"]:
+        rtype = body.get("ResetType")
+        noop = {"Nmi"} | ({"On"} if ns.power == POWER_ON else {"ForceOff", "GracefulShutdown"} if
+                          ns.power == POWER_OFF else set())
+        return f"Reset {rtype} of {ns.name}" if isinstance(rtype, str) and rtype not in noop else None
+    return None
 
 
 # -- dispatch -----------------------------------------------------------------------------------------

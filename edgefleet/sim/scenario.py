@@ -16,6 +16,7 @@ A scenario file is YAML; every key is optional::
     k8s_bursts: [{store: dk-0002, count: 2}]   # the store's next `count` node-list reads answer 500
     slow_boot: {nodes: [dk-0001-n1], rate: 0.05, factor: 4}   # these nodes / this share boot 4x slower
     never_ready: [dk-0002-n2]     # nodes that are never Ready (before or after a reimage)
+    never_ready_on: {r2026.11: [dk-0003-n2]}   # nodes never Ready while they run that release
     flapping: [se-0001-n1]        # nodes whose readiness flips every flap_seconds (simulated)
     flap_seconds: 60
     offline_stores: [no-0003]     # the store's Kubernetes API and BMCs answer 503
@@ -93,6 +94,7 @@ class Scenario(_Model):
     k8s_bursts: list[KubeBurst] = Field(default_factory=list)
     slow_boot: SlowBoot = Field(default_factory=SlowBoot)
     never_ready: list[str] = Field(default_factory=list)
+    never_ready_on: dict[str, list[str]] = Field(default_factory=dict)
     flapping: list[str] = Field(default_factory=list)
     flap_seconds: float = Field(default=60.0, gt=0)
     offline_stores: list[str] = Field(default_factory=list)

@@ -47,7 +47,7 @@ from starlette.types import Receive, Scope, Send
 from edgefleet.errors import InputError
 from edgefleet.sim.fleet import SimFleet
 from edgefleet.sim.k8s import node_list, readyz
-from edgefleet.sim.redfish import OPERATION_HEADER, Reply, error_reply, handle
+from edgefleet.sim.redfish import OPERATION_HEADER, Reply, disruptive_action, error_reply, handle
 from edgefleet.sim.scenario import update_scenario
 
 __all__ = ["build_app", "listen_socket", "running_server", "serve"]
@@ -131,20 +131,27 @@ class BmcEndpoint:
             await _send_reply(send, Reply(200, {"v1": f"/bmc/{node}/redfish/v1/"}))
             return
         sc = sim.scenario
-        if sim.roll(sc.bmc_timeout_rate):
+        fault = next((kind for kind, rate in (("timeout", sc.bmc_timeout_rate), ("reset", sc.bmc_reset_rate),
+                                              ("error", sc.bmc_error_rate)) if sim.roll(rate)), None)
+        if fault is not None:
+            # A failed disruptive request was still sent (a real BMC may have acted on it): the oracle hears of it.
+            action = disruptive_action(ns, method, rest, raw)
+            if action is not None:
+                sim.disruptive_request(ns, op.decode("latin-1") if op else None, action)
+        if fault == "timeout":
             sim.faults["bmc_timeout"] += 1
             sim.event("fault", node=ns, detail={"fault": "timeout", "method": method, "path": rest})
             await asyncio.sleep(sc.bmc_timeout_seconds)
             await _send_reply(send, error_reply(503, "the BMC did not answer in time (simulated hang)",
                                                 "Base.1.8.ServiceTemporarilyUnavailable"))
             return
-        if sim.roll(sc.bmc_reset_rate):
+        if fault == "reset":
             sim.faults["bmc_reset"] += 1
             sim.event("fault", node=ns, detail={"fault": "connection reset", "method": method, "path": rest})
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
             return  # uvicorn closes the connection: the body never comes
-        if sim.roll(sc.bmc_error_rate):
+        if fault == "error":
             sim.faults["bmc_error"] += 1
             sim.event("fault", node=ns, detail={"fault": "5xx", "method": method, "path": rest})
             await _send_reply(send, error_reply(500, "internal BMC error (simulated)", "Base.1.8.InternalError"))

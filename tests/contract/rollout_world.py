@@ -1,16 +1,17 @@
 """Shared by the rollout engine's contract tests: a small fleet for the simulator, real releases
-built with the real Packer template, and the ledger-versus-simulator check."""
+built with the real Packer template, and the end-of-run ledger-versus-simulator check
+(``ledger_matches_sim``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from edgefleet.inventory.generate import write_inventory
 from edgefleet.inventory.load import load_fleet
@@ -19,12 +20,12 @@ from edgefleet.releases.build import ReleaseSpec, build_release
 from edgefleet.releases.catalog import ReleaseCatalog
 from edgefleet.releases.upstream import write_fake_upstream
 from edgefleet.rollout.endpoints import Endpoints, from_simulator
-from edgefleet.rollout.ledger import Ledger
+from edgefleet.rollout.ledger import Ledger, RolloutRow, StoreRunRow
 from edgefleet.sim.build import build_sim
 from edgefleet.sim.scenario import parse_scenario
 from edgefleet.sim.server import running_server
 from edgefleet.sim.talos_serve import running_talos_api
-from edgefleet.state.db import create_state_engine
+from edgefleet.state.db import create_state_engine, session_scope
 
 PASSWORD_ENV = "ROLLOUT_TEST_BMC_PASSWORD"
 PASSWORD = "rollout-bmc-pw-7f3a"
@@ -103,16 +104,89 @@ async def get_json(url: str) -> Any:
         return r.json()
 
 
-async def ledger_matches_sim(url: str, ledger: Ledger, fleet: Fleet) -> None:
-    state = (await get_json(f"{url}/sim/state"))["nodes"]
-    nodes = ledger.node_states()
+SPLIT = "split"  # the store-run state of a store that could not be repaired (it runs two releases)
+
+
+def _latest_runs(ledger: Ledger) -> dict[str, tuple[str, str]]:
+    """store -> (status, rollout id) of its newest store run that started (raw strings, so a
+    state this module does not know yet is read too)."""
+    with session_scope(ledger.engine) as s:
+        rows = s.execute(select(StoreRunRow.store, StoreRunRow.status, StoreRunRow.rollout)
+                         .join(RolloutRow, RolloutRow.id == StoreRunRow.rollout)
+                         .where(StoreRunRow.started_at.is_not(None))
+                         .order_by(RolloutRow.created_at, StoreRunRow.started_at)).all()
+    return {store: (status, rollout) for store, status, rollout in rows}
+
+
+def ledger_mismatches(sim_nodes: Mapping[str, Mapping[str, Any]], ledger: Ledger, fleet: Fleet, *,
+                      initial_release: str) -> list[str]:
+    """Where the ledger disagrees with what the simulator's nodes run, one line each (empty: it
+    matches). ``sim_nodes``: ``/sim/state``'s ``nodes``. For each store of ``fleet``:
+
+    * every node the ledger has a ``node_state`` row for runs the row's release, Ready or not;
+    * a store whose newest store run is ``split`` does not have its current release claimed
+      (``store_release.current`` is empty) and has a ``node_state`` row for every node;
+    * any other store the ledger has a release for: its current release is what every one of its
+      nodes runs (a store whose nodes run different releases is a mismatch unless reported split);
+    * a store the ledger has no release for: every node runs the simulator's initial release;
+    * ``stores_on(r)`` lists the store exactly when one of its nodes runs ``r`` (for the stores
+      the ledger has a release or a node for).
+
+    Readiness is not compared (the scenario may break a node after the ledger saw it), but every
+    line shows it."""
+    rows = ledger.node_states()
     releases = ledger.store_releases()
-    for sid, store in fleet.stores.items():
-        current = releases[sid][0]
-        for n in store.nodes:
-            assert state[n.name]["release"] == current, (n.name, state[n.name], current)
-            if n.name in nodes:
-                assert nodes[n.name][1] == state[n.name]["release"], (n.name, nodes[n.name], state[n.name])
+    latest = _latest_runs(ledger)
+    out: list[str] = []
+    running: dict[str, set[str]] = {}
+    for sid, store in sorted(fleet.stores.items()):
+        actual = {n.name: sim_nodes[n.name] for n in store.nodes}
+        on = ", ".join(f"{n} {v['release']}{'' if v['ready'] else ' NotReady'}" for n, v in actual.items())
+        if sid in releases or any(n in rows for n in actual):  # stores_on knows only what the ledger knows
+            for r in {v["release"] for v in actual.values()}:
+                running.setdefault(r, set()).add(sid)
+        current, lkg = releases.get(sid, (None, None))
+        status, rid = latest.get(sid, ("-", "-"))
+        said = f"ledger: current {current}, last known good {lkg}, last run {status} ({rid})"
+        for n, v in actual.items():
+            if n in rows and rows[n][1] != v["release"]:
+                out.append(f"{sid}: node {n} runs {v['release']}{'' if v['ready'] else ' (NotReady)'}, the ledger's "
+                           f"node_state says {rows[n][1]}")
+        if status == SPLIT:
+            if current is not None:
+                out.append(f"{sid}: reported split but its current release is claimed as {current} (nodes: {on})")
+            missing = sorted(n for n in actual if n not in rows)
+            if missing:
+                out.append(f"{sid}: reported split without the release of {', '.join(missing)} (nodes: {on})")
+        elif sid in releases:
+            wrong = {n: v["release"] for n, v in actual.items() if v["release"] != current}
+            if wrong:
+                kind = "split across releases and not reported split" if len(
+                    {v["release"] for v in actual.values()}) > 1 else "not on its recorded release"
+                out.append(f"{sid}: {kind}: nodes {on}; {said}")
+        elif any(v["release"] != initial_release for v in actual.values()):
+            out.append(f"{sid}: the ledger has no release for it, but its nodes run {on}")
+    for r in sorted(set(running) | {c for c, _l in releases.values() if c is not None}):
+        listed = set(ledger.stores_on(r)) & set(fleet.stores)
+        want = running.get(r, set())
+        if listed != want:
+            out.append(f"stores_on({r!r}) lists {sorted(listed)}, but the stores with a node on {r} are {sorted(want)}")
+    return out
+
+
+async def ledger_matches_sim(url: str, ledger: Ledger, fleet: Fleet) -> None:
+    """The end-of-run check every rollout, provision, rollback and crash test asserts: the
+    ledger agrees with the simulator node by node (``ledger_mismatches``)."""
+    state = (await get_json(f"{url}/sim/state"))["nodes"]
+    initial = (await get_json(f"{url}/sim/scenario"))["initial_release"]
+    assert_ledger_matches(state, ledger, fleet, initial_release=initial)
+
+
+def assert_ledger_matches(sim_nodes: Mapping[str, Mapping[str, Any]], ledger: Ledger, fleet: Fleet, *,
+                          initial_release: str) -> None:
+    """``ledger_matches_sim`` for a caller that read the simulator's state itself."""
+    bad = ledger_mismatches(sim_nodes, ledger, fleet, initial_release=initial_release)
+    assert not bad, "the ledger disagrees with the simulator:\n  " + "\n  ".join(bad)
 
 
 @asynccontextmanager

@@ -23,7 +23,15 @@ from edgefleet.rollout.endpoints import Endpoints
 from edgefleet.rollout.executor import EngineSettings
 from edgefleet.rollout.ledger import Ledger, RolloutStatus
 from edgefleet.rollout.plan import RolloutPolicy
-from tests.contract.rollout_world import PASSWORD, PASSWORD_ENV, get_json, make_inventory, release_home, running_world
+from tests.contract.rollout_world import (
+    PASSWORD,
+    PASSWORD_ENV,
+    get_json,
+    ledger_matches_sim,
+    make_inventory,
+    release_home,
+    running_world,
+)
 from tests.helpers import REPO, require_tool
 from tests.hygiene import dump_state, find_secrets, run_secrets
 
@@ -117,6 +125,7 @@ def test_an_altered_image_is_refused_before_any_bmc_call(tmp_path: Path, monkeyp
         assert ledger.store_releases(["dk-0002"])["dk-0002"][0] == "v1"
         assert await _bmc_requests(url) > before
         assert (await get_json(f"{url}/sim/violations"))["total"] == 0
+        await ledger_matches_sim(url, ledger, fleet)
         assert find_secrets({"cli": "\n".join(outputs), **dump_state(engine)}, run_secrets(home, [PASSWORD])) == []
 
     async def main() -> None:

@@ -227,6 +227,7 @@ def test_interrupted_rollout_resumes_to_completion(tmp_path: Path, monkeypatch: 
         assert {r.store: r.status for r in ledger.runs(done.id)} == {
             "no-0002": RunStatus.failed, **{s: RunStatus.succeeded for s in w.fleet.stores if s != "no-0002"}}
         assert (await _violations(w.url))["total"] == 0
+        await ledger_matches_sim(w.url, ledger, w.fleet)
 
         # Abort while running: the executor notices (heartbeat), finishes the node under way and
         # starts no further store.
@@ -250,6 +251,7 @@ def test_interrupted_rollout_resumes_to_completion(tmp_path: Path, monkeypatch: 
         assert sum(r.status is RunStatus.skipped for r in final) >= len(final) - 2
         assert ledger.locks_held_by(aborted.id) == []
         assert (await _violations(w.url))["total"] == 0
+        await ledger_matches_sim(w.url, ledger, w.fleet)
         media = {n: v["media"] for n, v in (await get_json(f"{w.url}/sim/state"))["nodes"].items()}
         assert not any(media.values()), media  # no node left with media inserted
 
@@ -275,6 +277,7 @@ def test_interrupted_rollout_resumes_to_completion(tmp_path: Path, monkeypatch: 
         assert (w.home / "dk-0002").read_text() == (w.home / "dk-0003").read_text() == "v3"
         assert ledger.store_releases(["dk-0002"])["dk-0002"][0] == before["dk-0002"]
         assert (await _violations(w.url))["total"] == 0
+        await ledger_matches_sim(w.url, ledger, w.fleet)
 
     run_world(tmp_path, body, monkeypatch)
 
@@ -438,6 +441,8 @@ def test_stores_whose_window_never_opens_leave_the_operation_failed_not_succeede
         (run,) = Ledger(engine).runs(rec.id)
         assert run.status is RunStatus.skipped
         assert (await get_json(f"{w.url}/sim/events?kind=reset"))["events"] == []
+        assert (await _violations(w.url))["total"] == 0
+        await ledger_matches_sim(w.url, Ledger(engine), w.fleet)
 
     run_world(tmp_path, body, monkeypatch)
 

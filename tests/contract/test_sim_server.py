@@ -408,14 +408,14 @@ def test_reimage_outside_window_and_in_freeze_are_violations(artifacts: Artifact
     async def outside(rig: Rig) -> None:
         await rig.reimage("dk-0002-n1")
         v = await rig.violations()
-        assert v["by_rule"] == {"outside_window": 3}  # two inserts and the reset
+        assert v["by_rule"] == {"outside_window": 4}  # two inserts, the boot override and the reset
         assert {x["node"] for x in v["violations"]} == {"dk-0002-n1"}
         assert v["violations"][0]["store"] == "dk-0002" and v["violations"][0]["operation"] == "op-1"
 
     async def frozen(rig: Rig) -> None:
         await rig.reimage("dk-0002-n1")
         v = await rig.violations()
-        assert v["by_rule"] == {"freeze": 3} and "black-friday" in v["violations"][0]["detail"]
+        assert v["by_rule"] == {"freeze": 4} and "black-friday" in v["violations"][0]["detail"]
 
     run(artifacts, outside, clock=OUTSIDE)
     run(artifacts, frozen, clock=FROZEN)
@@ -449,6 +449,142 @@ def test_two_control_planes_down_is_a_violation(artifacts: Artifacts) -> None:
         assert (await rig.violations())["total"] == 0
 
     run(artifacts, sequential)
+
+
+def test_boot_override_and_failed_requests_outside_window_are_violations(artifacts: Artifacts) -> None:
+    """Every disruptive request counts: a boot override PATCH on its own, and requests the BMC
+    failed (it may have acted on them). Clearing an override and ejecting media do not."""
+    once = {"Boot": {"BootSourceOverrideTarget": "Cd", "BootSourceOverrideEnabled": "Once"}}
+    off = {"Boot": {"BootSourceOverrideEnabled": "Disabled"}}
+
+    async def patch(rig: Rig, body: dict[str, Any], node: str = "dk-0002-n1") -> None:
+        r = await rig.client.patch(f"{rig.bmc(node)}/Systems/1", json=body, headers={"X-Edgefleet-Operation": "op-1"})
+        assert r.status_code == 200, r.text
+
+    async def outside(rig: Rig) -> None:
+        await patch(rig, once)
+        v = await rig.violations()
+        assert v["by_rule"] == {"outside_window": 1}, v
+        assert v["violations"][0]["detail"].startswith("boot override Cd (Once) on dk-0002-n1 at ")
+        await patch(rig, off)
+        r = await rig.client.post(f"{rig.bmc('dk-0002-n1')}/Managers/1/VirtualMedia/Cd/Actions/VirtualMedia.EjectMedia",
+                                  json={})
+        assert r.status_code == 204
+        assert (await rig.violations())["total"] == 1
+
+    async def frozen(rig: Rig) -> None:
+        await patch(rig, once)
+        v = await rig.violations()
+        assert v["by_rule"] == {"freeze": 1} and "black-friday" in v["violations"][0]["detail"]
+
+    async def failed(rig: Rig) -> None:
+        b = rig.bmc("dk-0002-n1")
+        r = await rig.client.post(f"{b}/Managers/1/VirtualMedia/Cd/Actions/VirtualMedia.InsertMedia",
+                                  json={"Image": rig.image_url("dk-0002-n1")})
+        assert r.status_code == 500
+        r = await rig.client.post(f"{b}/Systems/1/Actions/ComputerSystem.Reset", json={"ResetType": "ForceRestart"})
+        assert r.status_code == 500
+        r = await rig.client.get(f"{b}/Systems/1")  # a read is never disruptive
+        assert r.status_code == 500
+        v = await rig.violations()
+        assert v["by_rule"] == {"outside_window": 2}, v
+        assert [x["detail"].split(" at ")[0] for x in v["violations"]] == [
+            "InsertMedia Cd on dk-0002-n1", "Reset ForceRestart of dk-0002-n1"]
+
+    run(artifacts, outside, clock=OUTSIDE)
+    run(artifacts, frozen, clock=FROZEN)
+    run(artifacts, failed, clock=OUTSIDE, scenario={"bmc_error_rate": 1})
+
+
+def test_control_plane_is_down_from_its_first_disruptive_request_until_ready_again(artifacts: Artifacts) -> None:
+    async def insert(rig: Rig, node: str) -> None:
+        r = await rig.client.post(f"{rig.bmc(node)}/Managers/1/VirtualMedia/Cd/Actions/VirtualMedia.InsertMedia",
+                                  json={"Image": rig.image_url(node)})
+        assert r.status_code == 204, r.text
+
+    async def inserted(rig: Rig) -> None:
+        # n1 is still Ready, but its reimage has begun: it is down from its InsertMedia on.
+        await insert(rig, "dk-0001-n1")
+        assert await rig.is_ready("dk-0001", "dk-0001-n1")
+        await insert(rig, "dk-0001-n2")
+        v = await rig.violations()
+        assert v["by_rule"] == {"control_planes_down": 1}, v
+        assert v["violations"][0]["node"] == "dk-0001-n2"
+        assert "dk-0001-n1 (InsertMedia Cd on dk-0001-n1 at " in v["violations"][0]["detail"]
+
+    async def given_up(rig: Rig) -> None:
+        # A reimage given up before its reset (media ejected): the control plane is up again.
+        await insert(rig, "dk-0001-n1")
+        r = await rig.client.post(
+            f"{rig.bmc('dk-0001-n1')}/Managers/1/VirtualMedia/Cd/Actions/VirtualMedia.EjectMedia", json={})
+        assert r.status_code == 204
+        await insert(rig, "dk-0001-n2")
+        assert (await rig.violations())["total"] == 0
+
+    async def not_ready_reset(rig: Rig) -> None:
+        # A control plane that is not Ready is still an etcd member: resetting it while another one
+        # is down is a violation too (the rule used to fire only when a Ready one was reset).
+        await rig.reimage("dk-0001-n1")
+        r = await rig.client.post(f"{rig.bmc('dk-0001-n3')}/Systems/1/Actions/ComputerSystem.Reset",
+                                  json={"ResetType": "ForceRestart"})
+        assert r.status_code == 204
+        # n1 went down while n3 was not Ready (the rule as it was), then n3 while n1 was down.
+        found = [(x["node"], x["detail"]) for x in (await rig.violations())["violations"]]
+        assert [n for n, _ in found] == ["dk-0001-n1", "dk-0001-n3"], found
+        assert "dk-0001-n3 (not Ready: kubelet never becomes ready" in found[0][1]
+        assert "dk-0001-n1 (InsertMedia Cd on dk-0001-n1 at " in found[1][1]
+
+    async def bad_seed(rig: Rig) -> None:
+        # n1 booted but never became Ready (a seed with the wrong CA): still down.
+        await rig.reimage("dk-0001-n1", seed="dk-0001-n1-wrong-ca")
+
+        async def booted() -> bool:
+            ev = (await rig.client.get(f"{rig.sim_url}/sim/events",
+                                       params={"node": "dk-0001-n1", "kind": "boot_done"})).json()["events"]
+            return bool(ev)
+
+        await rig.wait(booted)
+        await insert(rig, "dk-0001-n2")
+        v = await rig.violations()
+        assert v["by_rule"] == {"control_planes_down": 1}, v
+        assert "not Ready again since" in v["violations"][0]["detail"]
+
+    run(artifacts, inserted)
+    run(artifacts, given_up)
+    run(artifacts, not_ready_reset, scenario={"boot_seconds": 5, "never_ready": ["dk-0001-n3"]})
+    run(artifacts, bad_seed)
+
+
+def test_node_is_mid_reimage_until_its_media_are_ejected(artifacts: Artifacts) -> None:
+    async def body(rig: Rig) -> None:
+        await rig.reimage("dk-0001-n1", op="A")
+
+        async def joined() -> bool:
+            return await rig.is_ready("dk-0001", "dk-0001-n1")
+
+        await rig.wait(joined)  # booted, Ready on the release: its media are still inserted
+        reset = {"ResetType": "ForceRestart"}
+        r = await rig.client.post(f"{rig.bmc('dk-0001-n2')}/Systems/1/Actions/ComputerSystem.Reset", json=reset,
+                                  headers={"X-Edgefleet-Operation": "B"})
+        assert r.status_code == 204
+        v = await rig.violations()
+        assert v["by_rule"] == {"concurrent_operations": 1}, v
+        assert "A (dk-0001-n1)" in v["violations"][0]["detail"]
+        state = (await rig.client.get(f"{rig.sim_url}/sim/state", params={"node": "dk-0001-n1"})).json()
+        assert state["nodes"]["dk-0001-n1"]["operation"] == "A"
+        for slot in ("Cd", "Usb"):
+            r = await rig.client.post(
+                f"{rig.bmc('dk-0001-n1')}/Managers/1/VirtualMedia/{slot}/Actions/VirtualMedia.EjectMedia", json={},
+                headers={"X-Edgefleet-Operation": "A"})
+            assert r.status_code == 204
+        state = (await rig.client.get(f"{rig.sim_url}/sim/state", params={"node": "dk-0001-n1"})).json()
+        assert state["nodes"]["dk-0001-n1"]["operation"] is None
+        r = await rig.client.post(f"{rig.bmc('dk-0001-n2')}/Systems/1/Actions/ComputerSystem.Reset", json=reset,
+                                  headers={"X-Edgefleet-Operation": "B"})
+        assert r.status_code == 204
+        assert (await rig.violations())["total"] == 1
+
+    run(artifacts, body)
 
 
 def test_two_operations_on_one_store_is_a_violation(artifacts: Artifacts) -> None:
@@ -525,7 +661,10 @@ def test_image_fetch_failures_offline_store_never_ready(artifacts: Artifacts) ->
         boot = {"Boot": {"BootSourceOverrideTarget": "Cd", "BootSourceOverrideEnabled": "Once"}}
         r = await rig.client.patch(f"{rig.bmc('dk-0001-n2')}/Systems/1", headers={"X-Edgefleet-Operation": "B"},
                                    json=boot)
-        assert r.status_code == 200 and (await rig.violations())["total"] == 0
+        # ... but n3 is not Ready: the failed insert took control plane n1 down, the override n2.
+        v = await rig.violations()
+        assert r.status_code == 200 and v["by_rule"] == {"control_planes_down": 2}, v
+        assert [x["node"] for x in v["violations"]] == ["dk-0001-n1", "dk-0001-n2"]
         assert (await rig.client.get(f"{rig.sim_url}/k8s/no-0001/readyz")).status_code == 503
         assert (await rig.client.get(f"{rig.bmc('no-0001-n1')}/Systems/1")).status_code == 503
         nodes = await rig.ready("dk-0001")

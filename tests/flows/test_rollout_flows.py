@@ -24,7 +24,14 @@ from edgefleet.sim.build import build_sim
 from edgefleet.sim.scenario import parse_scenario
 from edgefleet.sim.server import running_server
 from edgefleet.sim.talos_serve import running_talos_api
-from tests.contract.rollout_world import PASSWORD, PASSWORD_ENV, ledger_url, make_inventory, release_home
+from tests.contract.rollout_world import (
+    PASSWORD,
+    PASSWORD_ENV,
+    assert_ledger_matches,
+    ledger_url,
+    make_inventory,
+    release_home,
+)
 from tests.helpers import REPO
 from tests.hygiene import dump_state, find_secrets, run_secrets
 
@@ -165,6 +172,12 @@ def _assert_no_secrets(world: dict[str, Any], results: dict[str, Any], capfd: py
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in private} == {p.name: "0o600" for p in private}
 
 
+def _ledger_matches(world: dict[str, Any]) -> None:
+    sim = world["sim"]
+    assert_ledger_matches(sim.get("/sim/state")["nodes"], Ledger(world["engine"]), world["fleet"],
+                          initial_release=sim.get("/sim/scenario")["initial_release"])
+
+
 def test_provision_rollout_pause_and_rollback_flows(world: dict[str, Any], capfd: pytest.CaptureFixture[str]) -> None:
     flows = _flows()
     common, sim, engine = world["common"], world["sim"], world["engine"]
@@ -198,6 +211,7 @@ def test_provision_rollout_pause_and_rollback_flows(world: dict[str, Any], capfd
     assert runs.pop("no-0001") == "rolled_back"
     assert set(runs.values()) == {"succeeded"}
     assert sim.get("/sim/violations")["total"] == 0
+    _ledger_matches(world)
 
     # The flow refuses nothing silently: rolling back v2 revokes it and puts everyone back on v1.
     sim.post("/sim/scenario", {"never_ready": []})
@@ -208,6 +222,7 @@ def test_provision_rollout_pause_and_rollback_flows(world: dict[str, Any], capfd
     assert ReleaseCatalog(engine).get("v2").state is ReleaseState.revoked
     assert {s: c for s, (c, _l) in ledger.store_releases().items()} == {s: "v1" for s in world["fleet"].stores}
     assert sim.get("/sim/violations")["total"] == 0
+    _ledger_matches(world)
     results["rollback"] = [state.message, state.result()]
     _assert_no_secrets(world, results, capfd)
 
@@ -258,3 +273,5 @@ def test_inconclusive_wave_pauses_the_flow_until_a_person_resumes_it(world: dict
     assert [w["status"] for w in st["waves"]] == ["passed", "passed"], st["waves"]
     assert {s["store"]: s["status"] for s in st["stores"]} == {"no-0002": "failed", "dk-0002": "succeeded"}
     assert [e["kind"] for e in Ledger(engine).events(rid) if e["kind"].startswith("decision")] == ["decision_approve"]
+    assert sim.get("/sim/violations")["total"] == 0
+    _ledger_matches(world)

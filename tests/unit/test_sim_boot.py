@@ -16,7 +16,15 @@ from edgefleet.seeds.iso import render_seed_iso
 from edgefleet.seeds.render import render_seed_files
 from edgefleet.sim.boot import ReleaseFacts, SeedFacts, evaluate_join, machine_config_rejections, parse_seed_facts
 from edgefleet.sim.media import iso_volume_label
-from edgefleet.sim.oracle import check_caps, check_concurrent_operations, check_control_planes, check_schedule
+from edgefleet.sim.oracle import (
+    ControlPlaneDowns,
+    NodeFacts,
+    check_caps,
+    check_concurrent_operations,
+    check_control_planes,
+    check_schedule,
+    disruptive_boot_override,
+)
 from edgefleet.sim.scenario import Caps, Scenario, parse_scenario, update_scenario
 from edgefleet.talos.config import ReleaseRef
 from tests.helpers import TALOS_TESTDATA
@@ -272,7 +280,7 @@ def test_oracle_schedule_rule() -> None:
 
 def test_oracle_other_rules() -> None:
     assert check_control_planes("n1", []) == []
-    assert check_control_planes("n1", ["n3", "n2"])[0].detail.endswith("n2, n3 are not Ready")
+    assert check_control_planes("n1", ["n3", "n2"])[0].detail.endswith("n2, n3 are down")
     assert check_concurrent_operations(None, "s", {"n1": "A"}) == []
     assert check_concurrent_operations("A", "s", {"n1": "A"}) == []
     assert check_concurrent_operations("B", "s", {"n1": "A"})[0].rule == "concurrent_operations"
@@ -281,3 +289,33 @@ def test_oracle_other_rules() -> None:
     assert [f.detail for f in check_caps(caps, 3, 2, 5, "r", "DK")] == [
         "3 nodes rebooting at once, global cap 2", "2 nodes rebooting at once in region r, cap 1"]
     assert check_caps(Caps(), 10_000, 10_000, 10_000, "r", "DK") == []
+
+
+def test_control_plane_down_until_ready_again() -> None:
+    up, booting = NodeFacts(True, "ok", media=False, booting=False), NodeFacts(False, "booting", True, True)
+    with_media = NodeFacts(True, "ok", media=True, booting=False)
+    not_ready = NodeFacts(False, "kubelet", media=True, booting=False)
+    downs = ControlPlaneDowns()
+    assert downs.disrupt("n1", "InsertMedia", up, {"n2": up, "n3": up}) == []
+    # n1 is still Ready, media inserted, not rebooted: down
+    assert downs.down("n1", with_media) == "n1 (InsertMedia; not Ready again since: ok)"
+    [f] = downs.disrupt("n2", "InsertMedia", up, {"n1": with_media, "n3": up})
+    assert f.rule == "control_planes_down" and "n1 (InsertMedia" in f.detail
+    # n1's own next steps do not take it down again
+    assert downs.disrupt("n1", "Reset", with_media, {"n2": up, "n3": up}) == []
+    assert downs.down("n1", booting) is not None
+    downs.booted("n1")
+    assert downs.down("n1", not_ready) is not None  # booted, not Ready
+    assert downs.down("n1", with_media) is None  # booted and Ready: up again, media or not
+    # given up before the reset: no media, no boot, Ready
+    assert downs.disrupt("n3", "PATCH", up, {"n1": up}) == []
+    assert downs.down("n3", up) is None
+    # a control plane that is not Ready is down without any request
+    [f] = downs.disrupt("n1", "Reset", up, {"n4": not_ready})
+    assert f.detail.endswith("n4 (not Ready: kubelet) is down")
+
+
+def test_disruptive_boot_override() -> None:
+    assert disruptive_boot_override("Cd", "Once") and disruptive_boot_override("Pxe", "Continuous")
+    assert not disruptive_boot_override("Cd", "Disabled")
+    assert not disruptive_boot_override("None", "Once") and not disruptive_boot_override("Hdd", "Continuous")

@@ -39,6 +39,7 @@ setup: $(VENV)/.installed debs .cache/cloud-init/.done .cache/sushy-venv/bin/sus
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check edgefleet tests bench $(wildcard flows/*.py)
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy edgefleet bench

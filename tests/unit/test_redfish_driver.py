@@ -7,8 +7,8 @@ import pytest
 
 from edgefleet.errors import BmcError
 from edgefleet.redfish import QUIRKS, MediaSlot, choose_reset, choose_slots, quirks_for
+from edgefleet.redfish.driver import parse_media_slot
 from edgefleet.redfish.quirks import GENERIC, SUSHY_EMULATOR
-from edgefleet.redfish.resources import parse_media_slot
 
 
 def slot(sid: str, *types: str, inserted: bool = False) -> MediaSlot:
@@ -135,15 +135,22 @@ def test_insert_media_409_is_done_only_when_the_slot_holds_this_very_url(held: s
 def test_the_rollout_engine_runs_the_one_reimage_sequence() -> None:
     """The engine reimages through ``reimage_sequence`` (what the sushy-tools conformance test runs),
     guarding the window through its ``before_step`` hook; it sends none of the sequence's steps
-    itself (only the eject after the node is up, which is not part of the sequence)."""
+    itself (only the eject after the node is up, which is not part of the sequence). The engine's
+    Redfish reimager calls it; no module of the engine sends a step of its own."""
     import ast
+    import importlib
     import inspect
+    import pkgutil
 
-    import edgefleet.rollout.reimage.redfish as redfish_reimager
+    import edgefleet.rollout as rollout
 
-    tree = ast.parse(inspect.getsource(redfish_reimager))
-    called = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
-              for n in ast.walk(tree) if isinstance(n, ast.Call)}
     steps = {"choose_slots", "media_slots", "insert_media", "eject_media", "set_boot_once_cd", "reset", "wait_power"}
-    assert not called & steps, sorted(called & steps)
-    assert "reimage_sequence" in called
+    names = [m.name for m in pkgutil.walk_packages(rollout.__path__, "edgefleet.rollout.")]
+    assert "edgefleet.rollout.executor" in names and "edgefleet.rollout.reimage.redfish" in names
+    calls: dict[str, set[str]] = {}
+    for name in names:
+        tree = ast.parse(inspect.getsource(importlib.import_module(name)))
+        calls[name] = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
+                       for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        assert not calls[name] & steps, (name, sorted(calls[name] & steps))
+    assert "reimage_sequence" in calls["edgefleet.rollout.reimage.redfish"]

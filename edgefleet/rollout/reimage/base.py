@@ -35,7 +35,7 @@ from edgefleet.rollout.gates import (
     evaluate_node,
     evaluate_rollback_node,
 )
-from edgefleet.rollout.journal import RunCursor, stmt_run
+from edgefleet.rollout.journal import RunCursor, stmt_event, stmt_run
 from edgefleet.rollout.states import Phase, Stage, Step
 from edgefleet.schedule.windows import next_allowed_start
 
@@ -126,8 +126,6 @@ class Reimager(Protocol):
 
 async def record_step(ctx: EngineContext, task: NodeTask, stage: Stage, kind: str, detail: dict[str, object]) -> None:
     """The node's stage and its event, in one commit (before the step it names is taken)."""
-    from edgefleet.rollout.journal import stmt_event
-
     await ctx.journal.write(stmt_run(ctx.rollout_id, task.store.id, step=task.step(stage)),
                             stmt_event(ctx.now(), kind, rollout=ctx.rollout_id, store=task.store.id,
                                        node=task.node.name, detail=detail))

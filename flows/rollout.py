@@ -36,10 +36,10 @@ from edgefleet.inventory.load import load_fleet
 from edgefleet.inventory.model import Fleet
 from edgefleet.rollout import operations as ops
 from edgefleet.rollout.endpoints import Endpoints, from_inventory, from_simulator
-from edgefleet.rollout.executor import EngineSettings
 from edgefleet.rollout.ledger import RolloutRecord, RolloutStatus
 from edgefleet.rollout.plan import RolloutPlan, RolloutPolicy
 from edgefleet.rollout.request import RolloutRequest
+from edgefleet.rollout.settings import EngineSettings
 from edgefleet.schedule.groups import freeze_decision
 from edgefleet.settings import load_settings
 from edgefleet.state.db import open_state

@@ -34,9 +34,9 @@ if TYPE_CHECKING:
 
     from edgefleet.inventory.model import Fleet
     from edgefleet.rollout.endpoints import Endpoints
-    from edgefleet.rollout.executor import EngineSettings
     from edgefleet.rollout.ledger import RolloutRecord
     from edgefleet.rollout.plan import RolloutPlan, RolloutPolicy
+    from edgefleet.rollout.settings import EngineSettings
 
 app = typer.Typer(no_args_is_help=True, help="Plan, run, watch, resume and abort rollouts of a release.")
 
@@ -129,7 +129,7 @@ def _known_stores(fleet: Fleet, stores: list[str] | None) -> None:
 
 
 def _seed_url(url: str | None) -> str | None:
-    from edgefleet.rollout.executor import SEED_URL_PATTERN
+    from edgefleet.rollout.settings import SEED_URL_PATTERN
 
     if url is not None and not re.fullmatch(SEED_URL_PATTERN, url):
         raise InputError(f"--seed-public-url {url!r}: give an http:// or https:// URL with a host, like "
@@ -140,7 +140,7 @@ def _seed_url(url: str | None) -> str | None:
 def _settings(node_timeout: float, soak: float, poll: float, pre_hook: Path | None = None,
               post_hook: Path | None = None, seed_public_url: str | None = None, *, quorum_timeout: float = 600.0,
               gate_timeout: float = 600.0, bmc_attempts: int = 4, reimage_attempts: int = 3) -> EngineSettings:
-    from edgefleet.rollout.executor import EngineSettings
+    from edgefleet.rollout.settings import EngineSettings
 
     for flag, hook in (("--pre-hook", pre_hook), ("--post-hook", post_hook)):
         if hook is not None and not hook.is_file():

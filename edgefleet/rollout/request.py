@@ -25,8 +25,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edgefleet.errors import EdgefleetError, InputError, StateError
-from edgefleet.rollout.executor import EngineSettings
 from edgefleet.rollout.plan import RolloutPolicy
+from edgefleet.rollout.settings import EngineSettings
 
 __all__ = ["OVERRIDABLE", "RolloutRequest", "Serial"]
 

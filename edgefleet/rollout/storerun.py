@@ -27,7 +27,7 @@ from edgefleet.errors import (
     StoreRunFailed,
 )
 from edgefleet.health.probes import ClusterSnapshot, run_probes
-from edgefleet.inventory.model import Role, Store
+from edgefleet.inventory.model import Node, Role, Store
 from edgefleet.releases.catalog import Release
 from edgefleet.rollout.context import EngineContext
 from edgefleet.rollout.gates import (
@@ -289,7 +289,7 @@ class StoreRunner:
         reimager, guard = reimager_for(ctx, store), WindowGuard(ctx, store)
         seeds_ready = False
         snap: Observed = await ctx.store_api.snapshot(store, readyz=False)
-        for i, node in enumerate(repair_order(store, snap, release)):
+        for i, node in enumerate(_resumed_first(repair_order(store, snap, release), st.resume, phase)):
             if ctx.abort and phase is Phase.forward:
                 raise Aborted()
             if i:
@@ -353,3 +353,13 @@ class StoreRunner:
                                  inconclusive=not isinstance(snap, ClusterSnapshot))
             await ctx.sleep(s.poll_s if not soaking else min(
                 s.poll_s, ctx.endpoints.real_seconds(s.soak.total_seconds())))
+
+
+def _resumed_first(order: list[Node], resume: Step | None, phase: Phase) -> list[Node]:
+    """The node the ledger names mid-reimage in this phase first: a resumed run observes (and
+    settles: media ejected) the node it was working on before it touches another. In repair order
+    it could come last (it is often Ready on the release already), and once another node's step is
+    recorded nothing would name it mid-reimage any more: its media would stay attached."""
+    if resume is None or resume.phase is not phase or not resume.node:
+        return order
+    return sorted(order, key=lambda n: n.name != resume.node)

@@ -233,3 +233,22 @@ def test_store_gate_soaking_is_a_verdict_kind() -> None:
                           soak=timedelta(0), before=excused).passed
     assert not evaluate_store(store, _snap(_node("n1", cp=True, ready=False, release="v1")), "v2", (),
                               healthy_since=NOW, now=NOW, soak=timedelta(0), before=excused).passed
+
+
+def test_a_resumed_run_takes_the_node_it_was_working_on_first() -> None:
+    """Killed between n2's boot and its eject, with n3 not yet touched: repair order alone would take
+    n3 first (not on the release), record n3's steps, and n2 (Ready on v2 by then) would be skipped
+    with nothing naming it mid-reimage: its media would stay attached."""
+    from edgefleet.rollout.states import Phase, Stage, Step
+    from edgefleet.rollout.storerun import _resumed_first
+
+    store = _store(["controlplane"] * 3)
+    snap = _snap(_node("n1", cp=True, release="v2"), _node("n2", cp=True, release="v2"),
+                 _node("n3", cp=True, release="v1"))
+    order = repair_order(store, snap, "v2")
+    assert [n.name for n in order][0] == "n3"
+    resumed = Step(Phase.forward, Stage.booting, "n2")
+    assert [n.name for n in _resumed_first(order, resumed, Phase.forward)] == ["n2", "n3", "n1"]
+    # Another phase's step, or none, leaves the repair order alone.
+    assert _resumed_first(order, Step(Phase.rollback, Stage.booting, "n2"), Phase.forward) == order
+    assert _resumed_first(order, None, Phase.forward) == order

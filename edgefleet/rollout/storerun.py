@@ -289,7 +289,13 @@ class StoreRunner:
         reimager, guard = reimager_for(ctx, store), WindowGuard(ctx, store)
         seeds_ready = False
         snap: Observed = await ctx.store_api.snapshot(store, readyz=False)
-        for i, node in enumerate(repair_order(store, snap, release)):
+        order = repair_order(store, snap, release)
+        # The node the ledger names mid-reimage comes first, whatever its state: done, it is tidied
+        # up (its media ejected) before anything else can interrupt the run again and move the
+        # recorded step on to another node; booting, it is down already.
+        named = st.resume.node if st.resume is not None and st.resume.phase is phase else None
+        order.sort(key=lambda n: n.name != named)
+        for i, node in enumerate(order):
             if ctx.abort and phase is Phase.forward:
                 raise Aborted()
             if i:

@@ -246,7 +246,7 @@ def test_a_resumed_run_takes_the_node_it_was_working_on_first() -> None:
     snap = _snap(_node("n1", cp=True, release="v2"), _node("n2", cp=True, release="v2"),
                  _node("n3", cp=True, release="v1"))
     order = repair_order(store, snap, "v2")
-    assert [n.name for n in order][0] == "n3"
+    assert order[0].name == "n3"
     resumed = Step(Phase.forward, Stage.booting, "n2")
     assert [n.name for n in _resumed_first(order, resumed, Phase.forward)] == ["n2", "n3", "n1"]
     # Another phase's step, or none, leaves the repair order alone.

@@ -45,6 +45,9 @@ class EngineContext:
     clients: BmcClients | None = None
     seeds: SeedServer | None = None
     netseeds: NetSeeds | None = None
+    step_latency_s: float = 0.0
+    """A decaying maximum of how long recent BMC steps took, in real seconds, across the run's
+    stores (``reimage.base.WindowGuard``: the room the next step needs in its window)."""
 
     def now(self) -> datetime:
         return self.endpoints.clock()

@@ -44,21 +44,48 @@ __all__ = ["NodeTask", "Reimager", "WindowGuard", "wait_node"]
 
 class WindowGuard:
     """The one check of the maintenance window for a store: ``check`` before every step the store
-    notices (room for ``step_margin`` in a window, outside freezes, on the rollout's clock),
-    ``wait_open`` until a stretch of a given length fits (bounded by ``window_wait_max_s``)."""
+    notices (room for ``margin()`` in a window, outside freezes, on the rollout's clock),
+    ``wait_open`` until a stretch of a given length fits (bounded by ``window_wait_max_s``).
+
+    The room a step needs is ``step_margin``, or twice as long as the store's recent steps took to
+    be sent and answered across the run (``note_step``), whichever is longer, plus how far the rollout's clock may
+    be off the store's (a simulator's clock read over HTTP). At the wall clock that is the margin
+    itself; on a simulator running 3,600x on a loaded machine, a step answered 0.2 s later than
+    its check lands 12 simulated minutes later: the check must leave room for that."""
+
+    LATENCY_CAP_S = 5.0  # one pathological step does not close every window for the rest of the run
 
     def __init__(self, ctx: EngineContext, store: Store):
         self.ctx = ctx
         self.store = store
+        self._last_check: float | None = None
+
+    def note_step(self, *, first: bool) -> None:
+        """Called before each step of a sequence: the time since the previous step's check is
+        what that step took (``first``: a new sequence, nothing to measure yet)."""
+        now = time.monotonic()
+        if not first and self._last_check is not None:
+            took = min(now - self._last_check, self.LATENCY_CAP_S)
+            self.ctx.step_latency_s = max(took, self.ctx.step_latency_s * 0.8)
+        self._last_check = now
+
+    def margin(self) -> timedelta:
+        scale = self.ctx.endpoints.time_scale
+        observed = timedelta(seconds=2 * self.ctx.step_latency_s * scale)
+        uncertainty = getattr(self.ctx.endpoints.clock, "uncertainty", timedelta(0))
+        if not isinstance(uncertainty, timedelta):
+            uncertainty = timedelta(0)
+        return max(self.ctx.settings.step_margin, observed) + uncertainty
 
     def check(self) -> None:
-        """Raise WindowClosed unless ``[now, now + step_margin)`` lies in a window, outside freezes."""
+        """Raise WindowClosed unless ``[now, now + margin())`` lies in a window, outside freezes."""
         t = self.ctx.now()
-        start = next_allowed_start(self.store, self.ctx.fleet.freezes, t, self.ctx.settings.step_margin,
-                                   horizon=timedelta(hours=1))
+        margin = self.margin()
+        start = next_allowed_start(self.store, self.ctx.fleet.freezes, t, margin,
+                                   horizon=timedelta(hours=1) + margin)
         if start is None or start > t + timedelta(seconds=1):
             raise WindowClosed(f"the maintenance window of store {self.store.id} closes (or a freeze begins) "
-                               f"within {self.ctx.settings.step_margin}")
+                               f"within {margin}")
 
     async def wait_open(self, duration: timedelta) -> bool:
         """Wait until ``[now, now + duration)`` fits a window outside freezes; False past the bound."""

@@ -80,11 +80,17 @@ class RedfishReimager:
         image_url, seed_url = self._urls[node.name]
         attempt, attempts = 1, max(1, ctx.settings.reimage_attempts)
 
+        first = True
+
         async def before_step(step: ReimageStep) -> None:
             del step  # every step the store notices needs the same room in the window
+            nonlocal first
+            guard.note_step(first=first)
+            first = False
             guard.check()
 
         while True:
+            first = True  # a sequence started again: its first step has nothing before it to time
             try:
                 res = await reimage_sequence(self.driver(node), image_url, seed_url,
                                              power_deadline_s=ctx.settings.power_deadline_s, before_step=before_step)

@@ -1,0 +1,68 @@
+"""The window guard leaves room for how long steps take on the rollout's clock: on a simulator
+running 3,600x on a loaded machine, a step sent 0.2 s after its check lands 12 simulated minutes
+later, past a 5-minute margin."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from edgefleet.inventory.load import load_fleet
+from edgefleet.rollout.reimage.base import WindowClosed, WindowGuard
+from edgefleet.rollout.settings import EngineSettings
+
+INVENTORY = Path(__file__).resolve().parents[2] / "inventory"
+# us-001 (America/New_York): Monday to Thursday 01:00-05:30; 05:20 on Wednesday 2026-11-04 is 10:20 UTC.
+TEN_MINUTES_LEFT = datetime(2026, 11, 4, 10, 20, tzinfo=UTC)
+
+
+def _ctx(now: datetime, scale: float, uncertainty: timedelta = timedelta(0)) -> Any:
+    fleet = load_fleet(INVENTORY)
+    clock: Any = lambda: now  # noqa: E731
+    clock.uncertainty = uncertainty
+    return SimpleNamespace(fleet=fleet, settings=EngineSettings(), now=lambda: now, step_latency_s=0.0,
+                           endpoints=SimpleNamespace(time_scale=scale, clock=clock))
+
+
+def _guard(ctx: Any) -> WindowGuard:
+    return WindowGuard(ctx, ctx.fleet.stores["us-001"])
+
+
+def test_ten_minutes_left_is_room_for_a_quick_step() -> None:
+    _guard(_ctx(TEN_MINUTES_LEFT, 3600.0)).check()
+
+
+def test_slow_steps_at_3600x_need_more_room_than_the_margin() -> None:
+    ctx = _ctx(TEN_MINUTES_LEFT, 3600.0)
+    guard = _guard(ctx)
+    guard.note_step(first=True)
+    time.sleep(0.2)  # the previous step took 0.2 s to be sent and answered: 12 simulated minutes
+    guard.note_step(first=False)
+    assert guard.margin() >= timedelta(minutes=24)
+    with pytest.raises(WindowClosed):
+        guard.check()
+    # Another store's guard in the same run knows it too (its first step has nothing to time).
+    with pytest.raises(WindowClosed):
+        _guard(ctx).check()
+
+
+def test_at_the_wall_clock_the_margin_is_the_setting() -> None:
+    ctx = _ctx(TEN_MINUTES_LEFT, 1.0)
+    guard = _guard(ctx)
+    guard.note_step(first=True)
+    time.sleep(0.2)
+    guard.note_step(first=False)
+    assert guard.margin() == EngineSettings().step_margin
+    guard.check()
+
+
+def test_the_clock_uncertainty_is_added() -> None:
+    ctx = _ctx(TEN_MINUTES_LEFT, 3600.0, uncertainty=timedelta(minutes=6))
+    assert _guard(ctx).margin() == EngineSettings().step_margin + timedelta(minutes=6)
+    with pytest.raises(WindowClosed):
+        _guard(ctx).check()

@@ -164,16 +164,36 @@ def _demo() -> None:
 
 
 def _story(t0: float, home: Path, state_url: str) -> None:
+    """The demo's steps: inventory, two releases, the simulated fleet provisioned, rolled out and
+    back, then the report and the summary."""
     _step("validate the sample inventory", "inventory", "validate", "inventory")
     _step("the fleet by country, region and ring", "inventory", "graph", "-i", "inventory")
 
     upstream = OUT / "upstream" / f"talos-{TALOS_VERSION}.iso"
     _step("a Talos-like upstream boot ISO (no network here: a real one comes from the Image Factory)",
           "release", "fake-upstream", "--talos-version", TALOS_VERSION, "--out", str(upstream))
-    from edgefleet.releases.upstream import sha256_file
-
     build = _load_flows("build_release")
     rollout_flows = _load_flows("rollout")
+    _build_releases(build, upstream)
+
+    # Real seconds: at 3,600x a node boots in 25 ms and 8 s are eight simulated hours.
+    common = {"inventory": "inventory", "home": str(home), "state_url": state_url, "poll_s": 0.2,
+              "node_timeout_s": 8.0, "gate_timeout_s": 10.0}
+    with _simulator(home) as url:
+        _title(f"fleet simulator on {url}: clock {CLOCK}, {TIME_SCALE:.0f}x")
+        _provision_fleet(rollout_flows, url, common)
+        _roll_out_and_back(rollout_flows, url, common)
+        violations = _sim(url, "/sim/violations")
+        sim_now = datetime.fromisoformat(_sim(url, "/sim/clock")["now"])
+
+    _step("the release catalog after the rollback", "release", "list")
+    _summary(t0, home, state_url, violations, sim_now)
+
+
+def _build_releases(build: ModuleType, upstream: Path) -> None:
+    """Releases v1 and v2 built with Packer by the build_release flow, then the catalog."""
+    from edgefleet.releases.upstream import sha256_file
+
     digest = sha256_file(upstream)
     for name, ext in (("v1", "siderolabs/iscsi-tools"), ("v2", "siderolabs/util-linux-tools")):
         _title(f"build release {name} with Packer (Prefect flow build_release on the local server)")
@@ -184,56 +204,58 @@ def _story(t0: float, home: Path, state_url: str) -> None:
         print(f"release {rel['name']}: {rel['sha256'][:16]}... {rel['size']} bytes", flush=True)
     _step("the release catalog", "release", "list")
 
-    # Real seconds: at 3,600x a node boots in 25 ms and 8 s are eight simulated hours.
-    common = {"inventory": "inventory", "home": str(home), "state_url": state_url, "poll_s": 0.2,
-              "node_timeout_s": 8.0, "gate_timeout_s": 10.0}
-    with _simulator(home) as url:
-        _title(f"fleet simulator on {url}: clock {CLOCK}, {TIME_SCALE:.0f}x")
-        from edgefleet.inventory.load import load_fleet
 
-        stores = sorted(load_fleet("inventory").stores)
+def _provision_fleet(rollout_flows: ModuleType, url: str, common: dict[str, Any]) -> None:
+    """Every store of the sample inventory provisioned on v1 (one provision_store flow run each)."""
+    from edgefleet.inventory.load import load_fleet
 
-        _title(f"provision all {len(stores)} stores on v1 (flow provision_store per store; waits for windows)")
+    stores = sorted(load_fleet("inventory").stores)
 
-        async def provision_all() -> list[Any]:
-            # Bounded: two dozen flow runs created at the same instant can make the embedded
-            # server's SQLite answer 503 (locked) past the client's retries.
-            gate = asyncio.Semaphore(PROVISION_AT_ONCE)
+    _title(f"provision all {len(stores)} stores on v1 (flow provision_store per store; waits for windows)")
 
-            async def one(s: str) -> Any:
-                async with gate:
-                    return await rollout_flows.provision_store(store=s, release="v1", sim_url=url,
-                                                               return_state=True, **common)
+    async def provision_all() -> list[Any]:
+        # Bounded: two dozen flow runs created at the same instant can make the embedded
+        # server's SQLite answer 503 (locked) past the client's retries.
+        gate = asyncio.Semaphore(PROVISION_AT_ONCE)
 
-            return list(await asyncio.gather(*(one(s) for s in stores)))
+        async def one(s: str) -> Any:
+            async with gate:
+                return await rollout_flows.provision_store(store=s, release="v1", sim_url=url,
+                                                           return_state=True, **common)
 
-        for s, st in zip(stores, asyncio.run(provision_all()), strict=True):
-            _check(st, f"provision {s}")
-        print(f"{len(stores)} stores provisioned on v1; simulator clock now {_sim(url, '/sim/clock')['now']}",
-              flush=True)
+        return list(await asyncio.gather(*(one(s) for s in stores)))
 
-        _title(f"roll v2 out: canary + waves; {FAILING_NODE} never becomes Ready (simulator scenario)")
-        _sim(url, "/sim/scenario", {"never_ready": [FAILING_NODE]})
-        ro = _check(asyncio.run(rollout_flows.rollout(
-            release="v2", canary=2, waves=["5", "100%"], failure_budget="1", max_concurrent=12, node_minutes=15.0,
-            wave_soak_minutes=30.0, gate_on_window=False, sim_url=url, return_state=True, **common)), "rollout v2")
-        for w in ro["waves"]:
-            print(f"  wave {w['index']} {w['name']}: {w['status']}, {w['done']}/{w['stores']} stores, "
-                  f"{w['failures']} failed (budget {w['budget']})", flush=True)
-        for s in ro["stores"]:
-            if s["status"] != "succeeded":
-                print(f"  {s['store']}: {s['status']}: {s['reason']}", flush=True)
+    for s, st in zip(stores, asyncio.run(provision_all()), strict=True):
+        _check(st, f"provision {s}")
+    print(f"{len(stores)} stores provisioned on v1; simulator clock now {_sim(url, '/sim/clock')['now']}",
+          flush=True)
 
-        _title("roll v2 back across the fleet (flow rollback): v2 revoked, every store back on v1")
-        _sim(url, "/sim/scenario", {"never_ready": []})
-        rb = _check(asyncio.run(rollout_flows.rollback(release="v2", reason="demo: bad release", max_concurrent=12,
-                                                       node_minutes=15.0, sim_url=url, return_state=True,
-                                                       **common)), "rollback v2")
-        print(f"  rollback {rb['rollout']['id']}: {rb['rollout']['status']} ({rb['rollout']['reason']})", flush=True)
-        violations = _sim(url, "/sim/violations")
-        sim_now = datetime.fromisoformat(_sim(url, "/sim/clock")["now"])
 
-    _step("the release catalog after the rollback", "release", "list")
+def _roll_out_and_back(rollout_flows: ModuleType, url: str, common: dict[str, Any]) -> None:
+    """v2 rolled out with a node that never becomes Ready (the rollout flow), then rolled back."""
+    _title(f"roll v2 out: canary + waves; {FAILING_NODE} never becomes Ready (simulator scenario)")
+    _sim(url, "/sim/scenario", {"never_ready": [FAILING_NODE]})
+    ro = _check(asyncio.run(rollout_flows.rollout(
+        release="v2", canary=2, waves=["5", "100%"], failure_budget="1", max_concurrent=12, node_minutes=15.0,
+        wave_soak_minutes=30.0, gate_on_window=False, sim_url=url, return_state=True, **common)), "rollout v2")
+    for w in ro["waves"]:
+        print(f"  wave {w['index']} {w['name']}: {w['status']}, {w['done']}/{w['stores']} stores, "
+              f"{w['failures']} failed (budget {w['budget']})", flush=True)
+    for s in ro["stores"]:
+        if s["status"] != "succeeded":
+            print(f"  {s['store']}: {s['status']}: {s['reason']}", flush=True)
+
+    _title("roll v2 back across the fleet (flow rollback): v2 revoked, every store back on v1")
+    _sim(url, "/sim/scenario", {"never_ready": []})
+    rb = _check(asyncio.run(rollout_flows.rollback(release="v2", reason="demo: bad release", max_concurrent=12,
+                                                   node_minutes=15.0, sim_url=url, return_state=True,
+                                                   **common)), "rollback v2")
+    print(f"  rollback {rb['rollout']['id']}: {rb['rollout']['status']} ({rb['rollout']['reason']})", flush=True)
+
+
+def _summary(t0: float, home: Path, state_url: str, violations: dict[str, Any], sim_now: datetime) -> None:
+    """The HTML report, the stores per release and the simulator's violations; exit 1 unless the
+    fleet is back on v1 with no violation."""
     from edgefleet.report import collect_report, render_report, write_report
     from edgefleet.rollout.ledger import Ledger
     from edgefleet.state.db import open_state
@@ -253,7 +275,6 @@ def _story(t0: float, home: Path, state_url: str) -> None:
     if violations["total"] or set(on) != {"v1"}:
         print("demo FAILED: the fleet should be back on v1 with no safety violation", file=sys.stderr, flush=True)
         raise SystemExit(1)
-
 
 if __name__ == "__main__":
     main()

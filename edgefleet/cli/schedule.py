@@ -12,7 +12,7 @@ parameters without talking to Prefect; only the commands that do talk to it impo
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
@@ -128,35 +128,58 @@ def rollout(release: Annotated[str, typer.Option("--release", help="Release to r
                          min_duration=timedelta(minutes=min_minutes))
     ready = [gs for gs in plan if gs.start is not None]
     blocked = [gs for gs in plan if gs.start is None]
-    runs: dict[str, ScheduledRun] = {}
-    if not dry_run and ready:
-        from edgefleet.schedule.prefect_schedule import RunRequest, create_runs
+    runs = {} if dry_run else _create_runs(ready, deployment, by_region, release, extra)
+    _print_schedule(release, deployment, after, dry_run, extra, ready, blocked, runs, json_out)
+    _warn_kept(runs, extra)
+    for gs in blocked:
+        err_console.print(f"[yellow]unschedulable[/yellow] group {gs.group.id} ({', '.join(gs.group.stores)}): "
+                          f"{gs.reason}", markup=True, soft_wrap=True)
+    if blocked:
+        raise typer.Exit(1)
 
-        requests = []
-        for gs in ready:
-            assert gs.start is not None
-            name = deployment.format(region=gs.group.region) if by_region else deployment
-            requests.append(RunRequest(name, release, gs.group.id, gs.start,
-                                       {"release": release, "stores": list(gs.group.stores), **extra},
-                                       stores=gs.group.stores))
-        runs = {r.group or "": r for r in create_runs(requests)}
+
+def _create_runs(ready: list[GroupStart], deployment: str, by_region: bool, release: str,
+                 extra: dict[str, Any]) -> dict[str, ScheduledRun]:
+    """One run per schedulable group on the Prefect server (or the one it already has), by group id."""
+    if not ready:
+        return {}
+    from edgefleet.schedule.prefect_schedule import RunRequest, create_runs
+
+    requests = []
+    for gs in ready:
+        assert gs.start is not None
+        name = deployment.format(region=gs.group.region) if by_region else deployment
+        requests.append(RunRequest(name, release, gs.group.id, gs.start,
+                                   {"release": release, "stores": list(gs.group.stores), **extra},
+                                   stores=gs.group.stores))
+    return {r.group or "": r for r in create_runs(requests)}
+
+
+def _print_schedule(release: str, deployment: str, after: datetime, dry_run: bool, extra: dict[str, Any],
+                    ready: list[GroupStart], blocked: list[GroupStart], runs: dict[str, ScheduledRun],
+                    json_out: bool) -> None:
+    """The groups, their starts and runs: as JSON or as a table."""
     if json_out:
         print_json({"release": release, "deployment": deployment, "from": after.isoformat(), "dry_run": dry_run,
                     "parameters": extra,
                     "groups": [{**gs.to_json(), "run": runs[gs.group.id].to_json() if gs.group.id in runs else None}
                                for gs in ready],
                     "unschedulable": [gs.to_json() for gs in blocked]})
-    else:
-        t = Table("group", "stores", "windows", "start (local)", "start (UTC)", "run", title=(
-            f"{release}: {len(ready)} group(s)" + (" (dry run)" if dry_run else "")), caption=(
-            "every run also gets " + ", ".join(f"{k}={json.dumps(v)}" for k, v in extra.items()) if extra else None))
-        for gs in ready:
-            run = runs.get(gs.group.id)
-            assert gs.start is not None
-            run_text = "-" if run is None else f"{run.id} ({'created' if run.created else 'exists: ' + run.state})"
-            t.add_row(gs.group.id, str(len(gs.group.stores)), " + ".join(gs.group.windows), _local(gs),
-                      f"{gs.start:%Y-%m-%d %H:%M}Z", run_text)
-        console.print(t)
+        return
+    t = Table("group", "stores", "windows", "start (local)", "start (UTC)", "run", title=(
+        f"{release}: {len(ready)} group(s)" + (" (dry run)" if dry_run else "")), caption=(
+        "every run also gets " + ", ".join(f"{k}={json.dumps(v)}" for k, v in extra.items()) if extra else None))
+    for gs in ready:
+        run = runs.get(gs.group.id)
+        assert gs.start is not None
+        run_text = "-" if run is None else f"{run.id} ({'created' if run.created else 'exists: ' + run.state})"
+        t.add_row(gs.group.id, str(len(gs.group.stores)), " + ".join(gs.group.windows), _local(gs),
+                  f"{gs.start:%Y-%m-%d %H:%M}Z", run_text)
+    console.print(t)
+
+
+def _warn_kept(runs: dict[str, ScheduledRun], extra: dict[str, Any]) -> None:
+    """A warning for each run kept with other parameters than those asked for now."""
     for run in runs.values():
         if run.created:
             continue
@@ -169,11 +192,6 @@ def rollout(release: Annotated[str, typer.Option("--release", help="Release to r
             err_console.print(f"[yellow]kept[/yellow] run {run.id} (group {escape(run.group or '-')}, {run.state}) "
                               f"scheduled with {escape(shown)}: cancel it and schedule again to change its "
                               "parameters", markup=True, soft_wrap=True)
-    for gs in blocked:
-        err_console.print(f"[yellow]unschedulable[/yellow] group {gs.group.id} ({', '.join(gs.group.stores)}): "
-                          f"{gs.reason}", markup=True, soft_wrap=True)
-    if blocked:
-        raise typer.Exit(1)
 
 
 def _print_runs(runs: list[ScheduledRun], title: str, json_out: bool) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Mapping
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,52 @@ def fleet_defaults() -> dict[str, Any]:
     }
 
 
+def _synthetic_freezes() -> list[dict[str, str]]:
+    return [
+        {"name": "black-friday", "start": "2026-11-23", "end": "2026-11-30",
+         "reason": "Black Friday week: no changes in stores"},
+        {"name": "christmas", "start": "2026-12-14", "end": "2027-01-03", "reason": "Christmas trading"},
+    ]
+
+
+def _synthetic_group_vars(picked: list[tuple[str, str, str, list[str]]]) -> dict[str, dict[str, Any]]:
+    """group_vars: each country's time zone, the canary ring's window, the Americas' DNS servers."""
+    gv: dict[str, dict[str, Any]] = {}
+    for cc, _name, _region, zones in picked:
+        gv[f"country_{cc.lower()}"] = {"timezone": zones[0]}
+    gv["ring_canary"] = {"maintenance_windows": [{"days": ["daily"], "start": "21:00", "end": "06:00"}]}
+    gv["region_americas"] = {"network": {"dns": ["10.0.2.53", "10.0.3.53"]}}
+    return gv
+
+
+def _add_synthetic_nodes(st: dict[str, Any], size: int, family: str, hosts: list[IPv4Address],
+                         v6: list[IPv6Address], mac: int) -> int:
+    """The store's ``size`` nodes (three control planes first) and its cluster (a VIP when it has
+    more than one node), addressed by IP family; returns the last MAC counter used."""
+    sid = st["id"]
+    nodes = []
+    for k in range(size):
+        mac += 1
+        role = "controlplane" if k < 3 else "worker"
+        node: dict[str, Any] = {
+            "name": f"{sid}-n{k + 1}",
+            "role": role,
+            "mac": _mac(mac),
+            "ip": str(v6[10 + k] if family == "ipv6" else hosts[10 + k]),
+            "bmc": {"url": f"https://[{v6[100 + k]}]" if family == "ipv6" else f"https://{hosts[100 + k]}"},
+        }
+        if family == "dual":
+            node["ipv6"] = str(v6[10 + k])
+        nodes.append(node)
+    st["cluster"] = {"name": sid}
+    if size > 1:
+        st["cluster"]["vip"] = str(v6[9] if family == "ipv6" else hosts[9])
+        if family == "dual":
+            st["cluster"]["vip6"] = str(v6[9])
+    st["nodes"] = nodes
+    return mac
+
+
 def plan_synthetic_fleet(stores: int, seed: int, *, countries: int = 48, freezes: bool = True,
                          ipv6_every: int = 0) -> tuple[dict[str, Any], dict[str, dict[str, Any]],
                                                        dict[str, list[dict[str, Any]]]]:
@@ -126,17 +172,9 @@ def plan_synthetic_fleet(stores: int, seed: int, *, countries: int = 48, freezes
     fleet: dict[str, Any] = {
         "fleet": {"name": f"synthetic-{stores}-s{seed}"},
         "defaults": fleet_defaults(),
-        "freezes": [
-            {"name": "black-friday", "start": "2026-11-23", "end": "2026-11-30",
-             "reason": "Black Friday week: no changes in stores"},
-            {"name": "christmas", "start": "2026-12-14", "end": "2027-01-03", "reason": "Christmas trading"},
-        ] if freezes else [],
+        "freezes": _synthetic_freezes() if freezes else [],
     }
-    gv: dict[str, dict[str, Any]] = {}
-    for cc, _name, _region, zones in picked:
-        gv[f"country_{cc.lower()}"] = {"timezone": zones[0]}
-    gv["ring_canary"] = {"maintenance_windows": [{"days": ["daily"], "start": "21:00", "end": "06:00"}]}
-    gv["region_americas"] = {"network": {"dns": ["10.0.2.53", "10.0.3.53"]}}
+    gv = _synthetic_group_vars(picked)
     by_country: dict[str, list[dict[str, Any]]] = {}
     mac = 0
     n_canary = max(1, stores // 100)
@@ -177,26 +215,7 @@ def plan_synthetic_fleet(stores: int, seed: int, *, countries: int = 48, freezes
             st["network"]["ipv6"] = {"subnet": str(net6), "gateway": str(v6[1])}
         if rng.random() < 0.1:
             st["network"]["vlan"] = 100 + rng.randrange(50)
-        nodes = []
-        for k in range(size):
-            mac += 1
-            role = "controlplane" if k < 3 else "worker"
-            node: dict[str, Any] = {
-                "name": f"{sid}-n{k + 1}",
-                "role": role,
-                "mac": _mac(mac),
-                "ip": str(v6[10 + k] if family == "ipv6" else hosts[10 + k]),
-                "bmc": {"url": f"https://[{v6[100 + k]}]" if family == "ipv6" else f"https://{hosts[100 + k]}"},
-            }
-            if family == "dual":
-                node["ipv6"] = str(v6[10 + k])
-            nodes.append(node)
-        st["cluster"] = {"name": sid}
-        if size > 1:
-            st["cluster"]["vip"] = str(v6[9] if family == "ipv6" else hosts[9])
-            if family == "dual":
-                st["cluster"]["vip6"] = str(v6[9])
-        st["nodes"] = nodes
+        mac = _add_synthetic_nodes(st, size, family, hosts, v6, mac)
         by_country.setdefault(cc.lower(), []).append(st)
     return fleet, gv, by_country
 

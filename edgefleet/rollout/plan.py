@@ -254,6 +254,17 @@ def _assign_waves(fleet: Fleet, eligible: list[Store], policy: RolloutPolicy) ->
     return waves
 
 
+def _candidates(fleet: Fleet, stores: Sequence[str] | None) -> list[Store]:
+    """The stores asked for, in order and once each (default: the whole fleet); unknown ids raise."""
+    if stores is None:
+        return list(fleet.stores.values())
+    unknown = [s for s in stores if s not in fleet.stores]
+    if unknown:
+        raise ReleaseInputError(f"stores not in the inventory {fleet.source or ''}: {', '.join(unknown)}; "
+                                "check the store ids (or the inventory path)")
+    return [fleet.stores[s] for s in dict.fromkeys(stores)]
+
+
 def plan_rollout(fleet: Fleet, release: str, policy: RolloutPolicy, now: datetime, *,
                  current: Mapping[str, str | None] | None = None, release_state: str = "built",
                  stores: Sequence[str] | None = None) -> RolloutPlan:
@@ -264,14 +275,7 @@ def plan_rollout(fleet: Fleet, release: str, policy: RolloutPolicy, now: datetim
     if release_state == "revoked":
         raise ReleaseInputError(f"release {release} is revoked: it can never be rolled out again")
     current = current or {}
-    if stores is not None:
-        unknown = [s for s in stores if s not in fleet.stores]
-        if unknown:
-            raise ReleaseInputError(f"stores not in the inventory {fleet.source or ''}: {', '.join(unknown)}; "
-                                    "check the store ids (or the inventory path)")
-        candidates = [fleet.stores[s] for s in dict.fromkeys(stores)]
-    else:
-        candidates = list(fleet.stores.values())
+    candidates = _candidates(fleet, stores)
     skipped = tuple((s.id, f"already on {release}") for s in candidates if current.get(s.id) == release)
     eligible = [s for s in candidates if current.get(s.id) != release]
 

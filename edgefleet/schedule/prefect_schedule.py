@@ -192,6 +192,57 @@ def _stores_of(fr: Any) -> list[str]:
     return [str(s) for s in stores] if isinstance(stores, list) else []
 
 
+async def _read_deployments(client: Any, names: list[str]) -> dict[str, Any]:
+    from prefect.exceptions import ObjectNotFound
+
+    deployments: dict[str, Any] = {}
+    for name in names:
+        try:
+            deployments[name] = await client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            raise ScheduleError(
+                f"deployment {name!r} not found on the Prefect API: deploy it first (`prefect --no-prompt "
+                "deploy --prefect-file flows/prefect.yaml --all`), or pass --deployment "
+                "<flow>/<deployment> as `prefect deployment ls` shows it") from None
+    return deployments
+
+
+def _covering_run(r: RunRequest, live: list[Any]) -> tuple[Any | None, list[str]]:
+    """The live run of the release that already covers the request (one sharing a store with it,
+    once all its stores are covered; without stores, one of its group), or None and the request's
+    stores no live run covers yet."""
+    if r.stores:
+        covered = {s for fr in live for s in _stores_of(fr)}
+        remaining = [s for s in r.stores if s not in covered]
+        if not remaining:
+            return next(fr for fr in live if set(_stores_of(fr)) & set(r.stores)), []
+        return None, remaining
+    done = [fr for fr in live if group_tag(r.group_id) in fr.tags]
+    return (done[0] if done else None), []
+
+
+def _run_body(r: RunRequest, dep: Any, remaining: list[str], earlier: int) -> dict[str, Any]:
+    """The new scheduled run of a request (for the stores still ``remaining``), as the bulk endpoint
+    takes it; ``earlier``: how many runs of the release the group had before, in any state."""
+    from prefect.client.schemas.actions import DeploymentFlowRunCreate
+    from prefect.states import Scheduled, to_state_create
+
+    parameters = dict(r.parameters)
+    if r.stores and "stores" in parameters:
+        parameters["stores"] = remaining
+    # Two invocations racing on the same group compute the same key, and the server keeps
+    # one run; the count of the group's earlier runs makes a group rescheduled after a
+    # cancel a new key.
+    what = hashlib.sha256(",".join(remaining).encode()).hexdigest()[:12]
+    key = (f"edgefleet:{dep.id}:{r.release}:{r.group_id}:{r.start.astimezone(UTC).isoformat()}:"
+           f"{what}:{earlier}")
+    body = DeploymentFlowRunCreate(
+        name=f"{r.release}-{r.group_id}", parameters=parameters, idempotency_key=key,
+        state=to_state_create(Scheduled(scheduled_time=r.start.astimezone(UTC))),
+        tags=[SCHEDULE_TAG, release_tag(r.release), group_tag(r.group_id)])
+    return body.model_dump(mode="json", exclude_unset=True)
+
+
 def create_runs(requests: Sequence[RunRequest], *, concurrency: int = 1) -> list[ScheduledRun]:
     """Create one scheduled flow run per request, in bulk calls of up to 100 (``concurrency`` calls
     at a time).
@@ -207,21 +258,10 @@ def create_runs(requests: Sequence[RunRequest], *, concurrency: int = 1) -> list
 
     async def go() -> list[ScheduledRun]:
         from prefect.client.orchestration import get_client
-        from prefect.client.schemas.actions import DeploymentFlowRunCreate
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-        from prefect.exceptions import ObjectNotFound
-        from prefect.states import Scheduled, to_state_create
 
         async with get_client() as client:
-            deployments: dict[str, Any] = {}
-            for name in sorted({r.deployment for r in requests}):
-                try:
-                    deployments[name] = await client.read_deployment_by_name(name)
-                except ObjectNotFound:
-                    raise ScheduleError(
-                        f"deployment {name!r} not found on the Prefect API: deploy it first (`prefect --no-prompt "
-                        "deploy --prefect-file flows/prefect.yaml --all`), or pass --deployment "
-                        "<flow>/<deployment> as `prefect deployment ls` shows it") from None
+            deployments = await _read_deployments(client, sorted({r.deployment for r in requests}))
             history: dict[str, list[Any]] = {}  # release -> its runs, any state
             for release in sorted({r.release for r in requests}):
                 history[release] = await _read_tagged(client, [SCHEDULE_TAG, release_tag(release)])
@@ -230,34 +270,13 @@ def create_runs(requests: Sequence[RunRequest], *, concurrency: int = 1) -> list
             for i, r in enumerate(requests):
                 runs = history[r.release]
                 live = [fr for fr in runs if fr.state is None or fr.state.type.value not in _RETRYABLE]
-                same_group = [fr for fr in runs if group_tag(r.group_id) in fr.tags]
-                parameters = dict(r.parameters)
-                if r.stores:
-                    covered = {s for fr in live for s in _stores_of(fr)}
-                    remaining = [s for s in r.stores if s not in covered]
-                    if not remaining:
-                        results[i] = _to_run(next(fr for fr in live if set(_stores_of(fr)) & set(r.stores)))
-                        continue
-                    if "stores" in parameters:
-                        parameters["stores"] = remaining
-                else:
-                    remaining = []
-                    done = [fr for fr in live if group_tag(r.group_id) in fr.tags]
-                    if done:
-                        results[i] = _to_run(done[0])
-                        continue
-                dep = deployments[r.deployment]
-                # Two invocations racing on the same group compute the same key, and the server keeps
-                # one run; the count of the group's earlier runs makes a group rescheduled after a
-                # cancel a new key.
-                what = hashlib.sha256(",".join(remaining).encode()).hexdigest()[:12]
-                key = (f"edgefleet:{dep.id}:{r.release}:{r.group_id}:{r.start.astimezone(UTC).isoformat()}:"
-                       f"{what}:{len(same_group)}")
-                body = DeploymentFlowRunCreate(
-                    name=f"{r.release}-{r.group_id}", parameters=parameters, idempotency_key=key,
-                    state=to_state_create(Scheduled(scheduled_time=r.start.astimezone(UTC))),
-                    tags=[SCHEDULE_TAG, release_tag(r.release), group_tag(r.group_id)])
-                todo.setdefault(r.deployment, []).append((i, body.model_dump(mode="json", exclude_unset=True)))
+                existing, remaining = _covering_run(r, live)
+                if existing is not None:
+                    results[i] = _to_run(existing)
+                    continue
+                earlier = sum(1 for fr in runs if group_tag(r.group_id) in fr.tags)
+                body = _run_body(r, deployments[r.deployment], remaining, earlier)
+                todo.setdefault(r.deployment, []).append((i, body))
             sem = asyncio.Semaphore(concurrency)
 
             async def batch(deployment: str, items: list[tuple[int, dict[str, Any]]]) -> None:

@@ -17,179 +17,49 @@ import asyncio
 import base64
 import binascii
 import hashlib
-import os
 import random
 import sys
-import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from edgefleet.errors import EdgefleetError, InputError
-from edgefleet.inventory.model import CredentialsRef, Fleet, Node, Role, Store
-from edgefleet.sim.boot import RELEASE_LABEL, ReleaseFacts, SeedFacts, evaluate_join
+from edgefleet.errors import EdgefleetError
+from edgefleet.inventory.model import CredentialsRef, Fleet
+from edgefleet.sim.boot import ReleaseFacts, SeedFacts, evaluate_join
+from edgefleet.sim.clock import SimClock
 from edgefleet.sim.media import Media, MediaFetcher
+from edgefleet.sim.node import (
+    BOOT_ENABLED,
+    BOOT_TARGETS,
+    POWER_OFF,
+    POWER_ON,
+    RESET_TYPES,
+    SLOT_IDS,
+    ActionError,
+    NodeState,
+)
 from edgefleet.sim.oracle import (
     ControlPlaneDowns,
     Finding,
     NodeFacts,
+    Violation,
     check_caps,
     check_concurrent_operations,
     check_schedule,
     disruptive_boot_override,
 )
+from edgefleet.sim.passwords import resolve_passwords
 from edgefleet.sim.scenario import Scenario
 
-__all__ = ["ActionError", "NodeState", "SimClock", "SimFleet", "resolve_passwords"]
+# NodeState, ActionError and the BMC's values live in sim/node.py, SimClock in sim/clock.py,
+# resolve_passwords in sim/passwords.py and Violation in sim/oracle.py; the simulator's modules
+# import them from here too.
+__all__ = ["BOOT_ENABLED", "BOOT_TARGETS", "POWER_OFF", "POWER_ON", "RESET_TYPES", "SLOT_IDS", "ActionError",
+           "NodeState", "SimClock", "SimFleet", "Violation", "resolve_passwords"]
 
-SLOT_IDS = ("Cd", "Usb")
-POWER_ON, POWER_OFF = "On", "Off"
-RESET_TYPES = ("On", "ForceOff", "GracefulShutdown", "GracefulRestart", "ForceRestart", "PowerCycle", "Nmi")
-BOOT_TARGETS = ("None", "Pxe", "Cd", "Usb", "Hdd", "BiosSetup")
-BOOT_ENABLED = ("Disabled", "Once", "Continuous")
 MAX_EVENTS = 100_000
 MAX_VIOLATIONS = 100_000
-
-
-class ActionError(EdgefleetError):
-    """A BMC action the simulated BMC refuses; ``status`` and ``message_id`` shape the Redfish error."""
-
-    def __init__(self, message: str, *, status: int = 400, message_id: str = "Base.1.8.GeneralError"):
-        self.status = status
-        self.message_id = message_id
-        super().__init__(message)
-
-
-class SimClock:
-    """Simulated time: ``start`` plus real elapsed time multiplied by ``scale``."""
-
-    def __init__(self, start: datetime, scale: float, monotonic: Callable[[], float] = time.monotonic):
-        if start.tzinfo is None:
-            raise InputError(f"--clock {start.isoformat()} has no UTC offset; write e.g. 2026-11-02T23:30:00Z")
-        if scale <= 0:
-            raise InputError(f"--time-scale must be positive, got {scale}")
-        self.scale = scale
-        self._mono = monotonic
-        self._t0 = monotonic()
-        self._start = start.astimezone(UTC)
-
-    def now(self) -> datetime:
-        return self._start + timedelta(seconds=(self._mono() - self._t0) * self.scale)
-
-    def set(self, when: datetime) -> None:
-        if when.tzinfo is None:
-            raise InputError(f"clock value {when.isoformat()} has no UTC offset")
-        self._start, self._t0 = when.astimezone(UTC), self._mono()
-
-    def real_seconds(self, sim_seconds: float) -> float:
-        return sim_seconds / self.scale
-
-
-class NodeState:
-    """One simulated machine and its BMC."""
-
-    __slots__ = ("boot_enabled", "boot_from_media", "boot_gen", "boot_target", "booting", "generation", "joined",
-                 "kubelet_version", "labels", "media", "node", "operation", "password", "power", "reason", "release",
-                 "seed_instance_id", "sessions", "store", "talos_version", "username")
-
-    def __init__(self, node: Node, store: Store, username: str, password: str, release: str, talos_version: str):
-        self.node = node
-        self.store = store
-        self.username = username
-        self.password = password
-        self.power = POWER_ON
-        self.boot_target = "None"
-        self.boot_enabled = "Disabled"
-        self.media: dict[str, Media] = {}
-        self.booting = False
-        self.boot_gen = 0
-        self.boot_from_media = False
-        self.joined = True
-        self.reason = "installed release is running"
-        self.release = release
-        self.talos_version = talos_version
-        self.kubelet_version = "v" + store.cluster.kubernetes_version.lstrip("v")
-        self.labels: dict[str, str] | None = None  # None: the initial labels (computed on read)
-        self.seed_instance_id: str | None = None
-        self.operation: str | None = None  # the operation this node is mid-reimage for
-        self.sessions: dict[str, str] | None = None
-        self.generation = 1
-
-    @property
-    def name(self) -> str:
-        return self.node.name
-
-    @property
-    def is_control_plane(self) -> bool:
-        return self.node.role is Role.controlplane
-
-    @property
-    def rebooting(self) -> bool:
-        return self.power == POWER_OFF or self.booting
-
-    def node_labels(self) -> dict[str, str]:
-        base = {"kubernetes.io/hostname": self.name, "kubernetes.io/os": "linux"}
-        if self.is_control_plane:
-            base["node-role.kubernetes.io/control-plane"] = ""
-        if self.labels is None:
-            base[RELEASE_LABEL] = self.release
-        else:
-            base.update(self.labels)
-        return base
-
-
-@dataclass(frozen=True, slots=True)
-class Violation:
-    seq: int
-    time: str
-    store: str
-    node: str
-    rule: str
-    operation: str | None
-    detail: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "time": self.time, "store": self.store, "node": self.node, "rule": self.rule,
-                "operation": self.operation, "detail": self.detail}
-
-
-def resolve_passwords(fleet: Fleet, *, environ: Mapping[str, str] | None = None,
-                      base_dir: Path | None = None) -> dict[CredentialsRef, str]:
-    """Every distinct BMC password of the fleet, read now. Raises InputError naming every missing one."""
-    env = os.environ if environ is None else environ
-    base = base_dir or (Path(fleet.source) if fleet.source else Path.cwd())
-    out: dict[CredentialsRef, str] = {}
-    missing: dict[str, list[str]] = {}
-    for s in fleet.stores.values():
-        for n in s.nodes:
-            if n.bmc is None:
-                continue
-            ref = n.bmc.credentials
-            if ref in out:
-                continue
-            if ref.password_env is not None:
-                value = env.get(ref.password_env)
-                if value is None:
-                    missing.setdefault(f"environment variable {ref.password_env}", []).append(n.name)
-                    continue
-                out[ref] = value
-            else:
-                assert ref.password_file is not None
-                path = Path(ref.password_file)
-                path = path if path.is_absolute() else base / path
-                try:
-                    out[ref] = path.read_text().rstrip("\r\n")
-                except OSError as e:
-                    missing.setdefault(f"password file {path} ({e.strerror})", []).append(n.name)
-    if missing:
-        lines = [f"  {what}: needed by {', '.join(nodes[:3])}{' ...' if len(nodes) > 3 else ''}"
-                 for what, nodes in missing.items()]
-        raise InputError("cannot resolve BMC passwords for the simulated BMCs:\n" + "\n".join(lines)
-                         + "\nset the variables / create the files, then start the simulator again")
-    return out
 
 
 def _fraction(seed: int, key: str) -> float:

@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from edgefleet.inventory.model import Freeze, Store
 from edgefleet.schedule.windows import freeze_at, in_window
@@ -47,6 +48,7 @@ __all__ = [
     "ControlPlaneDowns",
     "Finding",
     "NodeFacts",
+    "Violation",
     "check_caps",
     "check_concurrent_operations",
     "check_control_planes",
@@ -61,6 +63,23 @@ RULES = ("outside_window", "freeze", "control_planes_down", "concurrent_operatio
 class Finding:
     rule: str
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """A finding as recorded in the simulator's report: when, where and under which operation."""
+
+    seq: int
+    time: str
+    store: str
+    node: str
+    rule: str
+    operation: str | None
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "time": self.time, "store": self.store, "node": self.node, "rule": self.rule,
+                "operation": self.operation, "detail": self.detail}
 
 
 def check_schedule(store: Store, freezes: Sequence[Freeze], now: datetime, action: str) -> list[Finding]:

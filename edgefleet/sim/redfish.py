@@ -277,90 +277,109 @@ async def handle(sim: SimFleet, ns: NodeState, method: str, rest: str, headers: 
 
 async def _route(sim: SimFleet, ns: NodeState, method: str, parts: list[str], path: str,
                  headers: Mapping[str, str], body: dict[str, Any], op: str | None) -> Reply:
-    b = _base(ns)
-    head, n = parts[0], len(parts)
+    head = parts[0]
     if head == "Systems":
-        if n == 1:
-            return _get_only(method, path) or _ok(ns, _collection(
-                "#ComputerSystemCollection.ComputerSystemCollection", f"{b}/Systems", "Computer System Collection",
-                [f"{b}/Systems/{SYSTEM_ID}"]))
-        if parts[1] != SYSTEM_ID:
-            return _not_found(path)
-        if n == 2:
-            if method == "GET":
-                return _ok(ns, computer_system(sim, ns))
-            if method == "PATCH":
-                return _patch_system(sim, ns, headers, body, op)
-            return _method_not_allowed(method, path)
-        if parts[2:] == ["Actions", "ComputerSystem.Reset"]:
-            if method != "POST":
-                return _method_not_allowed(method, path)
-            rtype = body.get("ResetType")
-            if rtype is None:
-                return error_reply(400, "the action requires parameter ResetType", "Base.1.8.ActionParameterMissing")
-            if rtype not in RESET_TYPES:
-                return error_reply(400, f"ResetType {rtype!r} is not one of {', '.join(RESET_TYPES)}",
-                                   "Base.1.8.ActionParameterNotSupported")
-            sim.reset(ns, str(rtype), op)
-            return Reply(204)
-        return _not_found(path)
+        return _route_systems(sim, ns, method, parts, path, headers, body, op)
     if head == "Managers":
-        if n == 1:
-            return _get_only(method, path) or _ok(ns, _collection(
-                "#ManagerCollection.ManagerCollection", f"{b}/Managers", "Manager Collection",
-                [f"{b}/Managers/{MANAGER_ID}"]))
-        if parts[1] != MANAGER_ID:
-            return _not_found(path)
-        if n == 2:
-            return _get_only(method, path) or _ok(ns, manager(ns))
-        if parts[2] != "VirtualMedia":
-            return _not_found(path)
-        if n == 3:
-            return _get_only(method, path) or _ok(ns, _collection(
-                "#VirtualMediaCollection.VirtualMediaCollection", f"{b}/Managers/{MANAGER_ID}/VirtualMedia",
-                "Virtual Media Services", [f"{b}/Managers/{MANAGER_ID}/VirtualMedia/{s}" for s in SLOT_IDS]))
-        slot = parts[3]
-        if slot not in SLOT_IDS:
-            return _not_found(path)
-        if n == 4:
-            return _get_only(method, path) or _ok(ns, virtual_media(ns, slot))
-        if n == 6 and parts[4] == "Actions" and parts[5] in ("VirtualMedia.InsertMedia", "VirtualMedia.EjectMedia"):
-            if method != "POST":
-                return _method_not_allowed(method, path)
-            if parts[5] == "VirtualMedia.EjectMedia":
-                sim.eject_media(ns, slot, op)
-                return Reply(204)
-            image = body.get("Image")
-            if not isinstance(image, str) or not image:
-                return error_reply(400, "InsertMedia requires parameter Image (a URL)",
-                                   "Base.1.8.ActionParameterMissing")
-            if body.get("Inserted", True) is not True:
-                return error_reply(400, "Inserted=false is not supported by this BMC",
-                                   "Base.1.8.ActionParameterNotSupported")
-            await sim.insert_media(ns, slot, image, op)
-            return Reply(204)
-        return _not_found(path)
+        return await _route_managers(sim, ns, method, parts, path, body, op)
     if head == "SessionService":
-        if n == 1:
-            return _get_only(method, path) or _ok(ns, session_service(ns))
-        if parts[1] != "Sessions":
-            return _not_found(path)
-        sessions = ns.sessions or {}
-        if n == 2:
-            return _get_only(method, path) or _ok(ns, _collection(
-                "#SessionCollection.SessionCollection", f"{b}/SessionService/Sessions", "Session Collection",
-                [f"{b}/SessionService/Sessions/{sid}" for sid in sessions.values()]))
-        sid = parts[2]
-        token = next((t for t, s in sessions.items() if s == sid), None)
-        if token is None or n != 3:
-            return _not_found(path)
-        if method == "GET":
-            return _ok(ns, session(ns, sid))
-        if method == "DELETE":
-            del sessions[token]
-            return Reply(204)
-        return _method_not_allowed(method, path)
+        return _route_sessions(ns, method, parts, path)
     return _not_found(path)
+
+
+def _route_systems(sim: SimFleet, ns: NodeState, method: str, parts: list[str], path: str,
+                   headers: Mapping[str, str], body: dict[str, Any], op: str | None) -> Reply:
+    """``/Systems``: the one computer system, its boot override (PATCH) and its Reset action."""
+    b, n = _base(ns), len(parts)
+    if n == 1:
+        return _get_only(method, path) or _ok(ns, _collection(
+            "#ComputerSystemCollection.ComputerSystemCollection", f"{b}/Systems", "Computer System Collection",
+            [f"{b}/Systems/{SYSTEM_ID}"]))
+    if parts[1] != SYSTEM_ID:
+        return _not_found(path)
+    if n == 2:
+        if method == "GET":
+            return _ok(ns, computer_system(sim, ns))
+        if method == "PATCH":
+            return _patch_system(sim, ns, headers, body, op)
+        return _method_not_allowed(method, path)
+    if parts[2:] == ["Actions", "ComputerSystem.Reset"]:
+        if method != "POST":
+            return _method_not_allowed(method, path)
+        rtype = body.get("ResetType")
+        if rtype is None:
+            return error_reply(400, "the action requires parameter ResetType", "Base.1.8.ActionParameterMissing")
+        if rtype not in RESET_TYPES:
+            return error_reply(400, f"ResetType {rtype!r} is not one of {', '.join(RESET_TYPES)}",
+                               "Base.1.8.ActionParameterNotSupported")
+        sim.reset(ns, str(rtype), op)
+        return Reply(204)
+    return _not_found(path)
+
+
+async def _route_managers(sim: SimFleet, ns: NodeState, method: str, parts: list[str], path: str,
+                          body: dict[str, Any], op: str | None) -> Reply:
+    """``/Managers``: the one BMC manager, its virtual media slots and their Insert/Eject actions."""
+    b, n = _base(ns), len(parts)
+    if n == 1:
+        return _get_only(method, path) or _ok(ns, _collection(
+            "#ManagerCollection.ManagerCollection", f"{b}/Managers", "Manager Collection",
+            [f"{b}/Managers/{MANAGER_ID}"]))
+    if parts[1] != MANAGER_ID:
+        return _not_found(path)
+    if n == 2:
+        return _get_only(method, path) or _ok(ns, manager(ns))
+    if parts[2] != "VirtualMedia":
+        return _not_found(path)
+    if n == 3:
+        return _get_only(method, path) or _ok(ns, _collection(
+            "#VirtualMediaCollection.VirtualMediaCollection", f"{b}/Managers/{MANAGER_ID}/VirtualMedia",
+            "Virtual Media Services", [f"{b}/Managers/{MANAGER_ID}/VirtualMedia/{s}" for s in SLOT_IDS]))
+    slot = parts[3]
+    if slot not in SLOT_IDS:
+        return _not_found(path)
+    if n == 4:
+        return _get_only(method, path) or _ok(ns, virtual_media(ns, slot))
+    if n == 6 and parts[4] == "Actions" and parts[5] in ("VirtualMedia.InsertMedia", "VirtualMedia.EjectMedia"):
+        if method != "POST":
+            return _method_not_allowed(method, path)
+        if parts[5] == "VirtualMedia.EjectMedia":
+            sim.eject_media(ns, slot, op)
+            return Reply(204)
+        image = body.get("Image")
+        if not isinstance(image, str) or not image:
+            return error_reply(400, "InsertMedia requires parameter Image (a URL)",
+                               "Base.1.8.ActionParameterMissing")
+        if body.get("Inserted", True) is not True:
+            return error_reply(400, "Inserted=false is not supported by this BMC",
+                               "Base.1.8.ActionParameterNotSupported")
+        await sim.insert_media(ns, slot, image, op)
+        return Reply(204)
+    return _not_found(path)
+
+
+def _route_sessions(ns: NodeState, method: str, parts: list[str], path: str) -> Reply:
+    """``/SessionService``: the session service and the node's sessions (read, delete)."""
+    b, n = _base(ns), len(parts)
+    if n == 1:
+        return _get_only(method, path) or _ok(ns, session_service(ns))
+    if parts[1] != "Sessions":
+        return _not_found(path)
+    sessions = ns.sessions or {}
+    if n == 2:
+        return _get_only(method, path) or _ok(ns, _collection(
+            "#SessionCollection.SessionCollection", f"{b}/SessionService/Sessions", "Session Collection",
+            [f"{b}/SessionService/Sessions/{sid}" for sid in sessions.values()]))
+    sid = parts[2]
+    token = next((t for t, s in sessions.items() if s == sid), None)
+    if token is None or n != 3:
+        return _not_found(path)
+    if method == "GET":
+        return _ok(ns, session(ns, sid))
+    if method == "DELETE":
+        del sessions[token]
+        return Reply(204)
+    return _method_not_allowed(method, path)
 
 
 def _get_only(method: str, path: str) -> Reply | None:

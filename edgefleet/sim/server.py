@@ -21,44 +21,34 @@ Routes::
 
 Server: Starlette on uvicorn (both come with prefect, so no new dependency): the BMC route is a
 plain ASGI endpoint (no per-request Request/Response objects on the hot path), the rest are
-Starlette routes. A connection-reset fault sends the response head with a Content-Length and then
-ends without the body: uvicorn closes the connection, and the client sees the response cut off.
+Starlette routes (``edgefleet.sim.routes``). A connection-reset fault sends the response head with
+a Content-Length and then ends without the body: uvicorn closes the connection, and the client sees
+the response cut off.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from datetime import datetime
-from typing import Any
 
 import httpx
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from edgefleet.errors import InputError
-from edgefleet.sim.fleet import SimFleet
-from edgefleet.sim.k8s import node_list, readyz
+from edgefleet.sim.fleet import NodeState, SimFleet
 from edgefleet.sim.redfish import OPERATION_HEADER, Reply, disruptive_action, error_reply, handle
-from edgefleet.sim.scenario import update_scenario
+from edgefleet.sim.routes import SimApi, StoreApis, json_bytes
 
 __all__ = ["build_app", "listen_socket", "running_server", "serve"]
 
 log = logging.getLogger("edgefleet.sim")
 _MAX_BODY = 1024 * 1024
 _OPERATION_HEADER = OPERATION_HEADER.encode()
-
-
-def _dumps(data: Any) -> bytes:
-    return json.dumps(data, separators=(",", ":"), default=str).encode()
 
 
 class _QuietCutoff(logging.Filter):
@@ -88,7 +78,7 @@ async def _send_reply(send: Send, reply: Reply) -> None:
     headers = [(b"odata-version", b"4.0")]
     body = b""
     if reply.body is not None:
-        body = _dumps(reply.body)
+        body = json_bytes(reply.body)
         headers.append((b"content-type", b"application/json; charset=utf-8"))
     headers.append((b"content-length", str(len(body)).encode()))
     headers.extend((k.lower().encode(), v.encode("latin-1")) for k, v in reply.headers.items())
@@ -130,6 +120,25 @@ class BmcEndpoint:
         if rest == "redfish":
             await _send_reply(send, Reply(200, {"v1": f"/bmc/{node}/redfish/v1/"}))
             return
+        if await self._fault(send, node, ns, op, method, rest, raw):
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        sub = rest[len("redfish/v1"):] if rest.startswith("redfish/v1") else None
+        if sub is None:
+            await _send_reply(send, error_reply(404, f"no resource at /bmc/{node}/{rest}",
+                                                "Base.1.8.ResourceMissingAtURI"))
+            return
+        if len(raw) > _MAX_BODY:
+            await _send_reply(send, error_reply(413, "request body too large", "Base.1.8.GeneralError"))
+            return
+        reply = await handle(sim, ns, method, sub, headers, raw)
+        await _send_reply(send, reply)
+
+    async def _fault(self, send: Send, node: str, ns: NodeState, op: bytes | None, method: str, rest: str,
+                     raw: bytes) -> bool:
+        """The scenario's BMC faults (a hang, a cut connection, a 5xx, a burst of 5xx): whether one
+        answered the request."""
+        sim = self.sim
         sc = sim.scenario
         fault = next((kind for kind, rate in (("timeout", sc.bmc_timeout_rate), ("reset", sc.bmc_reset_rate),
                                               ("error", sc.bmc_error_rate)) if sim.roll(rate)), None)
@@ -144,183 +153,34 @@ class BmcEndpoint:
             await asyncio.sleep(sc.bmc_timeout_seconds)
             await _send_reply(send, error_reply(503, "the BMC did not answer in time (simulated hang)",
                                                 "Base.1.8.ServiceTemporarilyUnavailable"))
-            return
+            return True
         if fault == "reset":
             sim.faults["bmc_reset"] += 1
             sim.event("fault", node=ns, detail={"fault": "connection reset", "method": method, "path": rest})
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
-            return  # uvicorn closes the connection: the body never comes
+            return True  # uvicorn closes the connection: the body never comes
         if fault == "error":
             sim.faults["bmc_error"] += 1
             sim.event("fault", node=ns, detail={"fault": "5xx", "method": method, "path": rest})
             await _send_reply(send, error_reply(500, "internal BMC error (simulated)", "Base.1.8.InternalError"))
-            return
+            return True
         if sim.burst_fault(node, method, rest):
             sim.faults["bmc_burst"] += 1
             sim.event("fault", node=ns, detail={"fault": "5xx burst", "method": method, "path": rest})
             await _send_reply(send, error_reply(500, "internal BMC error (simulated burst)", "Base.1.8.InternalError"))
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        sub = rest[len("redfish/v1"):] if rest.startswith("redfish/v1") else None
-        if sub is None:
-            await _send_reply(send, error_reply(404, f"no resource at /bmc/{node}/{rest}",
-                                                "Base.1.8.ResourceMissingAtURI"))
-            return
-        if len(raw) > _MAX_BODY:
-            await _send_reply(send, error_reply(413, "request body too large", "Base.1.8.GeneralError"))
-            return
-        reply = await handle(sim, ns, method, sub, headers, raw)
-        await _send_reply(send, reply)
+            return True
+        return False
 
 
 def build_app(sim: SimFleet, talos: Mapping[str, str] | None = None) -> Starlette:
-    """``talos``: where the simulated Talos API listens (``endpoint``) and the CA PEM it presents
-    (``ca_pem``), listed by ``/sim/endpoints``."""
-    def base(request: Request) -> str:
-        return str(request.base_url).rstrip("/")
-
-    async def endpoints(request: Request) -> Response:
-        b = base(request)
-        data: dict[str, Any] = {"nodes": {n: f"{b}/bmc/{n}" for n in sim.nodes},
-                                "stores": {s: f"{b}/k8s/{s}" for s in sim.store_nodes},
-                                "probes": f"{b}/probes"}
-        if talos:
-            data["talos"] = dict(talos)
-        return Response(_dumps(data), media_type="application/json")
-
-    async def clock(request: Request) -> Response:
-        if request.method == "POST":
-            try:
-                data = json.loads(await request.body())
-                when = datetime.fromisoformat(str(data["now"]).replace("Z", "+00:00"))
-                sim.clock.set(when)
-            except (ValueError, KeyError, TypeError, InputError) as e:
-                return JSONResponse({"error": f"send {{\"now\": \"2026-11-02T23:30:00Z\"}}: {e}"}, 400)
-            sim.event("clock_set", detail={"now": sim.clock.now().isoformat()})
-        return JSONResponse({"now": sim.clock.now().isoformat(), "time_scale": sim.clock.scale})
-
-    async def state(request: Request) -> Response:
-        q = request.query_params
-        if "node" in q:
-            ns = sim.nodes.get(q["node"])
-            if ns is None:
-                return JSONResponse({"error": f"no node {q['node']!r}"}, 404)
-            picked = [ns]
-        elif "store" in q:
-            if q["store"] not in sim.store_nodes:
-                return JSONResponse({"error": f"no store {q['store']!r}"}, 404)
-            picked = sim.store_nodes[q["store"]]
-        else:
-            picked = list(sim.nodes.values())
-        return Response(_dumps({"clock": sim.clock.now().isoformat(),
-                                "nodes": {ns.name: sim.node_view(ns) for ns in picked}}),
-                        media_type="application/json")
-
-    async def events(request: Request) -> Response:
-        q = request.query_params
-        try:
-            since = int(q.get("since", "0"))
-            limit = max(1, min(int(q.get("limit", "1000")), 100_000))
-        except ValueError:
-            return JSONResponse({"error": "since and limit are integers"}, 400)
-        want = {k: q[k] for k in ("store", "node", "kind") if k in q}
-        out = []
-        for e in sim.events:
-            if e["seq"] <= since or any(e[k] != v for k, v in want.items()):
-                continue
-            out.append(e)
-            if len(out) >= limit:
-                break
-        return Response(_dumps({"last_seq": sim.event_seq, "events": out}), media_type="application/json")
-
-    async def violations(request: Request) -> Response:
-        return Response(_dumps({"total": sum(sim.violation_counts.values()), "by_rule": dict(sim.violation_counts),
-                                "violations": [v.as_dict() for v in sim.violations]}),
-                        media_type="application/json")
-
-    async def operations(request: Request) -> Response:
-        return Response(_dumps(sim.operation_request_counts()), media_type="application/json")
-
-    async def report(request: Request) -> Response:
-        return Response(_dumps(sim.report()), media_type="application/json")
-
-    async def scenario(request: Request) -> Response:
-        if request.method == "POST":
-            try:
-                changes = json.loads(await request.body())
-                sim.set_scenario(update_scenario(sim.scenario, changes))
-            except ValueError as e:
-                return JSONResponse({"error": f"not JSON: {e}"}, 400)
-            except InputError as e:
-                return JSONResponse({"error": str(e)}, 400)
-        return JSONResponse(sim.scenario.dump())
-
-    async def netseed(request: Request) -> Response:
-        from edgefleet.sim.netseed import register, registered
-
-        if request.method == "POST":
-            try:
-                again = register(sim, json.loads(await request.body()))
-            except ValueError as e:
-                return JSONResponse({"error": f"not JSON: {e}"}, 400)
-            except InputError as e:
-                return JSONResponse({"error": str(e)}, 400)
-            return JSONResponse({"nodes": registered(sim), "fetching_again": again})
-        return JSONResponse({"nodes": registered(sim)})
-
-    async def k8s_readyz(request: Request) -> Response:
-        sid = request.path_params["store"]
-        sim.requests["k8s readyz"] += 1
-        if sid not in sim.store_nodes:
-            return PlainTextResponse(f"no store {sid}\n", 404)
-        code, text = readyz(sim, sid)
-        return PlainTextResponse(text, code)
-
-    async def store_probe(request: Request) -> Response:
-        """The store's custom HTTP probes (inventory ``probes``): a store's systems answer while its
-        cluster serves; an offline store answers 503."""
-        sid, name = request.path_params["store"], request.path_params["name"]
-        sim.requests["store probe"] += 1
-        store = sim.fleet.stores.get(sid)
-        probe = next((p for p in store.probes if p.name == name), None) if store else None
-        if probe is None:
-            return PlainTextResponse(f"no probe {name} in store {sid}\n", 404)
-        if not sim.store_up(sid):
-            return PlainTextResponse("store systems unavailable\n", 503)
-        return PlainTextResponse("ok\n", probe.expect_status)
-
-    async def k8s_nodes(request: Request) -> Response:
-        sid = request.path_params["store"]
-        sim.requests["k8s nodes"] += 1
-        if sid not in sim.store_nodes:
-            return JSONResponse({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                 "message": f"no store {sid}", "reason": "NotFound", "code": 404}, 404)
-        if not sim.store_up(sid):
-            return JSONResponse({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                 "message": readyz(sim, sid)[1].strip(), "reason": "ServiceUnavailable",
-                                 "code": 503}, 503)
-        if sim.kube_burst_fault(sid):
-            sim.faults["k8s_burst"] += 1
-            return JSONResponse({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                                 "message": "internal error (simulated burst)", "reason": "InternalError",
-                                 "code": 500}, 500)
-        return Response(_dumps(node_list(sim, sid)), media_type="application/json")
-
+    """The simulator's routes: the BMCs here, the stores' APIs and the simulator's own API from
+    ``edgefleet.sim.routes``. ``talos``: the simulated Talos API to list in ``/sim/endpoints``
+    (``endpoint`` and ``ca_pem``)."""
     routes = [
         Route("/bmc/{node}/{rest:path}", BmcEndpoint(sim), methods=["GET", "POST", "PATCH", "DELETE", "PUT"]),
-        Route("/k8s/{store}/readyz", k8s_readyz),
-        Route("/k8s/{store}/api/v1/nodes", k8s_nodes),
-        Route("/probes/{store}/{name}", store_probe),
-        Route("/sim/endpoints", endpoints),
-        Route("/sim/clock", clock, methods=["GET", "POST"]),
-        Route("/sim/state", state),
-        Route("/sim/events", events),
-        Route("/sim/violations", violations),
-        Route("/sim/report", report),
-        Route("/sim/operations", operations),
-        Route("/sim/scenario", scenario, methods=["GET", "POST"]),
-        Route("/sim/netseed", netseed, methods=["GET", "POST"]),
+        *StoreApis(sim).routes(),
+        *SimApi(sim, talos).routes(),
     ]
     return Starlette(routes=routes)
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from edgefleet.errors import ArtifactError, BmcError, ReimageFailed
 from edgefleet.inventory.model import Node, WipeMethod
-from edgefleet.redfish.connector import RetryPolicy, connector_for_node
-from edgefleet.redfish.driver import RedfishDriver, ReimageStep, eject_reimage_media, reimage_sequence
+from edgefleet.redfish.connector import connector_for_node
+from edgefleet.redfish.driver import RedfishDriver, ReimageResult, ReimageStep, eject_reimage_media, reimage_sequence
+from edgefleet.retry import RetryPolicy, retrying
 from edgefleet.rollout.context import EngineContext
 from edgefleet.rollout.reimage.base import NodeTask, WindowGuard, record_step
 from edgefleet.rollout.settings import seeds_dir
@@ -78,8 +79,7 @@ class RedfishReimager:
         ctx, store, node, rel = self.ctx, task.store, task.node, task.release
         await record_step(ctx, task, Stage.reimage, "reimage_started", {"release": rel.name, "phase": task.phase.value})
         image_url, seed_url = self._urls[node.name]
-        attempt, attempts = 1, max(1, ctx.settings.reimage_attempts)
-
+        s = ctx.settings
         first = True
 
         async def before_step(step: ReimageStep) -> None:
@@ -89,29 +89,36 @@ class RedfishReimager:
             first = False
             guard.check()
 
-        while True:
-            first = True  # a sequence started again: its first step has nothing before it to time
-            try:
-                res = await reimage_sequence(self.driver(node), image_url, seed_url,
-                                             power_deadline_s=ctx.settings.power_deadline_s, before_step=before_step)
-                break
-            except BmcError as e:
-                if e.transient and e.attempts < ctx.settings.bmc_attempts and attempt < attempts:
-                    # A failed action (a reset answered 5xx, a cut connection) is sent once by the
-                    # connector, as it may have been applied: the sequence starts again from its
-                    # beginning. A reset that did land is then repeated on a node booting the same
-                    # media, which boots it again: the outcome is the same. (A BMC that failed every
-                    # attempt the connector made is not asked again here.)
-                    await ctx.event("reimage_retry", store=store.id, node=node.name, reason=str(e),
-                                    detail={"attempt": attempt, "attempts": attempts})
-                    await ctx.sleep(ctx.settings.bmc_backoff_s * 2 ** (attempt - 1))
-                    attempt += 1
-                    continue
-                await ctx.event("reimage_failed", store=store.id, node=node.name, reason=str(e))
-                await self.abandon(task)
-                # A BMC that keeps failing transiently (unreachable, 5xx) says nothing about the release.
-                raise ReimageFailed(f"reimaging {node.name} to {rel.name} failed: {e}",
-                                    inconclusive=e.transient) from None
+        async def sequence() -> ReimageResult:
+            nonlocal first
+            first = True  # a sequence (started again): its first step has nothing before it to time
+            return await reimage_sequence(self.driver(node), image_url, seed_url,
+                                          power_deadline_s=s.power_deadline_s, before_step=before_step)
+
+        def again(e: BaseException) -> bool:
+            # A failed action (a reset answered 5xx, a cut connection) is sent once by the connector,
+            # as it may have been applied: the sequence starts again from its beginning. A reset that
+            # did land is then repeated on a node booting the same media, which boots it again: the
+            # outcome is the same. A BMC that failed every attempt the connector made is not asked
+            # again here.
+            return isinstance(e, BmcError) and e.transient and e.attempts < s.bmc_attempts
+
+        async def record(attempt: int, e: BaseException, wait: float) -> None:
+            del wait
+            await ctx.event("reimage_retry", store=store.id, node=node.name, reason=str(e),
+                            detail={"attempt": attempt, "attempts": max(1, s.reimage_attempts)})
+
+        try:
+            res = await retrying(RetryPolicy(attempts=max(1, s.reimage_attempts), backoff_s=s.bmc_backoff_s,
+                                             backoff_max_s=max(s.bmc_backoff_s, 1.0) * 2 ** s.reimage_attempts,
+                                             jitter=False),
+                                 sequence, retry_if=again, before_sleep=record, sleep=ctx.sleep)
+        except BmcError as e:
+            await ctx.event("reimage_failed", store=store.id, node=node.name, reason=str(e))
+            await self.abandon(task)
+            # A BMC that keeps failing transiently (unreachable, 5xx) says nothing about the release.
+            raise ReimageFailed(f"reimaging {node.name} to {rel.name} failed: {e}",
+                                inconclusive=e.transient) from None
         await record_step(ctx, task, Stage.booting, "reimage_booting",
                           {"release": rel.name, "reset": list(res.reset_types), "boot_slot": res.boot_slot,
                            "seed_slot": res.seed_slot})

@@ -167,6 +167,7 @@ class BmcError(OperationFailed):
         self.transient = transient
         self.status = status
         self.attempts = attempts
+        self.message = message  # without the BMC and operation it names
         prefix = f"BMC {bmc}: {operation}: " if bmc or operation else ""
         super().__init__(prefix + message)
 

@@ -179,3 +179,23 @@ def test_damaged_files_name_the_store_and_file(tmp_path: Path, content: bytes, m
 def test_load_missing_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(SecretsError, match=r"store nope: no cluster secrets at .*nope\.yaml"):
         load_secrets(tmp_path, "nope")
+
+
+def test_the_simulator_reads_bmc_passwords_by_the_engines_rules() -> None:
+    """One resolver: an empty variable is refused by the simulator as by the engine (the simulator
+    used to accept it, and its BMCs would then take an empty password the engine never sends)."""
+    from edgefleet.errors import BmcError, InputError
+    from edgefleet.inventory.load import load_fleet
+    from edgefleet.redfish.connector import resolve_password
+    from edgefleet.sim.passwords import resolve_passwords
+
+    fleet = load_fleet(Path(__file__).resolve().parents[2] / "inventory")
+    node = next(n for s in fleet.stores.values() for n in s.nodes if n.bmc is not None)
+    assert node.bmc is not None
+    ref = node.bmc.credentials
+    assert ref.password_env is not None
+    with pytest.raises(BmcError):
+        resolve_password(node.name, ref, environ={ref.password_env: ""})
+    with pytest.raises(InputError, match=ref.password_env):
+        resolve_passwords(fleet, environ={ref.password_env: ""})
+    assert set(resolve_passwords(fleet, environ={ref.password_env: "s3cret"}).values()) == {"s3cret"}

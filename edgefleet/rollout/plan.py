@@ -72,47 +72,44 @@ class RolloutPolicy:
         return self.node_duration * len(store.nodes)
 
 
-def _serial_size(entry: Serial, total: int) -> int:
-    if isinstance(entry, bool):
-        raise ReleaseInputError(f"policy: wave size {entry!r} is not a count or a percentage")
-    if isinstance(entry, int):
-        if entry < 1:
-            raise ReleaseInputError(f"policy: wave size {entry} must be at least 1")
-        return entry
-    text = str(entry).strip()
+def _count_or_percent(value: int | str, what: str, *, zero_percent: bool) -> int | float:
+    """``value`` as a count (an int) or a percentage (a float, from ``"N%"``): the one reading of
+    Ansible-like sizes (wave sizes and failure budgets). ``zero_percent``: whether ``"0%"`` is allowed."""
+    if isinstance(value, bool):
+        raise ReleaseInputError(f"policy: {what} {value!r} is not a count or a percentage")
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
     if text.endswith("%"):
         try:
             pct = float(text[:-1])
         except ValueError:
-            raise ReleaseInputError(f"policy: wave size {entry!r} is not a percentage like '20%'") from None
-        if not 0 < pct <= 100:
-            raise ReleaseInputError(f"policy: wave size {entry!r} must be in (0%, 100%]")
-        return max(1, int(total * pct / 100))
+            raise ReleaseInputError(f"policy: {what} {value!r} is not a percentage like '20%'") from None
+        if pct > 100 or pct < 0 or (pct == 0 and not zero_percent):
+            raise ReleaseInputError(f"policy: {what} {value!r} must be in {'[' if zero_percent else '('}0%, 100%]")
+        return pct
     if text.isdigit():
-        return _serial_size(int(text), total)
-    raise ReleaseInputError(f"policy: wave size {entry!r} is not a count or a percentage like '20%'")
+        return int(text)
+    raise ReleaseInputError(f"policy: {what} {value!r} is not a count or a percentage like '20%'")
+
+
+def _serial_size(entry: Serial, total: int) -> int:
+    size = _count_or_percent(entry, "wave size", zero_percent=False)
+    if isinstance(size, float):
+        return max(1, int(total * size / 100))
+    if size < 1:
+        raise ReleaseInputError(f"policy: wave size {size} must be at least 1")
+    return size
 
 
 def budget_allowed(budget: int | str, wave_size: int) -> int:
     """How many failed stores a wave of ``wave_size`` may have: exceeding it halts, equalling it does not."""
-    if isinstance(budget, bool):
-        raise ReleaseInputError(f"policy: failure budget {budget!r} is not a count or a percentage")
-    if isinstance(budget, int):
-        if budget < 0:
-            raise ReleaseInputError("policy: failure budget must not be negative")
-        return budget
-    text = str(budget).strip()
-    if text.endswith("%"):
-        try:
-            pct = float(text[:-1])
-        except ValueError:
-            raise ReleaseInputError(f"policy: failure budget {budget!r} is not a percentage") from None
-        if not 0 <= pct <= 100:
-            raise ReleaseInputError(f"policy: failure budget {budget!r} must be in [0%, 100%]")
-        return math.floor(wave_size * pct / 100)
-    if text.isdigit():
-        return int(text)
-    raise ReleaseInputError(f"policy: failure budget {budget!r} is not a count or a percentage")
+    allowed = _count_or_percent(budget, "failure budget", zero_percent=True)
+    if isinstance(allowed, float):
+        return math.floor(wave_size * allowed / 100)
+    if allowed < 0:
+        raise ReleaseInputError("policy: failure budget must not be negative")
+    return allowed
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def _count_or_percent(value: int | str, what: str, *, zero_percent: bool) -> int
             pct = float(text[:-1])
         except ValueError:
             raise ReleaseInputError(f"policy: {what} {value!r} is not a percentage like '20%'") from None
-        if pct > 100 or pct < 0 or (pct == 0 and not zero_percent):
+        if not 0 <= pct <= 100 or (pct == 0 and not zero_percent):  # NaN too
             raise ReleaseInputError(f"policy: {what} {value!r} must be in {'[' if zero_percent else '('}0%, 100%]")
         return pct
     if text.isdigit():

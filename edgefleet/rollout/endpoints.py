@@ -153,6 +153,12 @@ class Endpoints:
             raise ProbeError(f"the simulator at {self.simulator} refused the nocloud-net URLs of "
                              f"{', '.join(sorted(urls))}: HTTP {r.status_code}: {r.text[:300]}")
 
+    @property
+    def clock_uncertainty(self) -> timedelta:
+        """How far ``clock`` may be off the store's own (a simulator's clock read over HTTP); none
+        for the wall clock."""
+        return self.clock.uncertainty if isinstance(self.clock, SimClockClient) else timedelta(0)
+
     async def resync(self) -> None:
         """Read the simulator's clock again (after it jumped); nothing for the wall clock."""
         if isinstance(self.clock, SimClockClient):

@@ -23,10 +23,8 @@ TEN_MINUTES_LEFT = datetime(2026, 11, 4, 10, 20, tzinfo=UTC)
 
 def _ctx(now: datetime, scale: float, uncertainty: timedelta = timedelta(0)) -> Any:
     fleet = load_fleet(INVENTORY)
-    clock: Any = lambda: now  # noqa: E731
-    clock.uncertainty = uncertainty
     return SimpleNamespace(fleet=fleet, settings=EngineSettings(), now=lambda: now, step_latency_s=0.0,
-                           endpoints=SimpleNamespace(time_scale=scale, clock=clock))
+                           endpoints=SimpleNamespace(time_scale=scale, clock_uncertainty=uncertainty))
 
 
 def _guard(ctx: Any) -> WindowGuard:

@@ -72,10 +72,7 @@ class WindowGuard:
     def margin(self) -> timedelta:
         scale = self.ctx.endpoints.time_scale
         observed = timedelta(seconds=2 * self.ctx.step_latency_s * scale)
-        uncertainty = getattr(self.ctx.endpoints.clock, "uncertainty", timedelta(0))
-        if not isinstance(uncertainty, timedelta):
-            uncertainty = timedelta(0)
-        return max(self.ctx.settings.step_margin, observed) + uncertainty
+        return max(self.ctx.settings.step_margin, observed) + self.ctx.endpoints.clock_uncertainty
 
     def check(self) -> None:
         """Raise WindowClosed unless ``[now, now + margin())`` lies in a window, outside freezes."""

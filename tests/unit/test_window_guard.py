@@ -38,9 +38,10 @@ def test_ten_minutes_left_is_room_for_a_quick_step() -> None:
 def test_slow_steps_at_3600x_need_more_room_than_the_margin() -> None:
     ctx = _ctx(TEN_MINUTES_LEFT, 3600.0)
     guard = _guard(ctx)
-    guard.note_step(first=True)
+    guard.start_sequence()
+    guard.note_step()
     time.sleep(0.2)  # the previous step took 0.2 s to be sent and answered: 12 simulated minutes
-    guard.note_step(first=False)
+    guard.note_step()
     assert guard.margin() >= timedelta(minutes=24)
     with pytest.raises(WindowClosed):
         guard.check()
@@ -52,9 +53,10 @@ def test_slow_steps_at_3600x_need_more_room_than_the_margin() -> None:
 def test_at_the_wall_clock_the_margin_is_the_setting() -> None:
     ctx = _ctx(TEN_MINUTES_LEFT, 1.0)
     guard = _guard(ctx)
-    guard.note_step(first=True)
+    guard.start_sequence()
+    guard.note_step()
     time.sleep(0.2)
-    guard.note_step(first=False)
+    guard.note_step()
     assert guard.margin() == EngineSettings().step_margin
     guard.check()
 

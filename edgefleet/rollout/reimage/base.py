@@ -60,11 +60,15 @@ class WindowGuard:
         self.store = store
         self._last_check: float | None = None
 
-    def note_step(self, *, first: bool) -> None:
-        """Called before each step of a sequence: the time since the previous step's check is
-        what that step took (``first``: a new sequence, nothing to measure yet)."""
+    def start_sequence(self) -> None:
+        """A sequence of steps begins (or begins again): its first step has nothing before it to time."""
+        self._last_check = None
+
+    def note_step(self) -> None:
+        """Called before each step of a sequence: the time since the previous step's check is what
+        that step took."""
         now = time.monotonic()
-        if not first and self._last_check is not None:
+        if self._last_check is not None:
             took = min(now - self._last_check, self.LATENCY_CAP_S)
             self.ctx.step_latency_s = max(took, self.ctx.step_latency_s * 0.8)
         self._last_check = now

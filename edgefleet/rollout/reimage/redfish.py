@@ -80,18 +80,13 @@ class RedfishReimager:
         await record_step(ctx, task, Stage.reimage, "reimage_started", {"release": rel.name, "phase": task.phase.value})
         image_url, seed_url = self._urls[node.name]
         s = ctx.settings
-        first = True
-
         async def before_step(step: ReimageStep) -> None:
             del step  # every step the store notices needs the same room in the window
-            nonlocal first
-            guard.note_step(first=first)
-            first = False
+            guard.note_step()
             guard.check()
 
         async def sequence() -> ReimageResult:
-            nonlocal first
-            first = True  # a sequence (started again): its first step has nothing before it to time
+            guard.start_sequence()
             return await reimage_sequence(self.driver(node), image_url, seed_url,
                                           power_deadline_s=s.power_deadline_s, before_step=before_step)
 

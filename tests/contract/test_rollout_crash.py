@@ -330,7 +330,8 @@ def _kill_point(proc: subprocess.Popen[bytes], ledger: Ledger, rid: str, *, at_d
             break
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(10)
+    if proc.wait(10) != -signal.SIGKILL:
+        return ""  # it exited by itself between the last look and the kill (e.g. during the random delay)
     return (f"{elapsed:.2f} s after start" if startup_s is not None
             else f"{_done(ledger, rid)} stores done, {ledger.count_events(rid) - events0} new events")
 
@@ -394,10 +395,14 @@ def test_kill_9_at_random_points_of_a_large_rollout(tmp_path: Path, monkeypatch:
             startup = rng.uniform(0.1, 3.0) if k and rng.random() < 0.25 else None
             where = _kill_point(proc, ledger, rid, at_done=thresholds[k], after_events=rng.randint(1, 30),
                                 startup_s=startup, rng=rng)
-            assert where, f"the rollout finished before kill {k + 1} of {KILLS}: {ops.status(engine, rid)['counts']}"
+            if not where or ledger.rollout(rid).status in FINISHED:  # killed after its last record
+                # the last thresholds lie near the end: the rollout may finish in the moment before
+                # its kill; that is fine once most kills have landed, not before
+                assert k >= KILLS // 2, (f"the rollout finished before kill {k + 1} of {KILLS}: "
+                                         f"{ops.status(engine, rid)['counts']}")
+                print(f"the rollout finished by itself before kill {k + 1} of {KILLS}")
+                break
             kills.append(where)
-            rec = ledger.rollout(rid)
-            assert rec.status not in FINISHED, (rec.status, rec.reason)
             tap.read()
             held = sorted(ledger.locks_held_by(rid))
             if held:  # a crashed holder keeps its locks: a second operation on a held store is refused
@@ -411,9 +416,10 @@ def test_kill_9_at_random_points_of_a_large_rollout(tmp_path: Path, monkeypatch:
         print(f"{len(refused)} second operations refused while the rollout lay dead")
 
         t1 = time.monotonic()
-        r = cli(env, "rollout", "resume", rid, *fast, timeout=600)
-        print(f"final resume in {time.monotonic() - t1:.1f} s; the whole rollout {time.monotonic() - t0:.1f} s")
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        if ledger.rollout(rid).status not in FINISHED:
+            r = cli(env, "rollout", "resume", rid, *fast, timeout=600)
+            print(f"final resume in {time.monotonic() - t1:.1f} s; the whole rollout {time.monotonic() - t0:.1f} s")
+            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
         rec = ledger.rollout(rid)
         assert rec.status is RolloutStatus.succeeded, (rec.status, rec.reason)

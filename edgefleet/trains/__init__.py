@@ -1,0 +1,1 @@
+"""Release trains: one release across the fleet, stage by stage (see ``edgefleet.trains.model``)."""

@@ -16,6 +16,7 @@ without parsing messages:
     │   ├── InventoryError         the inventory has one or more problems (all collected)
     │   ├── ConfigRenderError      a Talos config or patch is invalid
     │   ├── ReleaseInputError      bad Packer variables, unknown or revoked release
+    │   │   └── ReleaseNotStable   a release not yet stable would reach non-canary stores
     │   ├── SecretsError           missing / undecryptable cluster secrets
     │   ├── UnknownRollout         no rollout with that id in the ledger
     │   ├── OutputPathError        an output path is a file, under a file, or not writable
@@ -124,6 +125,18 @@ class ConfigRenderError(InputError):
 
 class ReleaseInputError(InputError):
     """Bad release input: Packer variables, an unknown or revoked release."""
+
+
+class ReleaseNotStable(ReleaseInputError):
+    """A release that is not ``stable`` would reach stores outside the canary stage (a rollout,
+    a provision or a scheduled run). ``release``, ``state`` and ``stores`` (the non-canary ones)
+    say which; the message names the fix (a release train, or ``--force --reason TEXT``)."""
+
+    def __init__(self, message: str, *, release: str = "", state: str = "", stores: Sequence[str] = ()):
+        self.release = release
+        self.state = state
+        self.stores = tuple(stores)
+        super().__init__(message)
 
 
 class SecretsError(InputError):

@@ -75,6 +75,10 @@ BmcAttemptsOpt = Annotated[int, typer.Option("--bmc-attempts", min=1, help="Trie
                                                                            "transiently")]
 ReimageAttemptsOpt = Annotated[int, typer.Option("--reimage-attempts", min=1, help="Tries of a node's whole "
                                                                                    "reimage sequence")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Put a release that is not stable yet on non-canary "
+                                                         "stores (needs --reason; recorded in the event log)")]
+ForceReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why --force is needed (recorded with the "
+                                                                     "event release_forced)")]
 StoresOpt = Annotated[list[str] | None, typer.Option("--store", help="Only this store (repeat for more); default: "
                                                                      "every store of the inventory")]
 
@@ -157,6 +161,17 @@ async def _endpoints(fleet: Fleet, sim: str | None) -> Endpoints:
     from edgefleet.rollout.endpoints import from_inventory, from_simulator
 
     return await from_simulator(sim) if sim else from_inventory(fleet)
+
+
+def _force_reason(force: bool, reason: str | None) -> str | None:
+    """``--force --reason TEXT``: the reason a non-stable release may reach non-canary stores (None:
+    not forced). Either option alone is bad input."""
+    if force and (reason is None or not reason.strip()):
+        raise InputError("--force needs --reason TEXT: say why a release that is not stable must reach "
+                         "non-canary stores (it is recorded in the event log)")
+    if reason is not None and not force:
+        raise InputError("--reason goes with --force; without --force there is nothing to give a reason for")
+    return reason.strip() if force and reason is not None else None
 
 
 def _operator() -> str:
@@ -246,11 +261,14 @@ def start(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), cana
           quorum_timeout: QuorumOpt = 600.0, gate_timeout: GateOpt = 600.0, soak: SoakOpt = 0.0, poll: PollOpt = 2.0,
           bmc_attempts: BmcAttemptsOpt = 4, reimage_attempts: ReimageAttemptsOpt = 3, store: StoresOpt = None,
           pre_hook: PreHookOpt = None, post_hook: PostHookOpt = None, seed_public_url: SeedUrlOpt = None,
-          sim: SimOpt = None, json_out: JsonOpt = False) -> None:
-    """Plan, record and run a rollout of RELEASE to its end (or a halt, or a pause)."""
+          force: ForceOpt = False, reason: ForceReasonOpt = None, sim: SimOpt = None, json_out: JsonOpt = False
+          ) -> None:
+    """Plan, record and run a rollout of RELEASE to its end (or a halt, or a pause). A release that is
+    not stable reaches only canary stores, unless --force --reason TEXT."""
     from edgefleet.rollout import operations as ops
     from edgefleet.rollout.request import RolloutRequest
 
+    force_reason = _force_reason(force, reason)
     fleet, engine = _fleet(inventory), _engine()
     _known_stores(fleet, store)
     request = RolloutRequest.of(
@@ -262,7 +280,7 @@ def start(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), cana
 
     async def main() -> RolloutRecord:
         ep = await _endpoints(fleet, sim)
-        made = ops.record_rollout(fleet, engine, request, ep.clock(), operator=_operator())
+        made = ops.record_rollout(fleet, engine, request, ep.clock(), operator=_operator(), force_reason=force_reason)
         if not json_out:
             console.print(f"rollout [bold]{made.record.id}[/bold]: {sum(len(w.stores) for w in made.plan.waves)} "
                           f"stores in {len(made.plan.waves)} waves" if made.plan else made.record.id)
@@ -372,10 +390,13 @@ def provision_cmd(store: Annotated[str, typer.Argument(help="Store id")], releas
                   inventory: InventoryOpt = Path("inventory"), node_timeout: NodeTimeoutOpt = 1800.0,
                   quorum_timeout: QuorumOpt = 600.0, gate_timeout: GateOpt = 600.0, poll: PollOpt = 2.0,
                   bmc_attempts: BmcAttemptsOpt = 4, reimage_attempts: ReimageAttemptsOpt = 3,
-                  seed_public_url: SeedUrlOpt = None, sim: SimOpt = None, json_out: JsonOpt = False) -> None:
-    """Provision a store on RELEASE: secrets on first use, seeds, reimage every node, bootstrap."""
+                  seed_public_url: SeedUrlOpt = None, force: ForceOpt = False, reason: ForceReasonOpt = None,
+                  sim: SimOpt = None, json_out: JsonOpt = False) -> None:
+    """Provision a store on RELEASE: secrets on first use, seeds, reimage every node, bootstrap. A
+    release that is not stable provisions only canary stores, unless --force --reason TEXT."""
     from edgefleet.rollout import operations as ops
 
+    force_reason = _force_reason(force, reason)
     fleet, engine = _fleet(inventory), _engine()
     settings = _settings(node_timeout, 0.0, poll, seed_public_url=seed_public_url, quorum_timeout=quorum_timeout,
                          gate_timeout=gate_timeout, bmc_attempts=bmc_attempts, reimage_attempts=reimage_attempts)
@@ -383,7 +404,7 @@ def provision_cmd(store: Annotated[str, typer.Argument(help="Store id")], releas
     async def main() -> RolloutRecord:
         ep = await _endpoints(fleet, sim)
         made = ops.create_provision(fleet, engine, edgefleet_home(), store, release, ep.clock(), settings=settings,
-                                    operator=_operator())
+                                    operator=_operator(), force_reason=force_reason)
         return await ops.run(fleet, edgefleet_home(), engine, ep, made.record.id, settings=settings)
 
     _finish(engine, asyncio.run(main()), json_out)

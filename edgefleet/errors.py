@@ -45,7 +45,8 @@ without parsing messages:
         ├── LockHeld               another operation holds the store
         │   └── StoreSplit         ... and the store is split: a person must continue its repair
         ├── StateError             the ledger / state store refused an operation
-        │   └── IllegalTransition  a state change the state table does not allow
+        │   ├── IllegalTransition  a state change the state table does not allow
+        │   └── SchemaOutOfDate    the store's schema is behind (`edgefleet db upgrade`) or ahead of this edgefleet
         ├── NetworkSeedError       a node's nocloud-net seed cannot be fetched over HTTP
         ├── ScheduleError          the Prefect API is unreachable or refused a scheduling call
         │   └── SchedulerBusy      ... because its database was busy (transient)
@@ -264,6 +265,18 @@ class StateError(OperationFailed):
 
 class IllegalTransition(StateError):
     """A state change that ``edgefleet.rollout.states.TRANSITIONS`` does not allow."""
+
+
+class SchemaOutOfDate(StateError):
+    """The state store's schema revision is not this edgefleet's head: behind it (the message names
+    ``edgefleet db upgrade``) or ahead of it (written by a newer edgefleet). ``store`` (its URL without
+    password), ``revision`` (None: written before schema revisions existed) and ``head`` say which."""
+
+    def __init__(self, message: str, *, store: str = "", revision: str | None = None, head: str = ""):
+        self.store = store
+        self.revision = revision
+        self.head = head
+        super().__init__(message)
 
 
 class SeedError(InputError):

@@ -73,7 +73,8 @@ def test_rollout_start_refuses_with_exit_2_naming_the_stores_and_the_fix(home: P
     (["--force", "--reason", "  "], "--force needs --reason TEXT"),
     (["--reason", "hotfix"], "--reason goes with --force"),
 ])
-@pytest.mark.parametrize("command", [["rollout", "start", "--release", "v2"], ["provision", "dk-001", "--release", "v2"]])
+@pytest.mark.parametrize("command", [["rollout", "start", "--release", "v2"],
+                                     ["provision", "dk-001", "--release", "v2"]])
 def test_force_and_reason_go_together(home: Path, command: list[str], args: list[str], says: str) -> None:
     code, text = run_cli([*command, *args, *INV], home)
     assert code == 2 and says in text and "Traceback" not in text, text

@@ -121,7 +121,7 @@ def test_provision_needs_one_selector(home: Path, args: list[str], says: str) ->
 
 
 @pytest.mark.parametrize("command", [["rollout", "plan"], ["rollout", "start"], ["rollout", "status"], ["rollback"],
-                                     ["provision"], ["seed", "build"], ["inventory", "graph"]])
+                                     ["provision"], ["seed", "build"], ["inventory", "graph"], ["report"]])
 def test_every_store_command_takes_limit(command: list[str], tmp_path: Path) -> None:
     code, text = run_cli([*command, "--help"], tmp_path)
     assert code == 0 and "--limit" in text and "-l" in text, text
@@ -170,4 +170,43 @@ def test_rollout_status_limit_lists_only_the_selected_stores(home: Path) -> None
     none = _json(["rollout", "status", rid, "-l", "country_no", *INV], home)
     assert none["stores"] == []  # a read may come out empty
     code, text = run_cli(["rollout", "status", rid, "-l", "contry_no", *INV], home)
+    assert code == 2 and "did you mean 'country_no'" in text, text
+
+
+# --- the report -------------------------------------------------------------------------------------------
+
+def test_report_of_some_stores(tmp_path: Path) -> None:
+    from edgefleet.report import collect_report
+    from edgefleet.state.db import create_state_engine
+    from tests.unit.test_report import _fleet_story
+
+    engine = create_state_engine(f"sqlite:///{tmp_path / 'edgefleet.db'}")
+    ledger = Ledger(engine)
+    _fleet_story(ledger)
+    data = collect_report(engine, stores={"s3", "s4"})
+    assert [o.id for o in data.operations] == ["pr-s3", "pr-s4", "ro-v2"]  # not pr-s1, pr-s2, nor rb-v2
+    ro = data.operations[-1]
+    assert dict(ro.counts) == {"failed": 1, "rolled_back": 1} and ro.waves[0].stores == 2
+    assert {p.store for p in ro.problems} == {"s3", "s4"}
+    assert {c.store for c in data.changes} == {"s3", "s4"} and set(data.current) == {"s3", "s4"}
+    assert data.events and {e.store for e in data.events} == {"s3", "s4"}
+    assert data.events_total == len([e for e in ledger.events() if e["store"] in ("s3", "s4")])
+    # with operation ids too: both filters hold
+    assert [o.id for o in collect_report(engine, rollout_ids=["rb-v2", "ro-v2"], stores={"s2"}).operations] == [
+        "ro-v2", "rb-v2"]
+    assert collect_report(engine, rollout_ids=["rb-v2"], stores={"s3"}).events == ()
+    engine.dispose()
+
+
+def test_report_limit(home: Path, tmp_path: Path) -> None:
+    engine = open_state(f"sqlite:///{home / 'edgefleet.db'}")
+    ops.create_rollout(FLEET, engine, "v1", RolloutPolicy(canary=0, waves=("100%",)), datetime(2026, 12, 7, tzinfo=UTC),
+                       stores=select(FLEET, "country_dk"))
+    close_all()
+    out = str(tmp_path / "r.html")
+    code, text = run_cli(["report", "--out", out, "-l", "dk-00[12]*", *INV], home)
+    assert code == 0 and ": 1 operation(s)" in text, text
+    code, text = run_cli(["report", "--out", out, "-l", "country_no", *INV], home)
+    assert code == 0 and ": 0 operation(s)" in text, text
+    code, text = run_cli(["report", "--out", out, "-l", "contry_no", *INV], home)
     assert code == 2 and "did you mean 'country_no'" in text, text

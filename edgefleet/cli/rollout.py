@@ -380,7 +380,8 @@ def rollback_cmd(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"
 
 
 def provision_cmd(release: ReleaseOpt, store: Annotated[str | None, typer.Argument(
-                      help="Store id, or a pattern of stores as --limit takes", show_default=False)] = None,
+                      metavar="STORES", help="Store id, or a pattern of stores as --limit takes",
+                      show_default=False)] = None,
                   inventory: InventoryOpt = Path("inventory"), limit: LimitOpt = None,
                   max_concurrent: Annotated[int, typer.Option("--max-concurrent", min=1, help="Stores provisioned "
                                                               "at once (default: one after another)")] = 1,

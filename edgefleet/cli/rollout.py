@@ -78,6 +78,10 @@ BmcAttemptsOpt = Annotated[int, typer.Option("--bmc-attempts", min=1, help="Trie
                                                                            "transiently")]
 ReimageAttemptsOpt = Annotated[int, typer.Option("--reimage-attempts", min=1, help="Tries of a node's whole "
                                                                                    "reimage sequence")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Put a release that is not stable yet on non-canary "
+                                                         "stores (needs --reason; recorded in the event log)")]
+ForceReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why --force is needed (recorded with the "
+                                                                     "event release_forced)")]
 StoresOpt = Annotated[list[str] | None, typer.Option("--store", help="Only this store (repeat for more): an alias "
                                                                      "of --limit; default: every store")]
 
@@ -158,6 +162,17 @@ async def _endpoints(fleet: Fleet, sim: str | None) -> Endpoints:
     from edgefleet.rollout.endpoints import from_inventory, from_simulator
 
     return await from_simulator(sim) if sim else from_inventory(fleet)
+
+
+def _force_reason(force: bool, reason: str | None) -> str | None:
+    """``--force --reason TEXT``: the reason a non-stable release may reach non-canary stores (None:
+    not forced). Either option alone is bad input."""
+    if force and (reason is None or not reason.strip()):
+        raise InputError("--force needs --reason TEXT: say why a release that is not stable must reach "
+                         "non-canary stores (it is recorded in the event log)")
+    if reason is not None and not force:
+        raise InputError("--reason goes with --force; without --force there is nothing to give a reason for")
+    return reason.strip() if force and reason is not None else None
 
 
 def _operator() -> str:
@@ -250,11 +265,14 @@ def start(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), cana
           quorum_timeout: QuorumOpt = 600.0, gate_timeout: GateOpt = 600.0, soak: SoakOpt = 0.0, poll: PollOpt = 2.0,
           bmc_attempts: BmcAttemptsOpt = 4, reimage_attempts: ReimageAttemptsOpt = 3, limit: LimitOpt = None,
           store: StoresOpt = None, pre_hook: PreHookOpt = None, post_hook: PostHookOpt = None,
-          seed_public_url: SeedUrlOpt = None, sim: SimOpt = None, json_out: JsonOpt = False) -> None:
-    """Plan, record and run a rollout of RELEASE to its end (or a halt, or a pause)."""
+          seed_public_url: SeedUrlOpt = None, force: ForceOpt = False, reason: ForceReasonOpt = None,
+          sim: SimOpt = None, json_out: JsonOpt = False) -> None:
+    """Plan, record and run a rollout of RELEASE to its end (or a halt, or a pause). A release that is
+    not stable reaches only canary stores, unless --force --reason TEXT."""
     from edgefleet.rollout import operations as ops
     from edgefleet.rollout.request import RolloutRequest
 
+    force_reason = _force_reason(force, reason)
     fleet, engine = _fleet(inventory), _engine()
     stores, canaries = _selected(fleet, limit, store, canary_stores)
     request = RolloutRequest.of(
@@ -266,7 +284,7 @@ def start(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), cana
 
     async def main() -> RolloutRecord:
         ep = await _endpoints(fleet, sim)
-        made = ops.record_rollout(fleet, engine, request, ep.clock(), operator=_operator())
+        made = ops.record_rollout(fleet, engine, request, ep.clock(), operator=_operator(), force_reason=force_reason)
         if not json_out:
             console.print(f"rollout [bold]{made.record.id}[/bold]: {sum(len(w.stores) for w in made.plan.waves)} "
                           f"stores in {len(made.plan.waves)} waves" if made.plan else made.record.id)
@@ -388,12 +406,14 @@ def provision_cmd(release: ReleaseOpt, store: Annotated[str | None, typer.Argume
                   node_timeout: NodeTimeoutOpt = 1800.0,
                   quorum_timeout: QuorumOpt = 600.0, gate_timeout: GateOpt = 600.0, poll: PollOpt = 2.0,
                   bmc_attempts: BmcAttemptsOpt = 4, reimage_attempts: ReimageAttemptsOpt = 3,
-                  seed_public_url: SeedUrlOpt = None, sim: SimOpt = None, json_out: JsonOpt = False) -> None:
+                  seed_public_url: SeedUrlOpt = None, force: ForceOpt = False, reason: ForceReasonOpt = None,
+                  sim: SimOpt = None, json_out: JsonOpt = False) -> None:
     """Provision stores on RELEASE: secrets on first use, seeds, reimage every node, bootstrap. One
     provision (one rollout id) per store; several stores go one after another, or --max-concurrent
-    at once."""
+    at once. A release that is not stable provisions only canary stores, unless --force --reason TEXT."""
     from edgefleet.rollout import operations as ops
 
+    force_reason = _force_reason(force, reason)
     fleet, engine = _fleet(inventory), _engine()
     stores = limit_stores(fleet, limit, aliases={"STORE": store})
     if stores is None:
@@ -408,7 +428,7 @@ def provision_cmd(release: ReleaseOpt, store: Annotated[str | None, typer.Argume
         async def one(sid: str) -> RolloutRecord:
             async with gate:
                 made = ops.create_provision(fleet, engine, edgefleet_home(), sid, release, ep.clock(),
-                                            settings=settings, operator=_operator())
+                                            settings=settings, operator=_operator(), force_reason=force_reason)
                 if len(stores) > 1 and not json_out:
                     console.print(f"provision [bold]{made.record.id}[/bold]: {sid}")
                 return await ops.run(fleet, edgefleet_home(), engine, ep, made.record.id, settings=settings)

@@ -418,9 +418,9 @@ def provision_cmd(release: ReleaseOpt, store: Annotated[str | None, typer.Argume
     stores = limit_stores(fleet, limit, aliases={"STORE": store})
     if stores is None:
         raise InputError("give the stores to provision: a store id, or --limit PATTERN (e.g. -l country_dk)")
-    _reachable(fleet, engine, release, stores, force_reason)
     settings = _settings(node_timeout, 0.0, poll, seed_public_url=seed_public_url, quorum_timeout=quorum_timeout,
                          gate_timeout=gate_timeout, bmc_attempts=bmc_attempts, reimage_attempts=reimage_attempts)
+    _reachable(fleet, engine, release, stores, force_reason)
 
     async def main() -> list[RolloutRecord | BaseException]:
         ep = await _endpoints(fleet, sim)

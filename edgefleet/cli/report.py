@@ -15,7 +15,8 @@ import typer
 from edgefleet.cli._common import console, default_state_url
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Where to write the HTML page")]
-IdsArg = Annotated[list[str] | None, typer.Argument(help="Operation ids to report on (default: every operation)",
+IdsArg = Annotated[list[str] | None, typer.Argument(help="Operation or train ids to report on (a train: its child "
+                                                         "operations; default: every operation)",
                                                     show_default=False)]
 MaxEventsOpt = Annotated[int, typer.Option("--max-events", min=0, help="Rows of the event log before it is cut")]
 TitleOpt = Annotated[str, typer.Option("--title", help="The page title")]
@@ -23,7 +24,7 @@ TitleOpt = Annotated[str, typer.Option("--title", help="The page title")]
 
 def report_cmd(rollout_ids: IdsArg = None, out: OutOpt = Path("out/report.html"), max_events: MaxEventsOpt = 1000,
                title: TitleOpt = "edgefleet rollout report") -> None:
-    """Write an HTML report: operations, stores per release over time, failed stores, event log."""
+    """Write an HTML report: operations, release trains, stores per release over time, failed stores, event log."""
     from edgefleet.outpaths import check_output_file
     from edgefleet.report import collect_report, render_report, write_report
     from edgefleet.state.db import open_state

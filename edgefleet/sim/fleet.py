@@ -43,14 +43,13 @@ from edgefleet.sim.oracle import (
     ControlPlaneDowns,
     Finding,
     NodeFacts,
-    StoreFacts,
-    TrainOracle,
     Violation,
     check_caps,
     check_concurrent_operations,
     check_schedule,
     disruptive_boot_override,
 )
+from edgefleet.sim.oracle_trains import StoreFacts, TrainOracle
 from edgefleet.sim.passwords import resolve_passwords
 from edgefleet.sim.scenario import Scenario
 
@@ -255,7 +254,7 @@ class SimFleet:
         return True, "kubelet is posting ready status"
 
     def train_facts(self, store_id: str, release: str) -> StoreFacts:
-        """The train oracle's view of a store (``edgefleet.sim.oracle.StoreView``)."""
+        """The train oracle's view of a store (``edgefleet.sim.oracle_trains.StoreView``)."""
         nodes = self.store_nodes[store_id]
         return StoreFacts(settled=store_id not in self.mid_reimage and not any(ns.booting for ns in nodes),
                           on_release=all(ns.release == release and self.readiness(ns, flaps=False)[0] for ns in nodes),

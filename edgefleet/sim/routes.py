@@ -17,7 +17,7 @@ from starlette.routing import Route
 from edgefleet.errors import InputError
 from edgefleet.sim.fleet import SimFleet
 from edgefleet.sim.k8s import node_list, readyz
-from edgefleet.sim.oracle import parse_train
+from edgefleet.sim.oracle_trains import parse_train
 from edgefleet.sim.scenario import update_scenario
 
 __all__ = ["SimApi", "StoreApis", "json_bytes", "sim_report"]
@@ -221,14 +221,14 @@ class SimApi:
         return Response(json_bytes(sim.trains.view(sim.clock.now(), sim.train_facts)), media_type="application/json")
 
     async def oracle_train(self, request: Request) -> Response:
-        """Declare a train (``edgefleet.sim.oracle``: its stages in order, soak, failure budgets)."""
+        """Declare a train (``edgefleet.sim.oracle_trains``: its stages in order, soak, failure budgets)."""
         try:
             train = parse_train(json.loads(await request.body()), self.sim.store_nodes)
         except ValueError as e:
             return JSONResponse({"error": f"not JSON: {e}"}, 400)
         except InputError as e:
             return JSONResponse({"error": str(e)}, 400)
-        self.sim.trains.declare(train)
+        self.sim.trains.declare(train, running={ns.release for ns in self.sim.nodes.values()})
         self.sim.event("oracle_train", detail={"release": train.release,
                                                "stages": [list(st.stores) for st in train.stages]})
         return await self.oracle(request)
@@ -240,7 +240,8 @@ class SimApi:
             if not isinstance(data, dict) or not isinstance(data.get("release"), str) or set(data) != {"release",
                                                                                                         "state"}:
                 raise InputError(f'send {{"release": R, "state": "stable"}}, not {data!r}')
-            self.sim.trains.tell(data["release"], str(data["state"]), self.sim.clock.now())
+            self.sim.trains.tell(data["release"], str(data["state"]), self.sim.clock.now(),
+                                 running={ns.release for ns in self.sim.nodes.values()})
         except ValueError as e:
             return JSONResponse({"error": f"not JSON: {e}"}, 400)
         except InputError as e:

@@ -1,4 +1,4 @@
-"""The simulator's train rules over real HTTP (``edgefleet.sim.oracle``: ``stage_order`` and
+"""The simulator's train rules over real HTTP (``edgefleet.sim.oracle_trains``: ``stage_order`` and
 ``release_state``): a train declared through ``/sim/oracle/train`` (with the helper the train tests
 use), reimages sent to the simulated BMCs' Redfish endpoints and resets to its Talos API, each rule
 firing when provoked and silent on a correct sequence."""

@@ -105,10 +105,11 @@ def expand_trains(engine: Engine, ids: Sequence[str]) -> tuple[list[str], list[s
     return out, named
 
 
-def collect_trains(engine: Engine, *, rollout_ids: Collection[str] | None = None,
-                   limit: int = 50) -> tuple[TrainSummary, ...]:
+def collect_trains(engine: Engine, *, rollout_ids: Collection[str] | None = None, limit: int = 50,
+                   stores: Collection[str] | None = None) -> tuple[TrainSummary, ...]:
     """The most recent ``limit`` trains, oldest first; with ``rollout_ids`` only the trains named
-    there or owning one of those child rollouts."""
+    there or owning one of those child rollouts; with ``stores`` only the trains holding one of
+    them, their stages counting only those."""
     from edgefleet.rollout.ledger import Ledger
     from edgefleet.trains.store import TrainStore
 
@@ -122,11 +123,13 @@ def collect_trains(engine: Engine, *, rollout_ids: Collection[str] | None = None
     starts = _starts(engine, [r.id for r in records])
     out = []
     for rec in sorted(records, key=lambda r: (r.created_at, r.id)):
-        stores = trains.stores(rec.id)
+        held = {s: p for s, p in trains.stores(rec.id).items() if stores is None or s in stores}
+        if stores is not None and not held:
+            continue
         reasons = trains.stage_reasons(rec.id)
         stages = []
         for st in trains.stages(rec.id):
-            mine = [p for p in stores.values() if p.stage == st.index]
+            mine = [p for p in held.values() if p.stage == st.index]
             counts: dict[str, int] = {}
             for p in mine:
                 counts[p.state.value] = counts.get(p.state.value, 0) + 1

@@ -118,6 +118,11 @@ def test_a_selected_child_rollout_shows_its_train_and_no_other(engine: Engine) -
     Ledger(engine).create_rollout(rollout_id="ro-alone", kind=Kind.rollout, release="v2", now=T0, policy={}, plan={},
                                   operator="bob", waves=[], runs=[])
     assert collect_report(engine, rollout_ids=["ro-alone"]).trains == ()
+    # --limit: the trains holding one of the stores, their stages counting those stores only
+    (limited,) = collect_report(engine, stores=["us-2", "dk-3"]).trains
+    assert [(st.name, st.stores, dict(st.counts)) for st in limited.stages] == [
+        ("canary", 0, {}), ("ring1", 1, {"failed": 1}), ("ring2", 1, {"pending": 1})]
+    assert collect_report(engine, stores=["nowhere"]).trains == ()
 
 
 def test_a_ledger_without_trains_renders_without_them(engine: Engine) -> None:

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from edgefleet.sim.build import build_sim
@@ -18,12 +19,16 @@ from edgefleet.sim.server import running_server
 from edgefleet.sim.talos_serve import running_talos_api
 from edgefleet.talos.api import client_for
 from edgefleet.talos.certs import TalosRole
+from edgefleet.talos.inband import reimage_in_band
 from edgefleet.trains.model import StagePolicy, StageSpec, TrainSpec
 from tests.contract.rollout_world import assert_oracle_clean, declare_spec, declare_train
+from tests.contract.test_inband_reimage import Rig as InBandRig
+from tests.contract.test_inband_reimage import World, world
+from tests.contract.test_inband_reimage import run as run_in_band
 from tests.contract.test_sim_server import PASSWORD, PASSWORD_ENV, Artifacts, Rig, artifacts, run
 
 pytestmark = pytest.mark.clock  # seed tokens meet the real clock
-__all__ = ["artifacts"]  # the module-scoped fixture, shared with test_sim_server
+__all__ = ["artifacts", "world"]  # the module-scoped fixtures, shared with test_sim_server and test_inband_reimage
 
 RELEASE = "r2026.11"  # what the artifacts' release image installs
 SOAK_S = 1800
@@ -272,3 +277,28 @@ def _spec() -> TrainSpec:
     return TrainSpec(release=RELEASE, stages=(
         StageSpec("canary", "canary", StagePolicy(soak=timedelta(hours=24), failure_budget=0)),
         StageSpec("ring1", "ring1", StagePolicy(soak=timedelta(hours=24)))))
+
+
+def test_release_state_catches_an_in_band_reimage_onto_a_release_not_stable(world: World) -> None:
+    """A store without BMCs reimaged through the Talos API comes up on the release its network seed
+    names: outside the canary stage that release must be stable; inside it, it may be a canary."""
+
+    async def reimage(r: InBandRig, name: str) -> None:
+        r.sim.net_seed_urls[name] = r.seed_url(name)
+        _, node = r.node(name)
+        async with r.client(name) as c:
+            await reimage_in_band(c, node, seed_url=r.sim.net_seed_urls[name], deadline_s=20)
+        await r.until(f"{name} on r2", lambda: r.sim.nodes[name].joined and r.sim.nodes[name].release == "r2")
+
+    async def body(r: InBandRig) -> None:
+        async with httpx.AsyncClient(trust_env=False, timeout=10) as c:
+            got = await c.post(f"{r.url}/sim/oracle/release", json={"release": "r2", "state": "canary"})
+            assert got.status_code == 200, got.text
+        await reimage(r, "two-n2")
+        assert [(v.node, v.rule) for v in r.sim.violations] == [("two-n2", "release_state")], r.sim.violations
+        await declare_train(r.url, "r2", [["two"], ["one"]], 3600)  # now "two" is r2's canary stage
+        await reimage(r, "two-n3")
+        assert len(r.sim.violations) == 1, r.sim.violations
+
+    run_in_band(world, body)
+

@@ -155,9 +155,10 @@ def _notes(skipped: Sequence[tuple[str, str]], unschedulable: Sequence[tuple[str
 
 def create_rollback(fleet: Fleet, engine: Engine, release: str, now: datetime, *, reason: str,
                     policy: RolloutPolicy | None = None, settings: EngineSettings | None = None,
-                    operator: str = "") -> Created:
-    """Revoke ``release`` and record a fleet rollback: every store wholly or partly on it goes back
-    to its last known-good release (one wave, the policy's caps and failure budget)."""
+                    operator: str = "", stores: Collection[str] | None = None) -> Created:
+    """Revoke ``release`` and record a fleet rollback: every store wholly or partly on it (of
+    ``stores`` when given) goes back to its last known-good release (one wave, the policy's caps
+    and failure budget)."""
     request = RolloutRequest.of("rollback", release, policy or RolloutPolicy(canary=0, waves=("100%",)), settings)
     catalog = ReleaseCatalog(engine)
     rel = catalog.get(release)
@@ -167,7 +168,10 @@ def create_rollback(fleet: Fleet, engine: Engine, release: str, now: datetime, *
     known = ledger.store_releases()
     runs: list[tuple[str, int, str | None, str]] = []
     skipped: list[tuple[str, str]] = []
+    chosen = set(stores) if stores is not None else None
     for sid in ledger.stores_on(release):
+        if chosen is not None and sid not in chosen:
+            continue
         if sid not in fleet.stores:
             skipped.append((sid, "not in the inventory any more"))
             continue

@@ -420,7 +420,8 @@ def provision_cmd(release: ReleaseOpt, store: Annotated[str | None, typer.Argume
         raise InputError("give the stores to provision: a store id, or --limit PATTERN (e.g. -l country_dk)")
     settings = _settings(node_timeout, 0.0, poll, seed_public_url=seed_public_url, quorum_timeout=quorum_timeout,
                          gate_timeout=gate_timeout, bmc_attempts=bmc_attempts, reimage_attempts=reimage_attempts)
-    _reachable(fleet, engine, release, stores, force_reason)
+    # every store within the release's reach, or none is provisioned
+    ops.check_provision_reach(fleet, engine, release, stores, force_reason=force_reason)
 
     async def main() -> list[RolloutRecord | BaseException]:
         ep = await _endpoints(fleet, sim)
@@ -443,16 +444,6 @@ def provision_cmd(release: ReleaseOpt, store: Annotated[str | None, typer.Argume
         _finish(engine, results[0], json_out)
         return
     _finish_many(engine, dict(zip(stores, results, strict=True)), json_out)
-
-
-def _reachable(fleet: Fleet, engine: Engine, release: str, stores: list[str], force_reason: str | None) -> None:
-    """Every selected store within the release's reach, checked before the first is provisioned
-    (each provision checks its own store again): all of them or none."""
-    from edgefleet.releases.catalog import ReleaseCatalog
-    from edgefleet.releases.reach import check_reach
-
-    rel = ReleaseCatalog(engine).require_rollable(release)
-    check_reach(fleet, release, rel.state.value, stores, force_reason=force_reason)
 
 
 def _finish_many(engine: Engine, results: dict[str, RolloutRecord | BaseException], json_out: bool) -> None:

@@ -48,7 +48,7 @@ from tests.contract.rollout_world import (
     release_home,
     running_world,
 )
-from tests.helpers import SAMPLE_INVENTORY, require_tool
+from tests.helpers import SAMPLE_INVENTORY, make_stable, require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -374,6 +374,7 @@ def test_stores_without_bmc_are_provisioned_rolled_out_and_back_in_band(tmp_path
                                   upstream_sha256=write_fake_upstream(up, "v1.12.6"),
                                   installer_image="ghcr.io/siderolabs/installer:v1.12.5",
                                   kernel_args=("talos.platform=nocloud",)), home=w.home, catalog=ReleaseCatalog(engine))
+        make_stable(ReleaseCatalog(engine), "v9")
         made = ops.create_rollout(w.fleet, engine, "v9", policy, now(), settings=SETTINGS, stores=["dk-0101"])
         rec = await ops.run(w.fleet, w.home, engine, ep, made.record.id, settings=settings_of(policy))
         run = ledger.runs(rec.id)[0]

@@ -48,6 +48,8 @@ from edgefleet.cli.rollout import (
 from edgefleet.errors import InputError, OperationFailed
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sqlalchemy import Engine
 
     from edgefleet.inventory.model import Fleet
@@ -98,13 +100,13 @@ def _fleet(inventory: Path) -> Fleet:
     return load_fleet(inventory)
 
 
-def _fleet_now(fleet: Fleet, sim: str | None) -> datetime:
+def _fleet_clock(fleet: Fleet, sim: str | None) -> Callable[[], datetime]:
     """Fleet time: the simulator's clock with ``--sim``, the wall clock otherwise."""
     if sim is None:
-        return datetime.now(UTC)
+        return lambda: datetime.now(UTC)
     from edgefleet.cli.rollout import _endpoints
 
-    return asyncio.run(_endpoints(fleet, sim)).clock()
+    return asyncio.run(_endpoints(fleet, sim)).clock
 
 
 def _operator() -> str:
@@ -143,7 +145,7 @@ def start(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), stag
     settings = settings.model_copy(update={"node_duration": timedelta(minutes=node_minutes)})
     spec = TrainSpec(release=release, stages=parse_stages(fleet, options), manual_promote=manual_promote,
                      limit=limit, settings=settings.model_dump(mode="json"))
-    now = parse_instant(from_, "--from") if from_ is not None else _fleet_now(fleet, sim)
+    now = parse_instant(from_, "--from") if from_ is not None else _fleet_clock(fleet, sim)()
     made = service.start(fleet, _engine(), spec, now, dry_run=dry_run, operator=_operator())
     if json_out:
         print_json(made.to_json())
@@ -235,9 +237,10 @@ def status(train_id: IdArg, inventory: InventoryOpt = Path("inventory"),
     from edgefleet.trains.model import ACTIVE
 
     fleet, engine = _fleet(inventory), _engine()
+    clock = _fleet_clock(fleet, sim)
 
     def read() -> dict[str, Any]:
-        return service.status(engine, fleet, train_id, _fleet_now(fleet, sim))
+        return service.status(engine, fleet, train_id, clock())
 
     data = read()
     if json_out:

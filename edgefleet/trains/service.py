@@ -102,9 +102,9 @@ def start(fleet: Fleet, engine: Engine, spec: TrainSpec, now: datetime, *, dry_r
     assignment = assign(fleet, spec.stages, limit=spec.limit, current=current, release=spec.release)
     spec = replace(spec, stages=assignment.stages)
     trains = TrainStore(engine)
-    _check_holders(trains, assignment.stores)
     plan = plan_stages(fleet, assignment, now, node_duration=node_duration(spec))
-    if dry_run:
+    if dry_run:  # the plan says what starting would refuse (create checks again, atomically)
+        _check_holders(trains, assignment.stores)
         return Started(spec, assignment, plan)
     rec = trains.create(spec, assignment.stores, assignment.stage_names, now, operator=operator,
                         done=assignment.done)

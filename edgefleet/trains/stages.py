@@ -9,7 +9,7 @@ Two steps, both pure (no I/O, no clock):
 * ``assign(fleet, stages, ...)`` resolves each stage's selector once, in stage order, over the
   stores no earlier stage took: a plain name (a ring such as ``canary`` or ``ring1``, an inventory
   group, ``all``, a store id), an Ansible-style host pattern (``country_dk:&ring_ring1``, through
-  ``edgefleet.inventory.patterns.select``), or ``N%`` of the stores left that still need the release.
+  ``edgefleet.inventory.patterns.select``, as ``--limit`` is), or ``N%`` of the stores left that still need the release.
   A stage that takes no store is dropped, with a note.
 
 ``plan_stages`` is the window-bound plan of a train (the dry run of ``train start``): each stage's
@@ -21,7 +21,6 @@ Every bad input is an ``InputError`` naming the option and the value.
 from __future__ import annotations
 
 import difflib
-import importlib
 import math
 import re
 from collections.abc import Collection, Mapping, Sequence
@@ -30,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 
 from edgefleet.errors import InputError
 from edgefleet.inventory.model import Fleet, Store
+from edgefleet.inventory.patterns import select
 from edgefleet.schedule.windows import next_allowed_start
 from edgefleet.trains.model import StagePolicy, StageSpec
 
@@ -244,21 +244,18 @@ class Assignment:
         return [s for s, i in self.stores.items() if i == index]
 
 
-def _select(fleet: Fleet, pattern: str) -> list[str]:
-    """Store ids an Ansible-style host pattern selects (``edgefleet.inventory.patterns``)."""
+def _select(fleet: Fleet, pattern: str, option: str) -> list[str]:
+    """Store ids an Ansible-style host pattern selects; its InputError prefixed by the option."""
     try:
-        patterns = importlib.import_module("edgefleet.inventory.patterns")
-    except ImportError:  # the pattern module comes with --limit; until then, plain names only
-        raise InputError(f"{pattern!r}: host patterns are not supported by this edgefleet; give a ring, "
-                         "a group, a store id or N%") from None
-    chosen: list[str] = patterns.select(fleet, pattern)
-    return chosen
+        return select(fleet, pattern)
+    except InputError as e:
+        raise InputError(f"{option} {pattern!r}: {e}") from None
 
 
 def _members(fleet: Fleet, selector: str, option: str) -> list[str]:
     """Store ids (inventory order) a plain name or a pattern selects."""
     if not _PLAIN.match(selector):
-        return _select(fleet, selector)
+        return _select(fleet, selector, option)
     if selector == CANARY:
         return [s.id for s in fleet.stores.values() if _is_canary(s)]
     if selector == "all":
@@ -300,7 +297,7 @@ def assign(fleet: Fleet, stages: Sequence[StageSpec], *, limit: str | None = Non
     ``limit``: only the stores this pattern selects. ``current`` (store -> its release per the
     ledger) and ``release``: stores already on the release count as done; a percentage stage counts
     and takes only stores that still need the release (a ``100%`` stage takes the done ones too)."""
-    pool = list(fleet.stores) if limit is None else _members(fleet, limit, "--limit")
+    pool = list(fleet.stores) if limit is None else _select(fleet, limit, "--limit")
     if not pool:
         raise InputError(f"--limit {limit!r} selects no store")
     on = current or {}

@@ -73,6 +73,17 @@ def test_named_stages_patterns_and_percentages() -> None:
     assert len(a.members(3)) == left - 4
 
 
+def test_pattern_stages_and_a_pattern_limit() -> None:
+    stages = parse_stages(SAMPLE, StageOptions(stage=["canary", "nordic1=region_nordics:&ring_ring1", "dk-*",
+                                                      "rest=all"]))
+    a = assign(SAMPLE, stages, limit="all:!country_vn")
+    assert a.members(1) == ["dk-001", "no-001"]
+    assert a.members(2) == ["dk-003", "dk-004", "dk-005"]  # dk-002 went to canary, dk-001 to nordic1
+    assert "vn-001" not in a.stores and len(a.stores) == len(SAMPLE.stores) - 2
+    with pytest.raises(InputError, match=r"^--stage 'region_nordics:&rign_ring1': .*did you mean"):
+        parse_stages(SAMPLE, StageOptions(stage=["region_nordics:&rign_ring1"]))
+
+
 def test_empty_stages_are_dropped_with_a_note_and_stores_no_stage_takes_are_named() -> None:
     a = assign(SAMPLE, parse_stages(SAMPLE, StageOptions(stages="canary,ring1")), limit="country_dk")
     assert a.stage_names == ("canary", "ring1")
@@ -166,7 +177,8 @@ def fleets(draw: st.DrawFn) -> Fleet:
     return SAMPLE.model_copy(update={"stores": stores})
 
 
-selectors = st.one_of(st.sampled_from([*RINGS, "country_dk", "region_nordics", "region_asia", "all"]),
+selectors = st.one_of(st.sampled_from([*RINGS, "country_dk", "region_nordics", "region_asia", "all",
+                                       "country_dk:country_no", "all:!country_dk", "dk-*"]),
                       st.integers(1, 100).map(lambda n: f"{n}%"))
 
 
@@ -181,8 +193,9 @@ def test_each_store_in_at_most_one_stage_percentages_of_what_is_left_order_kept(
         a = assign(fleet, stages, current=current, release="v2")
     except InputError as e:
         known = {"canary", "all", *fleet.groups(), *(s.ring for s in fleet.stores.values())}
-        unknown = [s for s in chosen if not s.endswith("%") and s not in known]
-        assert ("no stage takes any store" in str(e)) or (unknown and f"'{unknown[0]}': no ring, group" in str(e))
+        unknown = [s for s in chosen if not s.endswith("%") and s not in known and ":" not in s and "*" not in s]
+        assert ("no stage takes any store" in str(e) or (unknown and f"'{unknown[0]}': no ring, group" in str(e))
+                or "matches no group or store" in str(e) or "no group or store 'country_" in str(e)), str(e)
         return
     # order kept: the kept stages are the given ones, in order, minus those that took nothing
     kept = iter(stages)
@@ -200,7 +213,10 @@ def test_each_store_in_at_most_one_stage_percentages_of_what_is_left_order_kept(
             assert len([m for m in members if m not in on_release]) == percent_size(pct, len(need))
             assert all(m not in on_release for m in members) or pct == 100
         else:
-            everyone = {"all": set(fleet.stores)}.get(stage.selector)
+            everyone = {"all": set(fleet.stores), "dk-*": {s for s in fleet.stores if s.startswith("dk-")},
+                        "country_dk:country_no": {s.id for s in fleet.stores.values() if s.country in ("DK", "NO")},
+                        "all:!country_dk": {s.id for s in fleet.stores.values() if s.country != "DK"},
+                        }.get(stage.selector)
             if everyone is None:
                 everyone = {s.id for s in fleet.stores.values() if stage.selector in s.all_groups
                             or stage.selector == s.ring or (stage.selector == "canary" and s.canary)}

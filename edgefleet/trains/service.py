@@ -127,6 +127,8 @@ def pause(engine: Engine, train_id: str, now: datetime, *, operator: str = "") -
     if rec.status is TrainStatus.rolling_back:
         raise StateError(f"train {train_id} is rolling back: it cannot be paused (its stores are going back to "
                          "their last known-good release)")
+    if rec.status is TrainStatus.halted:
+        raise StateError(f"train {train_id} is halted ({rec.reason}): it starts nothing more already")
     trains.request(train_id, now=now, pause=True)
     trains.event(now, "train_pause_requested", train_id, reason=f"by {operator or 'a person'}")
     return trains.get(train_id)
@@ -141,8 +143,12 @@ def resume(engine: Engine, train_id: str, now: datetime, *, operator: str = "") 
                          f"stores back with `edgefleet train abort {train_id} --rollback`")
     if rec.status is not TrainStatus.paused and not rec.pause_requested:
         raise StateError(f"train {train_id} is {rec.status.value}, not paused: there is nothing to resume")
+    waiting = [st.name for st in trains.stages(train_id) if st.status is StageStatus.awaiting_approval]
+    if waiting and not rec.pause_requested:
+        raise StateError(f"train {train_id} waits for a person to approve stage {waiting[0]}: "
+                         f"`edgefleet train approve {train_id}` lets it go on")
     trains.request(train_id, now=now, pause=False)
-    if rec.status is TrainStatus.paused:
+    if rec.status is TrainStatus.paused and not waiting:  # else it stays paused until the approval
         trains.set_status(train_id, TrainStatus.running, f"resumed by {operator or 'a person'}", now)
     trains.event(now, "train_resumed", train_id, reason=f"by {operator or 'a person'}")
     return trains.get(train_id)

@@ -32,6 +32,7 @@ from edgefleet.cli._common import (
     parse_instant,
     print_json,
 )
+from edgefleet.cli._limit import LimitOpt
 from edgefleet.cli.rollout import (
     BmcAttemptsOpt,
     GateOpt,
@@ -80,7 +81,6 @@ RegionOpt = Annotated[int | None, typer.Option("--max-per-region", min=1, help="
 CountryOpt = Annotated[int | None, typer.Option("--max-per-country", min=1, help="Stores at once per country")]
 ManualOpt = Annotated[bool, typer.Option("--manual-promote", help="Do not promote the release to stable when the "
                                                                   "canary stage passes: wait for `train approve`")]
-LimitOpt = Annotated[str | None, typer.Option("--limit", "-l", help="Only the stores this pattern selects")]
 DryOpt = Annotated[bool, typer.Option("--dry-run", help="Show the stage plan (stores per stage, first windows); "
                                                         "record nothing")]
 FromOpt = Annotated[str | None, typer.Option("--from", help="Plan as of this ISO 8601 instant (with --dry-run; "

@@ -35,7 +35,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("EDGEFLEET_HOME", str(home))
     monkeypatch.delenv("EDGEFLEET_STATE_URL", raising=False)
     monkeypatch.setenv("COLUMNS", "200")
-    record_release(home, "r1")
+    record_release(home, "r1", stable=False)  # a train takes a release that was only built
     yield home
 
 
@@ -153,7 +153,7 @@ def test_start_list_status_pause_resume_approve_abort(home: Path) -> None:
 
 def test_a_second_train_over_the_same_stores_is_refused_naming_the_holder(home: Path) -> None:
     tid = _json("train", "start", "--release", "r1", *INV)["train"]["id"]
-    record_release(home, "r2")
+    record_release(home, "r2", stable=False)
     code, out = _run("train", "start", "--release", "r2", "--stages", "ring1", *INV)
     assert code == 1 and f"belongs to train {tid}" in out and "train abort" in out, out
     code, out = _run("train", "start", "--release", "r2", "--stages", "ring1", "--dry-run", *INV)

@@ -33,10 +33,7 @@ NOW = "2026-12-07T00:00:00Z"
 def home(tmp_path: Path) -> Path:
     """A home whose state store holds release v1 (stable) and no rollout."""
     h = tmp_path / "home"
-    record_release(h, "v1")
-    catalog = ReleaseCatalog(open_state(f"sqlite:///{h / 'edgefleet.db'}"))
-    for state in (ReleaseState.canary, ReleaseState.stable):
-        catalog.promote("v1", state, now=datetime.now(UTC))
+    record_release(h, "v1")  # stable
     close_all()
     return h
 

@@ -1,7 +1,6 @@
 """The ``edgefleet`` command line: one sub-app per area (inventory, release, seed, rollout, train,
 schedule, talos, report, sim, db); this module wires them and maps ``EdgefleetError`` to a message and
-exit code
-(0 ok, 1 operation failed, 2 bad input). Commands that do not run a flow never import prefect."""
+exit code (0 ok, 1 operation failed, 2 bad input). Commands that do not run a flow never import prefect."""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ of the stores left, stage order kept."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -223,3 +224,25 @@ def test_each_store_in_at_most_one_stage_percentages_of_what_is_left_order_kept(
             assert set(members) == everyone & set(left)
         left = [s for s in left if s not in members]
     assert a.done == {s for s in a.stores if s in on_release}
+
+
+@settings(max_examples=60, deadline=None)
+@given(fleets(), st.datetimes(min_value=datetime(2026, 1, 1), max_value=datetime(2027, 12, 31), timezones=st.just(UTC)),
+       st.sampled_from([0, 1, 24, 72]), st.sampled_from([5, 20, 45]))
+def test_the_plan_keeps_every_store_in_its_window_and_every_stage_after_the_previous_soak(
+        fleet: Fleet, now: datetime, soak_h: int, node_minutes: int) -> None:
+    stages = parse_stages(fleet, StageOptions(soak=f"{soak_h}h"))
+    plan = plan_stages(fleet, assign(fleet, stages), now, node_duration=timedelta(minutes=node_minutes))
+    assert plan[0].unlocks == now
+    for prev, nxt in itertools.pairwise(plan):
+        assert nxt.unlocks == max(prev.unlocks, prev.end or prev.unlocks) + timedelta(hours=soak_h)
+    for stage in plan:
+        for p in stage.stores:
+            store = fleet.stores[p.store]
+            if p.start is None:
+                continue  # no window free of freezes within the horizon (a long freeze)
+            assert p.start >= stage.unlocks and p.end == p.start + timedelta(minutes=node_minutes) * len(store.nodes)
+            occ = window_at(store, p.start)
+            assert occ is not None and p.end is not None and p.end <= occ[1], p
+            for t in (p.start, p.end - timedelta(seconds=1)):
+                assert freeze_at(fleet.freezes, store, t) is None, (p, t)

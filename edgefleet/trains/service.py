@@ -207,7 +207,7 @@ def _waiting(engine: Engine, fleet: Fleet, rec: TrainRecord, now: datetime) -> l
     from edgefleet.trains.controller import snapshot
     from edgefleet.trains.decide import decide
 
-    return list(decide(snapshot(engine, rec.id), fleet, now, node_duration=node_duration(rec.spec)).waiting)
+    return list(decide(snapshot(engine, fleet, rec.id), fleet, now, node_duration=node_duration(rec.spec)).waiting)
 
 
 def _next_window(fleet: Fleet, store_id: str, now: datetime, per_node: timedelta) -> dict[str, Any]:

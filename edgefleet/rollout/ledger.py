@@ -39,7 +39,7 @@ import json
 import secrets
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, Executable, and_, func, insert, or_, select, update
@@ -83,6 +83,7 @@ from edgefleet.rollout.tables import (
 from edgefleet.state.db import session_scope
 
 __all__ = [
+    "EXECUTOR_STALE_AFTER",
     "FINISHED",
     "RUN_DONE",
     "RUN_FINAL",
@@ -112,6 +113,11 @@ __all__ = [
     "stmt_store_release",
     "stmt_wave",
 ]
+
+
+EXECUTOR_STALE_AFTER = timedelta(seconds=60)
+"""A running operation whose heartbeat is older than this has no live executor (it crashed or
+was killed); executors touch it every few seconds (``EngineSettings.heartbeat_s``)."""
 
 
 def new_rollout_id(kind: str, now: datetime) -> str:
@@ -154,6 +160,12 @@ class RolloutRecord:
                 "reason": self.reason, "operator": self.operator, "created_at": self.created_at.isoformat(),
                 "updated_at": self.updated_at.isoformat(), "abort_requested": self.abort_requested,
                 "decision": self.decision, "policy": self.policy, "train": self.train}
+
+    def executor_live(self, wall: datetime, stale_after: timedelta = EXECUTOR_STALE_AFTER) -> bool:
+        """Whether an executor works on it now: running, with a heartbeat (wall-clock time) younger
+        than ``stale_after`` at ``wall``."""
+        return (self.status is RolloutStatus.running and self.heartbeat_at is not None
+                and wall - self.heartbeat_at < stale_after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,6 +425,14 @@ class Ledger:
             row = s.get(StoreLockRow, store)
             return row.holder if row is not None else None
 
+    def locks(self, stores: Collection[str] | None = None) -> dict[str, tuple[str, datetime | None]]:
+        """store -> (holder, acquired at) of every store held now (of ``stores`` when given)."""
+        with session_scope(self.engine) as s:
+            q = select(StoreLockRow).where(StoreLockRow.holder.is_not(None)).order_by(StoreLockRow.store)
+            if stores is not None:
+                q = q.where(StoreLockRow.store.in_(list(stores)))
+            return {r.store: (r.holder, _utc(r.acquired_at)) for r in s.scalars(q) if r.holder is not None}
+
     def locks_held_by(self, holder: str) -> list[str]:
         with session_scope(self.engine) as s:
             return list(s.scalars(select(StoreLockRow.store).where(StoreLockRow.holder == holder)))
@@ -426,11 +446,13 @@ class Ledger:
     # events
 
     def events(self, rollout: str | None = None, *, store: str | None = None, kind: str | None = None,
-               limit: int = 10_000, stores: Collection[str] | None = None) -> list[dict[str, Any]]:
-        """Events in the order written, of ``rollout``, ``store`` (or any of ``stores``) and ``kind``
-        when given."""
+               limit: int | None = 10_000, stores: Collection[str] | None = None,
+               newest_first: bool = False) -> list[dict[str, Any]]:
+        """Events in the order written (the last written first with ``newest_first``: ``limit``
+        then keeps the newest), of ``rollout``, ``store`` (or any of ``stores``) and ``kind`` when
+        given; ``limit`` None: all of them."""
         with session_scope(self.engine) as s:
-            q = select(EventRow).order_by(EventRow.id)
+            q = select(EventRow).order_by(EventRow.id.desc() if newest_first else EventRow.id)
             conds = []
             if rollout is not None:
                 conds.append(EventRow.rollout == rollout)

@@ -96,7 +96,9 @@ def draw_chart(releases: Sequence[str], points: Sequence[tuple[datetime, dict[st
         return _TOP + ph * (1 - v / ymax)
 
     multi_day = t0.date() != t1.date()
-    fmt = "%m-%d %H:%M" if multi_day else "%H:%M:%S" if span < 600 else "%H:%M"
+    ticks = _time_ticks(t0, t1)
+    whole_days = len(ticks) > 1 and all(t.hour == t.minute == t.second == 0 for t in ticks)
+    fmt = "%m-%d" if whole_days else "%m-%d %H:%M" if multi_day else "%H:%M:%S" if span < 600 else "%H:%M"
     series = []
     for i, rel in enumerate(releases if points else ()):
         (ts0, c0), rest = points[0], points[1:]
@@ -115,7 +117,9 @@ def draw_chart(releases: Sequence[str], points: Sequence[tuple[datetime, dict[st
             "dates": t0.strftime("%Y-%m-%d") + (" to " + t1.strftime("%Y-%m-%d") if multi_day else ""),
             "gridlines": [{"y": f"{y(v):.1f}", "label_y": f"{y(v) + 4:.1f}", "value": v}
                           for v in range(0, ymax + 1, ystep)],
-            "ticks": [{"x": f"{x(t):.1f}", "label": t.strftime(fmt)} for t in _time_ticks(t0, t1)],
+            # a label near the right end ends at its tick: centred, it would run off the drawing
+            "ticks": [{"x": f"{x(t):.1f}", "label": t.strftime(fmt), "anchor": "end" if x(t) > _W - 80 else "middle"}
+                      for t in ticks],
             "series": series, "lanes": lanes, "lanes_top": below, "lanes_bottom": below + _LANE * len(lanes) + 8}
 
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,8 +45,17 @@ from edgefleet.atomic import write_atomic
 from edgefleet.errors import InputError, ReportError
 from edgefleet.redact import redact
 from edgefleet.report_chart import draw_chart
+from edgefleet.report_data import (
+    DeadLock,
+    OperationSummary,
+    ReleaseChange,
+    ReportData,
+    ReportEvent,
+    StoreOutcome,
+    WaveSummary,
+)
 from edgefleet.report_view import EVENTS_PER_PAGE, page_context
-from edgefleet.trains.timeline import TrainSummary, collect_trains, expand_trains
+from edgefleet.trains.timeline import collect_trains, expand_trains
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -75,100 +83,6 @@ RELEASE_CHANGE_KINDS = ("store_succeeded", "store_rolled_back")
 PROBLEM_STATUSES = ("split", "failed", "rolled_back", "refused")  # RunState values; split first
 DECISIVE_STATUSES = ("succeeded", "failed", "rolled_back", "split")
 """RunState values that say where a store stands (skipped, refused, pending or running ones do not)."""
-
-
-# -- the data -------------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class WaveSummary:
-    index: int
-    name: str
-    status: str
-    budget: int
-    failures: int
-    stores: int
-
-
-@dataclass(frozen=True, slots=True)
-class StoreOutcome:
-    rollout: str
-    store: str
-    status: str
-    from_release: str | None
-    to_release: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class OperationSummary:
-    id: str
-    kind: str
-    release: str
-    status: str
-    reason: str
-    operator: str
-    created_at: datetime
-    updated_at: datetime
-    counts: Mapping[str, int]
-    """Store runs by status (succeeded, rolled_back, failed, skipped, ...)."""
-    waves: tuple[WaveSummary, ...]
-    problems: tuple[StoreOutcome, ...]
-    """Store runs that failed, were rolled back or were refused."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseChange:
-    ts: datetime
-    store: str
-    release: str | None
-    rollout: str | None
-    kind: str
-
-
-@dataclass(frozen=True, slots=True)
-class ReportEvent:
-    ts: datetime
-    rollout: str | None
-    store: str | None
-    node: str | None
-    kind: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLock:
-    """A store locked by an operation no executor works on: running with a stale heartbeat, paused,
-    finished or gone (a store its operation left split keeps its lock on purpose: it is listed as
-    split, not here)."""
-
-    store: str
-    holder: str
-    since: datetime | None
-    holder_status: str
-    """The holder's status (``unknown``: no such operation in the ledger)."""
-    heartbeat_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ReportData:
-    title: str
-    generated_at: datetime
-    operations: tuple[OperationSummary, ...]
-    changes: tuple[ReleaseChange, ...]
-    """Release changes in time order."""
-    events: tuple[ReportEvent, ...]
-    """The event log in time order (possibly only its newest part: see ``events_total``)."""
-    events_total: int
-    initial: Mapping[str, str | None] = field(default_factory=dict)
-    """store -> its release before the first change shown (absent: on no release)."""
-    current: Mapping[str, str | None] = field(default_factory=dict)
-    """store -> current release from the ``store_release`` table (what the fleet is on now)."""
-    trains: tuple[TrainSummary, ...] = ()
-    """Release trains, oldest first (``edgefleet.trains.timeline``)."""
-    failed: tuple[StoreOutcome, ...] = ()
-    """Stores whose latest decisive run (succeeded, failed, rolled back, split) failed."""
-    dead_locks: tuple[DeadLock, ...] = ()
-    """Stores locked by an operation no executor works on any more."""
 
 
 # -- collecting (the only ledger reader) ------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from edgefleet.report_chart import when_text
 
 if TYPE_CHECKING:
-    from edgefleet.report import DeadLock, OperationSummary, ReportData, StoreOutcome
+    from edgefleet.report_data import DeadLock, OperationSummary, ReportData, StoreOutcome
     from edgefleet.trains.timeline import TrainSummary
 
 __all__ = ["EVENTS_PER_PAGE", "FOLD_PROVISIONS_AT", "anchor", "page_context"]

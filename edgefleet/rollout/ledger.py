@@ -448,11 +448,12 @@ class Ledger:
     def events(self, rollout: str | None = None, *, store: str | None = None, kind: str | None = None,
                limit: int | None = 10_000, stores: Collection[str] | None = None,
                newest_first: bool = False) -> list[dict[str, Any]]:
-        """Events in the order written (the last written first with ``newest_first``: ``limit``
-        then keeps the newest), of ``rollout``, ``store`` (or any of ``stores``) and ``kind`` when
+        """Events in the order written (with ``newest_first``: newest time first, so ``limit``
+        keeps the newest), of ``rollout``, ``store`` (or any of ``stores``) and ``kind`` when
         given; ``limit`` None: all of them."""
         with session_scope(self.engine) as s:
-            q = select(EventRow).order_by(EventRow.id.desc() if newest_first else EventRow.id)
+            q = select(EventRow).order_by(*((EventRow.ts.desc(), EventRow.id.desc()) if newest_first
+                                            else (EventRow.id,)))
             conds = []
             if rollout is not None:
                 conds.append(EventRow.rollout == rollout)

@@ -60,7 +60,7 @@ from edgefleet.trains.timeline import collect_trains, expand_trains
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
-    from edgefleet.rollout.ledger import Ledger, RolloutRecord
+    from edgefleet.rollout.ledger import Ledger
 
 __all__ = [
     "RELEASE_CHANGE_KINDS",
@@ -151,7 +151,7 @@ def collect_report(engine: Engine, *, rollout_ids: Sequence[str] | None = None, 
     return ReportData(title=title, generated_at=now, operations=tuple(operations), changes=changes,
                       events=events, events_total=total, initial=initial, current=current, trains=trains,
                       failed=tuple(o for _s, o in sorted(latest.items()) if o.status == "failed"),
-                      dead_locks=_dead_locks(ledger, chosen, wall))
+                      dead_locks=_dead_locks(engine, chosen, wall))
 
 
 def _changes_and_events(ledger: Ledger, rids: Sequence[str | None], chosen: Collection[str] | None,
@@ -176,23 +176,12 @@ def _changes_and_events(ledger: Ledger, rids: Sequence[str | None], chosen: Coll
     return tuple(changes), events, total
 
 
-def _dead_locks(ledger: Ledger, chosen: Collection[str] | None, wall: datetime | None) -> tuple[DeadLock, ...]:
-    """The stores (of ``chosen``) whose lock holder no executor works on (see ``DeadLock``)."""
-    from edgefleet.rollout.ledger import RolloutStatus
+def _dead_locks(engine: Engine, chosen: Collection[str] | None, wall: datetime | None) -> tuple[DeadLock, ...]:
+    """The stores (of ``chosen``) whose lock holder no executor works on (``edgefleet.rollout.liveness``)."""
+    from edgefleet.rollout.liveness import dead_locks
 
-    out: list[DeadLock] = []
-    holders: dict[str, tuple[RolloutRecord | None, set[str]]] = {}
-    for store, (holder, since) in ledger.locks(chosen).items():
-        if holder not in holders:
-            holders[holder] = (ledger.find_rollout(holder), {r.store for _rid, r in ledger.split_runs(holder)})
-        rec, split = holders[holder]
-        if store in split:
-            continue  # kept on purpose until a person continues the repair: listed as split
-        if rec is not None and rec.status is RolloutStatus.running and (wall is None or rec.executor_live(wall)):
-            continue
-        out.append(DeadLock(store, holder, since, rec.status.value if rec is not None else "unknown",
-                            rec.heartbeat_at if rec is not None else None))
-    return tuple(out)
+    return tuple(DeadLock(h.store, h.holder, h.since, h.record.status.value if h.record else "unknown",
+                          h.record.heartbeat_at if h.record else None) for h in dead_locks(engine, chosen, wall=wall))
 
 
 def _release_of(detail: Any) -> str | None:

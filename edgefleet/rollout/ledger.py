@@ -39,7 +39,7 @@ import json
 import secrets
 from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, Executable, and_, func, insert, or_, select, update
@@ -83,7 +83,6 @@ from edgefleet.rollout.tables import (
 from edgefleet.state.db import session_scope
 
 __all__ = [
-    "EXECUTOR_STALE_AFTER",
     "FINISHED",
     "RUN_DONE",
     "RUN_FINAL",
@@ -113,11 +112,6 @@ __all__ = [
     "stmt_store_release",
     "stmt_wave",
 ]
-
-
-EXECUTOR_STALE_AFTER = timedelta(seconds=60)
-"""A running operation whose heartbeat is older than this has no live executor (it crashed or
-was killed); executors touch it every few seconds (``EngineSettings.heartbeat_s``)."""
 
 
 def new_rollout_id(kind: str, now: datetime) -> str:
@@ -160,12 +154,6 @@ class RolloutRecord:
                 "reason": self.reason, "operator": self.operator, "created_at": self.created_at.isoformat(),
                 "updated_at": self.updated_at.isoformat(), "abort_requested": self.abort_requested,
                 "decision": self.decision, "policy": self.policy, "train": self.train}
-
-    def executor_live(self, wall: datetime, stale_after: timedelta = EXECUTOR_STALE_AFTER) -> bool:
-        """Whether an executor works on it now: running, with a heartbeat (wall-clock time) younger
-        than ``stale_after`` at ``wall``."""
-        return (self.status is RolloutStatus.running and self.heartbeat_at is not None
-                and wall - self.heartbeat_at < stale_after)
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +259,23 @@ class Ledger:
         with session_scope(self.engine) as s:
             rows = s.scalars(select(RolloutRow).order_by(RolloutRow.created_at.desc()).limit(limit))
             return [_rollout(r) for r in rows]
+
+    def train_rollouts(self, train: str) -> list[RolloutRecord]:
+        """The child operations of release train ``train``, oldest first."""
+        with session_scope(self.engine) as s:
+            rows = s.scalars(select(RolloutRow).where(RolloutRow.train == train)
+                             .order_by(RolloutRow.created_at, RolloutRow.id))
+            return [_rollout(r) for r in rows]
+
+    def train_runs(self, train: str) -> dict[str, dict[str, StoreRunRecord]]:
+        """The store runs of release train ``train``'s child operations: rollout -> store -> run."""
+        out: dict[str, dict[str, StoreRunRecord]] = {}
+        with session_scope(self.engine) as s:
+            rows = s.scalars(select(StoreRunRow).join(RolloutRow, RolloutRow.id == StoreRunRow.rollout)
+                             .where(RolloutRow.train == train))
+            for r in rows:
+                out.setdefault(r.rollout, {})[r.store] = _run(r)
+        return out
 
     def plan_notes(self, rollout_id: str) -> dict[str, Any]:
         """What the plan said beside its rows (skipped and unschedulable stores)."""
@@ -425,13 +430,17 @@ class Ledger:
             row = s.get(StoreLockRow, store)
             return row.holder if row is not None else None
 
-    def locks(self, stores: Collection[str] | None = None) -> dict[str, tuple[str, datetime | None]]:
-        """store -> (holder, acquired at) of every store held now (of ``stores`` when given)."""
+    def lock_holders(self, stores: Iterable[str]) -> dict[str, str]:
+        """store -> holder, for those of ``stores`` someone holds."""
+        wanted = list(stores)
+        out: dict[str, str] = {}
         with session_scope(self.engine) as s:
-            q = select(StoreLockRow).where(StoreLockRow.holder.is_not(None)).order_by(StoreLockRow.store)
-            if stores is not None:
-                q = q.where(StoreLockRow.store.in_(list(stores)))
-            return {r.store: (r.holder, _utc(r.acquired_at)) for r in s.scalars(q) if r.holder is not None}
+            for i in range(0, len(wanted), 500):  # bounded IN lists
+                for store, holder in s.execute(select(StoreLockRow.store, StoreLockRow.holder)
+                                               .where(StoreLockRow.store.in_(wanted[i:i + 500]))):
+                    if holder is not None:
+                        out[store] = holder
+        return out
 
     def locks_held_by(self, holder: str) -> list[str]:
         with session_scope(self.engine) as s:

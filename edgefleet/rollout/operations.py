@@ -20,7 +20,6 @@ from edgefleet.releases.reach import check_reach, outside_reach
 from edgefleet.rollout.endpoints import Endpoints
 from edgefleet.rollout.executor import EngineSettings, execute
 from edgefleet.rollout.ledger import (
-    EXECUTOR_STALE_AFTER,
     FINISHED,
     RUN_DONE,
     Kind,
@@ -34,6 +33,7 @@ from edgefleet.rollout.ledger import (
     stmt_advance,
     stmt_run,
 )
+from edgefleet.rollout.liveness import EXECUTOR_STALE_AFTER, executor_live
 from edgefleet.rollout.plan import RolloutPlan, RolloutPolicy, budget_allowed, plan_rollout
 from edgefleet.rollout.request import OVERRIDABLE, RolloutRequest
 from edgefleet.rollout.states import RolloutEvent, RunEvent, SkipCause
@@ -98,9 +98,11 @@ def create_rollout(fleet: Fleet, engine: Engine, release: str, policy: RolloutPo
 
 
 def record_rollout(fleet: Fleet, engine: Engine, request: RolloutRequest, now: datetime, *, operator: str = "",
-                   canary_stores: Collection[str] = (), force_reason: str | None = None) -> Created:
+                   canary_stores: Collection[str] = (), force_reason: str | None = None,
+                   train: str | None = None) -> Created:
     """Plan ``request`` and record it (status planned): the request whole, its waves and one
-    planned row per store (wave, earliest start, from-release), which the executor consumes.
+    planned row per store (wave, earliest start, from-release), which the executor consumes;
+    ``train``: the release train it is a child of (``edgefleet.trains``).
 
     A release that is not stable may reach only canary stores (``edgefleet.releases.reach``;
     ``canary_stores`` adds to the inventory's): ReleaseNotStable otherwise, unless ``force_reason``
@@ -116,7 +118,7 @@ def record_rollout(fleet: Fleet, engine: Engine, request: RolloutRequest, now: d
         plan=_notes(p.skipped, p.unschedulable), operator=operator,
         waves=[(w.index, w.name, w.failure_budget) for w in p.waves],
         runs=[(ps.store_id, ps.wave, ps.from_release, request.release) for ps in planned],
-        starts={ps.store_id: ps.start for ps in planned})
+        starts={ps.store_id: ps.start for ps in planned}, train=train)
     for sid, why in p.unschedulable:
         ledger.event(now, "store_unschedulable", rollout=rid, store=sid, reason=why)
     _record_forced(ledger, fleet, now, rid, request.release, state, reached, canary_stores=canary_stores,
@@ -293,7 +295,7 @@ def abort(engine: Engine, rollout_id: str, now: datetime, *, stale_after: timede
         raise StateError(f"rollout {rollout_id} is already {rec.status.value}")
     ledger.set_rollout(rollout_id, now, abort_requested=True)
     ledger.event(now, "abort_requested", rollout=rollout_id)
-    if not rec.executor_live(datetime.now(UTC), stale_after):
+    if not executor_live(rec, datetime.now(UTC), stale_after):
         stmts = []
         for r in ledger.runs(rollout_id):
             cursor = RunCursor(rollout_id, r.store, r.status)

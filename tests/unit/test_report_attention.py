@@ -15,7 +15,8 @@ from sqlalchemy import Engine
 
 from edgefleet.report import ReportData, ReportEvent, collect_report, render_report
 from edgefleet.report_view import anchor
-from edgefleet.rollout.ledger import EXECUTOR_STALE_AFTER, Kind, Ledger, RolloutStatus, RunStatus, stmt_event, stmt_run
+from edgefleet.rollout.ledger import Kind, Ledger, RolloutStatus, RunStatus, stmt_event, stmt_run
+from edgefleet.rollout.liveness import EXECUTOR_STALE_AFTER
 from edgefleet.rollout.states import RunEvent
 from edgefleet.state.db import create_state_engine
 from tests.unit.test_report import _operation, _store_done, parse, self_contained

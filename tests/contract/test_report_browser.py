@@ -12,6 +12,7 @@ events reachable through their anchors, long reasons wrapped between words and n
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,7 +26,6 @@ from edgefleet.report import collect_report, render_report, write_report
 from edgefleet.rollout.ledger import Kind, Ledger, stmt_event
 from edgefleet.rollout.states import RunEvent
 from edgefleet.state.db import create_state_engine
-from tests.helpers import require_tool
 from tests.unit.test_report import _fleet_story, _operation, _store_done
 from tests.unit.test_report_trains import _train_story
 
@@ -42,9 +42,14 @@ WIDTHS = ((1400, 900), (420, 860))
 
 
 def _chromium() -> str:
+    """Debian's chromium; skipped when it is missing, unless CI is set (then the test fails)."""
     path = shutil.which("chromium") or "/usr/bin/chromium"
-    require_tool(path, "Debian's chromium (apt-get install chromium)")
-    return path
+    if Path(path).exists():
+        return path
+    msg = f"Debian's chromium is not installed ({path}): apt-get install chromium"
+    if os.environ.get("CI"):
+        pytest.fail(msg)
+    pytest.skip(msg)
 
 
 @pytest.fixture

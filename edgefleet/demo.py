@@ -46,7 +46,7 @@ from edgefleet.prefect_server import local_prefect_server, start_timeout
 OUT = Path("out/demo")
 REPORT = Path("out/report.html")
 TALOS_VERSION = "v1.12.6"
-CLOCK = "2026-11-01T21:00:00+00:00"  # a Sunday evening: European windows open, three weeks before Black Friday
+CLOCK = "2026-10-04T21:00:00+00:00"  # a Sunday evening: European windows open; the trains end weeks before Black Friday
 TIME_SCALE = 3600.0  # a simulated hour per second
 PROVISION_AT_ONCE = 8  # provision_store flow runs at a time
 DEMO_PASSWORD = "demo-only-bmc-password"  # the simulated BMCs' password, from EDGEFLEET_BMC_PASSWORD

@@ -156,13 +156,15 @@ def start(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), stag
 
 
 def _print_plan(made: Started) -> None:
+    from edgefleet.trains.stages import duration_text
+
     rec = made.train
     title = (f"train {rec.id} of {rec.release}" if rec else f"train plan of {made.spec.release} (dry run: nothing "
                                                             "recorded)")
     t = Table("stage", "store", "first window (local)", "UTC", "policy", title=title)
     for ps in made.plan:
         pol = ps.stage.policy
-        policy = (f"budget {pol.failure_budget}, soak {pol.soak}" + (", approve" if pol.approve else ""))
+        policy = (f"budget {pol.failure_budget}, soak {duration_text(pol.soak)}" + (", approve" if pol.approve else ""))
         for i, p in enumerate(ps.stores):
             local = p.local_start()
             when = "already on the release" if p.done else (f"{local:%a %Y-%m-%d %H:%M %Z}" if local else

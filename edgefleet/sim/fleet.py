@@ -51,7 +51,7 @@ from edgefleet.sim.oracle import (
 )
 from edgefleet.sim.oracle_trains import StoreFacts, TrainOracle
 from edgefleet.sim.passwords import resolve_passwords
-from edgefleet.sim.scenario import Scenario
+from edgefleet.sim.scenario import Scenario, check_names
 
 # NodeState, ActionError and the BMC's values live in sim/node.py, SimClock in sim/clock.py,
 # resolve_passwords in sim/passwords.py and Violation in sim/oracle.py; the simulator's modules
@@ -117,6 +117,7 @@ class SimFleet:
         # that makes a node waiting for its seed fetch it again (set while the Talos API is served).
         self.net_seed_urls: dict[str, str] = {}
         self.net_seed_retry: Callable[[NodeState], bool] = lambda _ns: False
+        check_names(scenario, self.nodes, self.fleet.stores)
         self._apply_scenario_sets()
 
     # -- scenario -----------------------------------------------------------------------------
@@ -150,6 +151,7 @@ class SimFleet:
         return False
 
     def set_scenario(self, scenario: Scenario) -> None:
+        check_names(scenario, self.nodes, self.fleet.stores)
         if scenario.seed != self.scenario.seed:
             self.rng = random.Random(scenario.seed)
         self.scenario = scenario

@@ -31,13 +31,14 @@ and changes only the keys it names.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefleet.errors import InputError
 
-__all__ = ["BmcBurst", "Caps", "KubeBurst", "Scenario", "SlowBoot", "parse_scenario", "update_scenario"]
+__all__ = ["BmcBurst", "Caps", "KubeBurst", "Scenario", "SlowBoot", "check_names", "parse_scenario", "update_scenario"]
 
 Rate = float
 
@@ -129,3 +130,17 @@ def update_scenario(current: Scenario, changes: Any, *, source: str = "POST /sim
     if not isinstance(changes, dict):
         raise InputError(f"{source}: send a JSON object of scenario settings")
     return parse_scenario({**current.dump(), **changes}, source=source)
+
+
+def check_names(scenario: Scenario, nodes: Collection[str], stores: Collection[str], *,
+                source: str = "scenario") -> None:
+    """InputError naming every node or store the scenario names that the simulated fleet does not
+    have (a typo would otherwise make a fault that never happens, and a test that cannot fail)."""
+    named_nodes = {*scenario.never_ready, *scenario.flapping, *scenario.slow_boot.nodes,
+                   *(n for ns in scenario.never_ready_on.values() for n in ns),
+                   *(b.node for b in scenario.bmc_bursts)}
+    named_stores = {*scenario.offline_stores, *(b.store for b in scenario.k8s_bursts)}
+    bad = [f"node {n!r}" for n in sorted(named_nodes - set(nodes))]
+    bad += [f"store {s!r}" for s in sorted(named_stores - set(stores))]
+    if bad:
+        raise InputError(f"{source}: no {', no '.join(bad)} in the simulated fleet")

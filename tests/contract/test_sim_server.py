@@ -647,6 +647,13 @@ def test_bmc_faults_errors_resets_and_hangs(artifacts: Artifacts) -> None:
         assert report["faults_injected"] == {"bmc_error": 1, "bmc_reset": 1, "bmc_timeout": 2}
         bad = await rig.client.post(f"{rig.sim_url}/sim/scenario", json={"bmc_error_rate": 2})
         assert bad.status_code == 400 and "bmc_error_rate" in bad.json()["error"]
+        # A node or store the fleet does not have is refused by name, and the scenario is unchanged.
+        before = (await rig.client.get(f"{rig.sim_url}/sim/scenario")).json()
+        typo = await rig.client.post(f"{rig.sim_url}/sim/scenario",
+                                     json={"never_ready_on": {"v3": ["dk-0001-w9"]}, "offline_stores": ["dk-9"]})
+        assert typo.status_code == 400, typo.text
+        assert "node 'dk-0001-w9'" in typo.json()["error"] and "store 'dk-9'" in typo.json()["error"]
+        assert (await rig.client.get(f"{rig.sim_url}/sim/scenario")).json() == before
 
     run(artifacts, body, scenario={"bmc_error_rate": 1})
 

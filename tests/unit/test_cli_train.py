@@ -131,7 +131,14 @@ def test_start_list_status_pause_resume_approve_abort(home: Path) -> None:
     assert window["timezone"] == "Europe/Copenhagen"
     assert datetime.fromisoformat(window["local"]) == datetime.fromisoformat(window["utc"])
     assert datetime.fromisoformat(window["local"]).utcoffset() in (timedelta(hours=1), timedelta(hours=2))
-    assert st["waiting"], st  # the controller's own words: what the train waits for
+    ring1 = next(s for s in st["stores"] if s["store"] == "dk-001")
+    assert ring1["next_window"] == {"utc": None, "local": None, "note": "when stage ring1 runs (it is locked)"}
+    # What it waits for, in the controller's words: each canary outside its window now, by name (a
+    # canary inside its window now is due, not waited for); nothing of a locked stage.
+    assert all(w["reason"].startswith(tuple(CANARIES)) for w in st["waiting"]), st["waiting"]
+    for s in st["stores"]:
+        if s["stage"] == 0 and s["next_window"]["utc"] != st["now"]:
+            assert any(w["reason"].startswith(f"{s['store']}: ") for w in st["waiting"]), (s, st["waiting"])
     code, out = _run("train", "status", tid, *INV)
     assert code == 0 and "canary" in out and "dk-002" in out and "Europe/Copenhagen" in out, out
 

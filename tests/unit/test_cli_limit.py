@@ -108,6 +108,19 @@ def test_acting_commands_refuse_a_typo_before_acting(home: Path, args: list[str]
     close_all()
 
 
+@pytest.mark.timeout(60)
+def test_provision_of_several_stores_checks_the_release_reach_of_all_first(home: Path) -> None:
+    """A release that is not stable yet, on canary stores and one that is not: refused before the
+    first store is provisioned (the canary ones come first in inventory order)."""
+    record_release(home, "v0", stable=False)  # built: canary stores only
+    code, text = run_cli(["provision", "-r", "v0", "-l", "ring_canary,us-001", *INV], home)
+    assert code == 2 and "release v0 is built, not stable" in text and "(us-001)" in text, text
+    engine = open_state(f"sqlite:///{home / 'edgefleet.db'}")
+    assert Ledger(engine).rollouts(10) == []
+    assert not (home / "secrets").exists()
+    close_all()
+
+
 @pytest.mark.parametrize(("args", "says"), [
     (["provision", "-r", "v1"], "give the stores to provision"),
     (["provision", "-r", "v1", "dk-001", "-l", "dk-002"], "give one store selector, not --limit and STORE"),

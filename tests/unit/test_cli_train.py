@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -192,3 +194,28 @@ def test_an_unknown_train_is_bad_input(home: Path) -> None:
     for args in (["status", "tr-nope", *INV], ["pause", "tr-nope"], ["abort", "tr-nope", "--yes"]):
         code, out = _run("train", *args)
         assert code == 2 and "tr-nope" in out, (args, out)
+
+
+class _Refused:
+    """A dispatcher for a tick that must not start anything (the train is being aborted)."""
+
+    def launch(self, rollout_id: str, region: str) -> None:
+        raise AssertionError(f"an aborted train launched {rollout_id} in {region}")
+
+
+def test_status_watch_follows_the_train_until_it_stops(home: Path) -> None:
+    from edgefleet.inventory.load import load_fleet
+    from edgefleet.trains.controller import tick
+
+    tid = _json("train", "start", "--release", "r1", *INV)["train"]["id"]
+    _json("train", "abort", tid, "--yes")
+    engine = open_state(f"sqlite:///{home / 'edgefleet.db'}")
+    ticked = threading.Timer(1.0, tick, (engine, load_fleet(SAMPLE_INVENTORY), home, tid, datetime.now(UTC),
+                                         _Refused()))
+    ticked.start()
+    t0 = time.monotonic()
+    code, out = _run("train", "status", tid, "--watch", "--interval", "0.2", *INV)
+    ticked.join()
+    assert code == 0, out
+    assert time.monotonic() - t0 >= 1.0  # it watched until the tick stopped the train
+    assert f"{tid} train of r1: aborted (aborted by a person)" in out, out

@@ -1,10 +1,11 @@
 """``edgefleet train start`` and ``train run`` as a user runs them (separate processes) against the
-fleet simulator on 127.0.0.1 with an accelerated clock: five stores provisioned on v1, a train of v2
-in two stages (one store, then the rest) with a 30-minute soak. ``train run`` prints one plain line
-per change off a terminal, exits 0 when the train succeeded; afterwards every store is on v2, the
-second stage started only after the first one's soak, the release is stable, ``train status``
-says so and the simulator's oracle (told the train's stages: rules stage_order and release_state
-beside its own) counts no violation."""
+fleet simulator on 127.0.0.1 with an accelerated clock: five stores provisioned on v1 (stable), a
+train of v2 (only built: the train makes it canary, and stable once its first stage passed) in two
+stages (one store, then the rest) with a 30-minute soak. ``train run`` prints one plain line per
+change off a terminal and exits 0 when the train succeeded; afterwards every store is on v2, the
+second stage started only after the first one's soak, the release is stable, ``train status`` says
+so and the simulator's oracle (told the train's stages: rules stage_order and release_state beside
+its own) counts no violation."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from edgefleet.rollout.ledger import Ledger, RolloutStatus
 from tests.contract.rollout_world import (
     PASSWORD,
     PASSWORD_ENV,
+    build_releases,
     get_json,
     ledger_matches_sim,
     make_inventory,
@@ -60,7 +62,8 @@ def test_train_start_and_run_from_the_command_line(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     inventory = tmp_path / "inventory"
     fleet = make_inventory(inventory)
-    home, engine = release_home(tmp_path, ["v1", "v2"])
+    home, engine = release_home(tmp_path, ["v1"])  # v1 stable: the fleet's release
+    build_releases(home, tmp_path, ReleaseCatalog(engine), ["v2"], stable=False)  # v2 only built
     inv = ["-i", str(inventory)]
 
     async def main() -> None:
@@ -109,7 +112,7 @@ def test_train_start_and_run_from_the_command_line(tmp_path: Path, monkeypatch: 
 
             ledger = Ledger(engine)
             assert {s: c for s, (c, _l) in ledger.store_releases().items()} == {s: "v2" for s in fleet.stores}
-            assert ReleaseCatalog(engine).get("v2").state is ReleaseState.stable
+            assert ReleaseCatalog(engine).get("v2").state is ReleaseState.stable  # promoted by the train
             first = datetime.fromisoformat(status["stages"][0]["soak_until"])
             children = [r for r in ledger.rollouts(limit=50) if r.train == tid]
             rest_runs = [run for r in children for run in ledger.runs(r.id) if run.store != "dk-0002"]

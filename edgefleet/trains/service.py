@@ -29,7 +29,16 @@ from edgefleet.releases.catalog import ReleaseCatalog, ReleaseState
 from edgefleet.rollout.ledger import Ledger
 from edgefleet.rollout.settings import EngineSettings
 from edgefleet.schedule.windows import next_allowed_start
-from edgefleet.trains.model import ACTIVE, StageStatus, StoreState, TrainSpec, TrainStatus, Wait
+from edgefleet.trains.model import (
+    ACTIVE,
+    StageProgress,
+    StageStatus,
+    StoreProgress,
+    StoreState,
+    TrainSpec,
+    TrainStatus,
+    Wait,
+)
 from edgefleet.trains.stages import Assignment, PlannedStage, assign, plan_stages
 from edgefleet.trains.store import TrainRecord, TrainStore
 
@@ -40,7 +49,7 @@ _WINDOW_HORIZON = timedelta(days=60)
 
 def node_duration(spec: TrainSpec) -> timedelta:
     """What one node needs of a store's window: the train's engine settings' ``node_duration``."""
-    return EngineSettings.model_validate(dict(spec.settings)).node_duration
+    return (EngineSettings.from_json(dict(spec.settings)) if spec.settings else EngineSettings()).node_duration
 
 
 @dataclass(frozen=True)
@@ -220,6 +229,16 @@ def _next_window(fleet: Fleet, store_id: str, now: datetime, per_node: timedelta
     return {"utc": start.isoformat(), "local": _local(start, store.timezone), "timezone": store.timezone}
 
 
+def _store_window(fleet: Fleet, stage: StageProgress, sp: StoreProgress, now: datetime, per_node: timedelta
+                  ) -> dict[str, Any] | None:
+    """A pending store's next window: from now when its stage runs; after its stage unlocks otherwise."""
+    if sp.state is not StoreState.pending:
+        return None
+    if stage.status is not StageStatus.running:
+        return {"utc": None, "local": None, "note": f"when stage {stage.name} runs (it is {stage.status.value})"}
+    return _next_window(fleet, sp.store, now, per_node)
+
+
 def status(engine: Engine, fleet: Fleet, train_id: str, now: datetime) -> dict[str, Any]:
     """A train as data: its record, stages (status, soak, finished), stores (stage, state, child
     operation, next window in UTC and local time for those not done), counts, and what it waits for."""
@@ -241,10 +260,9 @@ def status(engine: Engine, fleet: Fleet, train_id: str, now: datetime) -> dict[s
             "soak_until": st.soak_until.isoformat() if st.soak_until else None, "approved": st.approved,
             "stores": len(mine), "done": sum(1 for sp in mine if sp.state is StoreState.succeeded),
             "failed": sum(1 for sp in mine if sp.state in (StoreState.failed, StoreState.rolled_back))})
-    store_rows = [{"store": sp.store, "stage": sp.stage, "stage_name": stages[sp.stage].name if sp.stage < len(
-        stages) else str(sp.stage), "state": sp.state.value, "rollout": sp.rollout,
-        "next_window": _next_window(fleet, sp.store, now, per_node) if sp.state is StoreState.pending else None}
-        for sp in sorted(stores.values(), key=lambda p: (p.stage, p.store))]
+    store_rows = [{"store": sp.store, "stage": sp.stage, "stage_name": stages[sp.stage].name, "state": sp.state.value,
+                   "rollout": sp.rollout, "next_window": _store_window(fleet, stages[sp.stage], sp, now, per_node)}
+                  for sp in sorted(stores.values(), key=lambda p: (p.stage, p.store))]
     waiting = _waiting(engine, fleet, rec, now) if rec.status in ACTIVE else []
     return {"train": rec.to_json(), "now": now.isoformat(), "stages": stage_rows, "stores": store_rows,
             "counts": counts,

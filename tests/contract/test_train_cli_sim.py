@@ -1,9 +1,11 @@
 """``edgefleet train start`` and ``train run`` as a user runs them (separate processes) against the
-fleet simulator on 127.0.0.1 with an accelerated clock: five stores provisioned on v1, a train of v2
-in two stages (one store, then the rest) with a one-hour soak. ``train run`` prints one plain line
-per change off a terminal, exits 0 when the train succeeded; afterwards every store is on v2, the
-second stage started only after the first one's soak, the release is stable, ``train status``
-says so and the simulator's oracle counts no violation."""
+fleet simulator on 127.0.0.1 with an accelerated clock: five stores provisioned on v1 (stable), a
+train of v2 (only built: the train makes it canary, and stable once its first stage passed) in two
+stages (one store, then the rest) with a 30-minute soak. ``train run`` prints one plain line per
+change off a terminal and exits 0 when the train succeeded; afterwards every store is on v2, the
+second stage started only after the first one's soak, the release is stable, ``train status`` says
+so and the simulator's oracle (told the train's stages: rules stage_order and release_state beside
+its own) counts no violation."""
 
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ import json
 import os
 import shutil
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from edgefleet.releases.catalog import ReleaseCatalog, ReleaseState
@@ -25,6 +29,7 @@ from edgefleet.rollout.ledger import Ledger, RolloutStatus
 from tests.contract.rollout_world import (
     PASSWORD,
     PASSWORD_ENV,
+    build_releases,
     get_json,
     ledger_matches_sim,
     make_inventory,
@@ -35,10 +40,10 @@ from tests.helpers import REPO, require_tool
 
 pytestmark = pytest.mark.slow
 
-START = datetime(2026, 11, 3, 21, 30, tzinfo=UTC)  # Tuesday 22:30 in Copenhagen/Oslo: inside 22:00-05:00
+START = datetime(2026, 11, 3, 21, 5, tzinfo=UTC)  # Tuesday 22:05 in Copenhagen/Oslo: inside 22:00-05:00
 SETTINGS = EngineSettings(node_ready_timeout_s=4.0, quorum_timeout_s=10.0, store_gate_timeout_s=6.0,
                           window_wait_max_s=5.0, poll_s=0.05, heartbeat_s=0.5, power_deadline_s=5.0)
-SCALE = 600.0  # one simulated hour in six seconds
+SCALE = 240.0  # one simulated hour in 15 s: provisioning, both stages and their soaks fit in one night's window
 
 
 async def _cli(home: Path, *args: str, timeout: float = 150) -> tuple[int, str, str]:
@@ -57,7 +62,8 @@ def test_train_start_and_run_from_the_command_line(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
     inventory = tmp_path / "inventory"
     fleet = make_inventory(inventory)
-    home, engine = release_home(tmp_path, ["v1", "v2"])
+    home, engine = release_home(tmp_path, ["v1"])  # v1 stable: the fleet's release
+    build_releases(home, tmp_path, ReleaseCatalog(engine), ["v2"], stable=False)  # v2 only built
     inv = ["-i", str(inventory)]
 
     async def main() -> None:
@@ -69,17 +75,28 @@ def test_train_start_and_run_from_the_command_line(tmp_path: Path, monkeypatch: 
                                               for c in made)):
                 assert rec.status is RolloutStatus.succeeded, ops.status(engine, rec.id)
 
+            t0 = time.monotonic()
             code, out, err = await _cli(home, "train", "start", "--release", "v2", "--stage", "first=dk-0002",
-                                        "--stage", "rest=100%", "--soak", "1h", "--node-minutes", "5",
+                                        "--stage", "rest=100%", "--soak", "30m", "--node-minutes", "5",
                                         "--node-timeout", "4", "--quorum-timeout", "10", "--gate-timeout", "6",
+                                        "--poll", "0.05",
                                         "--sim", url, *inv, "--json")
             assert code == 0, out + err
             started = json.loads(out)
             tid = started["train"]["id"]
             assert [s["name"] for s in started["stages"]] == ["first", "rest"]
+            # The simulator's oracle learns the train: its rules stage_order and release_state hold too.
+            decl = {"release": "v2", "stages": [
+                {"name": s["name"], "stores": [p["store"] for p in s["stores"]], "soak_s": s["policy"]["soak_s"],
+                 "failure_budget": s["policy"]["failure_budget"]} for s in started["stages"]]}
+            async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
+                told = await client.post(f"{url}/sim/oracle/train", json=decl)
+                assert told.status_code == 200, told.text
 
+            t1 = time.monotonic()
             code, out, err = await _cli(home, "train", "run", tid, "--sim", url, "--poll", "0.2", *inv)
             assert code == 0, out + err
+            print(f"train start {t1 - t0:.1f} s, train run {time.monotonic() - t1:.1f} s:\n{out}")
             lines = out.splitlines()
             assert any(line.startswith("running: first running 0/1") for line in lines), out
             assert any("waiting: stage rest unlocks after the soak of stage first" in line for line in lines), out
@@ -95,13 +112,21 @@ def test_train_start_and_run_from_the_command_line(tmp_path: Path, monkeypatch: 
 
             ledger = Ledger(engine)
             assert {s: c for s, (c, _l) in ledger.store_releases().items()} == {s: "v2" for s in fleet.stores}
-            assert ReleaseCatalog(engine).get("v2").state is ReleaseState.stable
+            assert ReleaseCatalog(engine).get("v2").state is ReleaseState.stable  # promoted by the train
             first = datetime.fromisoformat(status["stages"][0]["soak_until"])
             children = [r for r in ledger.rollouts(limit=50) if r.train == tid]
             rest_runs = [run for r in children for run in ledger.runs(r.id) if run.store != "dk-0002"]
             assert rest_runs and all(run.started_at is not None and run.started_at >= first for run in rest_runs)
-            assert first - datetime.fromisoformat(status["stages"][0]["finished_at"]) == timedelta(hours=1)
-            assert (await get_json(f"{url}/sim/violations"))["total"] == 0
+            assert first - datetime.fromisoformat(status["stages"][0]["finished_at"]) == timedelta(minutes=30)
+            violations = await get_json(f"{url}/sim/violations")
+            assert violations["total"] == 0, violations
+            oracle = await get_json(f"{url}/sim/oracle")
+            assert oracle["enforced"] is True
+            (train,) = oracle["trains"]
+            assert [(st["name"], st["passed_at"] is not None) for st in train["stages"]] == [("first", True),
+                                                                                            ("rest", True)]
+            # the train's soak runs from its gate, after the oracle's (from the node's boot): never earlier
+            assert datetime.fromisoformat(train["stages"][0]["passed_at"]) <= first
             await ledger_matches_sim(url, ledger, fleet)
 
     try:

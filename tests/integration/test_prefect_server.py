@@ -250,7 +250,7 @@ def test_scheduled_build_release_runs_on_the_worker(stack: Stack) -> None:
     assert [(r.id, r.state) for r in list_runs(name, include_finished=True)] == [(run.id, "COMPLETED")]
 
 
-def test_schedule_rollout_cli_in_seven_time_zones(stack: Stack) -> None:
+def test_window_group_runs_in_seven_time_zones(stack: Stack) -> None:
     release = f"rel-{stack.backend}"
     _add_release(stack.state_url, stack.work, release)
     now = datetime.now(UTC)
@@ -425,8 +425,8 @@ def _stop_simulator(proc: subprocess.Popen[str]) -> None:
             proc.wait(10)
 
 
-def test_scheduled_rollout_runs_on_the_worker_against_the_simulator_in_six_time_zones(stack: Stack) -> None:
-    """``edgefleet schedule rollout --sim`` over six stores in six zones whose windows open at two
+def test_window_group_rollout_runs_on_the_worker_against_the_simulator_in_six_time_zones(stack: Stack) -> None:
+    """One window-group run (with ``sim_url``) per store over six stores in six zones whose windows open at two
     distinct instants a minute apart, all closed when the runs are scheduled: the worker runs the real
     ``rollout`` deployment against a simulator (its own process, real time), every store ends on v2
     inside its local window, and the simulator's oracle (maintenance windows enforced) finds nothing.

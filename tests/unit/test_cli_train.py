@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -131,7 +133,14 @@ def test_start_list_status_pause_resume_approve_abort(home: Path) -> None:
     assert window["timezone"] == "Europe/Copenhagen"
     assert datetime.fromisoformat(window["local"]) == datetime.fromisoformat(window["utc"])
     assert datetime.fromisoformat(window["local"]).utcoffset() in (timedelta(hours=1), timedelta(hours=2))
-    assert st["waiting"], st  # the controller's own words: what the train waits for
+    ring1 = next(s for s in st["stores"] if s["store"] == "dk-001")
+    assert ring1["next_window"] == {"utc": None, "local": None, "note": "when stage ring1 runs (it is locked)"}
+    # What it waits for, in the controller's words: each canary outside its window now, by name (a
+    # canary inside its window now is due, not waited for); nothing of a locked stage.
+    assert all(w["reason"].startswith(tuple(CANARIES)) for w in st["waiting"]), st["waiting"]
+    for s in st["stores"]:
+        if s["stage"] == 0 and s["next_window"]["utc"] != st["now"]:
+            assert any(w["reason"].startswith(f"{s['store']}: ") for w in st["waiting"]), (s, st["waiting"])
     code, out = _run("train", "status", tid, *INV)
     assert code == 0 and "canary" in out and "dk-002" in out and "Europe/Copenhagen" in out, out
 
@@ -185,3 +194,28 @@ def test_an_unknown_train_is_bad_input(home: Path) -> None:
     for args in (["status", "tr-nope", *INV], ["pause", "tr-nope"], ["abort", "tr-nope", "--yes"]):
         code, out = _run("train", *args)
         assert code == 2 and "tr-nope" in out, (args, out)
+
+
+class _Refused:
+    """A dispatcher for a tick that must not start anything (the train is being aborted)."""
+
+    def launch(self, rollout_id: str, region: str) -> None:
+        raise AssertionError(f"an aborted train launched {rollout_id} in {region}")
+
+
+def test_status_watch_follows_the_train_until_it_stops(home: Path) -> None:
+    from edgefleet.inventory.load import load_fleet
+    from edgefleet.trains.controller import tick
+
+    tid = _json("train", "start", "--release", "r1", *INV)["train"]["id"]
+    _json("train", "abort", tid, "--yes")
+    engine = open_state(f"sqlite:///{home / 'edgefleet.db'}")
+    ticked = threading.Timer(1.0, tick, (engine, load_fleet(SAMPLE_INVENTORY), home, tid, datetime.now(UTC),
+                                         _Refused()))
+    ticked.start()
+    t0 = time.monotonic()
+    code, out = _run("train", "status", tid, "--watch", "--interval", "0.2", *INV)
+    ticked.join()
+    assert code == 0, out
+    assert time.monotonic() - t0 >= 1.0  # it watched until the tick stopped the train
+    assert f"{tid} train of r1: aborted (aborted by a person)" in out, out

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import sys
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -20,15 +22,32 @@ from edgefleet.cli import seed as _seed
 from edgefleet.cli import sim as _sim
 from edgefleet.cli import talos as _talos
 from edgefleet.cli import train as _train
-from edgefleet.cli._common import err_console
+from edgefleet.cli._common import App, console, err_console
 from edgefleet.errors import EdgefleetError
 
 # errno values that say "this path cannot be used as given": bad input, exit 2.
 _PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
                           errno.ENOENT, errno.ENAMETOOLONG, errno.ELOOP, errno.ENXIO})
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="edgefleet: run fleets of edge Talos Kubernetes clusters.")
+app = App(add_completion=True, help="edgefleet: run fleets of edge Talos Kubernetes clusters.")
+
+
+def _print_version(wanted: bool) -> None:
+    if not wanted:
+        return
+    try:
+        console.print(f"edgefleet {version('edgefleet')}", markup=False)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        raise EdgefleetError("edgefleet is not installed (no package metadata): `pip install -e .` "
+                             "in its source tree") from None
+    raise typer.Exit()
+
+
+@app.callback()
+def _root(_version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                                 help="Print edgefleet's version and exit")] = False) -> None:
+    """edgefleet: run fleets of edge Talos Kubernetes clusters."""
+
 app.add_typer(_inventory.app, name="inventory")
 app.add_typer(_release.app, name="release")
 app.add_typer(_seed.app, name="seed")

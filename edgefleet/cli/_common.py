@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from typer import _click
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from edgefleet.errors import InputError, ReleaseInputError
 from edgefleet.settings import load_settings
@@ -26,6 +29,46 @@ if TYPE_CHECKING:
 _WIDTH = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "160"))
 console = Console(highlight=False, width=_WIDTH)
 err_console = Console(stderr=True, highlight=False, width=_WIDTH)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _untyped_flags(params: list[_click.Parameter]) -> list[_click.Parameter]:
+    """A flag takes no value: its help row shows no ``<bool>`` type (typer shows one by default)."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    """Every edgefleet command: flags are listed without a value type."""
+
+    def get_params(self, ctx: _click.Context) -> list[_click.Parameter]:
+        return _untyped_flags(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """Every edgefleet command group: as :class:`Command`; an unknown command gets "Did you mean"."""
+
+    def get_params(self, ctx: _click.Context) -> list[_click.Parameter]:
+        return _untyped_flags(super().get_params(ctx))
+
+
+class App(typer.Typer):
+    """A typer app whose groups and commands follow edgefleet's conventions: ``-h`` as well as
+    ``--help``, help shown when no command is given, flags without a ``<bool>``, and close matches
+    suggested for a mistyped command."""
+
+    def __init__(self, *, help: str, add_completion: bool = False, **kwargs: Any) -> None:
+        super().__init__(cls=Group, no_args_is_help=True, add_completion=add_completion, help=help,
+                         context_settings={"help_option_names": ["-h", "--help"]},
+                         pretty_exceptions_enable=False, **kwargs)
+
+    def command(self, name: str | None = None, *, cls: type[TyperCommand] | None = None,
+                **kwargs: Any) -> Callable[[_F], _F]:
+        return super().command(name, cls=cls or Command, **kwargs)
 
 
 def parse_instant(value: str | None, option: str) -> datetime:

@@ -8,11 +8,9 @@ ahead; ``upgrade`` 0 done, 1 refused (a store written by a newer edgefleet) or f
 
 from __future__ import annotations
 
-import typer
+from edgefleet.cli._common import App, JsonOpt, console, default_state_url, print_json
 
-from edgefleet.cli._common import JsonOpt, console, default_state_url, print_json
-
-app = typer.Typer(no_args_is_help=True, help="The state store's schema: status and upgrade.")
+app = App(help="The state store's schema: status and upgrade.")
 
 _SAYS = {
     "empty": "has no edgefleet tables yet: the first command creates them at head",

@@ -12,17 +12,22 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from edgefleet.cli._common import InventoryOpt, JsonOpt, console, print_json
+from edgefleet.cli._common import App, InventoryOpt, JsonOpt, console, print_json
 from edgefleet.cli._limit import LimitOpt, limit_stores
 from edgefleet.inventory.load import load_fleet
 
-app = typer.Typer(no_args_is_help=True, help="Validate, inspect, export and generate fleet inventories.")
+app = App(help="Validate, inspect, export and generate fleet inventories.")
 
 
 @app.command()
 def validate(path: Annotated[Path | None, typer.Argument(help="Inventory directory")] = None,
              inventory: InventoryOpt = Path("inventory"), json_out: JsonOpt = False) -> None:
-    """Load and validate an inventory; print every problem (exit 2) or a summary (exit 0)."""
+    """Load and validate an inventory; print every problem (exit 2) or a summary (exit 0).
+
+    Examples:
+
+      edgefleet inventory validate inventory
+      edgefleet inventory validate -i inventory --json"""
     import time
 
     t0 = time.perf_counter()

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from edgefleet.cli._common import JsonOpt, console, default_state_url, edgefleet_home, err_console, print_json
+from edgefleet.cli._common import App, JsonOpt, console, default_state_url, edgefleet_home, err_console, print_json
 
 if TYPE_CHECKING:
     from edgefleet.releases.catalog import ReleaseCatalog
 
-app = typer.Typer(no_args_is_help=True, help="Build releases with Packer and manage the release catalog.")
+app = App(help="Build releases with Packer and manage the release catalog.")
 
 TemplateOpt = Annotated[Path | None, typer.Option("--template", help="Packer template directory "
                                                                      "(default: packer/release)")]
@@ -33,7 +33,7 @@ def _catalog() -> ReleaseCatalog:
 def build(name: Annotated[str, typer.Argument(help="Release name (unique)")],
           talos_version: Annotated[str, typer.Option("--talos-version", help="e.g. v1.12.6")],
           upstream: Annotated[str, typer.Option("--upstream", help="Upstream Talos ISO: path or http(s) URL")],
-          upstream_sha256: Annotated[str, typer.Option("--upstream-sha256", help="Its sha256 (required)")],
+          upstream_sha256: Annotated[str, typer.Option("--upstream-sha256", help="Its sha256")],
           kernel_arg: Annotated[list[str] | None, typer.Option(
               "--kernel-arg", help="Extra kernel argument (repeat); talos.platform=nocloud is required")] = None,
           extension: Annotated[list[str] | None, typer.Option("--extension", help="System extension (repeat)")] = None,
@@ -43,7 +43,12 @@ def build(name: Annotated[str, typer.Argument(help="Release name (unique)")],
           template: TemplateOpt = None,
           timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds for the whole build")] = 600,
           json_out: JsonOpt = False) -> None:
-    """Build a release image with Packer, verify it, and record it in the catalog (state: built)."""
+    """Build a release image with Packer, verify it, and record it in the catalog (state: built).
+
+    Examples:
+
+      edgefleet release build v2 --talos-version v1.12.6 --upstream metal-amd64.iso --upstream-sha256 HEX
+      edgefleet release build v2 --talos-version v1.12.6 --upstream https://HOST/metal.iso --upstream-sha256 HEX"""
     from edgefleet.releases.build import ReleaseSpec, build_release
 
     args = tuple(kernel_arg) if kernel_arg else ("talos.platform=nocloud",)

@@ -30,7 +30,12 @@ def report_cmd(rollout_ids: IdsArg = None, out: OutOpt = Path("out/report.html")
                inventory: InventoryOpt = Path("inventory")) -> None:
     """Write an HTML report: a headline (stores per release now, active trains, stores needing
     attention), operations, release trains, stores per release over time, failed stores, the event
-    log newest first in pages (with --limit, of the stores it selects only)."""
+    log newest first in pages (with --limit, of the stores it selects only).
+
+    Examples:
+
+      edgefleet report --out out/report.html
+      edgefleet report -l country_dk --max-events 500 --title Denmark"""
     from edgefleet.outpaths import check_output_file
     from edgefleet.report import collect_report, render_report, write_report
     from edgefleet.state.db import open_state

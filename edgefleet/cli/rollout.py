@@ -20,6 +20,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from edgefleet.cli._common import (
+    App,
     InventoryOpt,
     JsonOpt,
     console,
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from edgefleet.rollout.plan import RolloutPlan, RolloutPolicy
     from edgefleet.rollout.settings import EngineSettings
 
-app = typer.Typer(no_args_is_help=True, help="Plan, run, watch, resume and abort rollouts of a release.")
+app = App(help="Plan, run, watch, resume and abort rollouts of a release.")
 
 SimOpt = Annotated[str | None, typer.Option("--sim", help="Run against the fleet simulator at this URL")]
 ReleaseOpt = Annotated[str, typer.Option("--release", "-r", help="Release name from the catalog")]
@@ -268,7 +269,12 @@ def start(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), cana
           seed_public_url: SeedUrlOpt = None, force: ForceOpt = False, reason: ForceReasonOpt = None,
           sim: SimOpt = None, json_out: JsonOpt = False) -> None:
     """Plan, record and run a rollout of RELEASE to its end (or a halt, or a pause). A release that is
-    not stable reaches only canary stores, unless --force --reason TEXT."""
+    not stable reaches only canary stores, unless --force --reason TEXT.
+
+    Examples:
+
+      edgefleet rollout start -r v2 --canary 2 --waves 5,25%,100%
+      edgefleet rollout start -r v2 -l country_dk --max-per-region 3"""
     from edgefleet.rollout import operations as ops
     from edgefleet.rollout.request import RolloutRequest
 
@@ -376,7 +382,12 @@ def rollback_cmd(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"
                  reimage_attempts: ReimageAttemptsOpt = 3, seed_public_url: SeedUrlOpt = None,
                  limit: LimitOpt = None, sim: SimOpt = None, json_out: JsonOpt = False) -> None:
     """Revoke RELEASE and bring every store on it back to its last known-good release (with --limit,
-    only the stores the pattern selects; the release is revoked all the same)."""
+    only the stores the pattern selects; the release is revoked all the same).
+
+    Examples:
+
+      edgefleet rollback -r v2 --reason "boot loop on dk stores"
+      edgefleet rollback -r v2 -l country_dk"""
     from edgefleet.rollout import operations as ops
 
     fleet, engine = _fleet(inventory), _engine()
@@ -410,7 +421,12 @@ def provision_cmd(release: ReleaseOpt, store: Annotated[str | None, typer.Argume
                   sim: SimOpt = None, json_out: JsonOpt = False) -> None:
     """Provision stores on RELEASE: secrets on first use, seeds, reimage every node, bootstrap. One
     provision (one rollout id) per store; several stores go one after another, or --max-concurrent
-    at once. A release that is not stable provisions only canary stores, unless --force --reason TEXT."""
+    at once. A release that is not stable provisions only canary stores, unless --force --reason TEXT.
+
+    Examples:
+
+      edgefleet provision dk-001 -r v2
+      edgefleet provision country_dk -r v2 --max-concurrent 4"""
     from edgefleet.rollout import operations as ops
 
     force_reason = _force_reason(force, reason)

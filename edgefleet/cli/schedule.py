@@ -18,13 +18,12 @@ import typer
 from rich.table import Table
 
 from edgefleet.cli import train as _train
-from edgefleet.cli._common import JsonOpt, console, err_console, print_json
+from edgefleet.cli._common import App, JsonOpt, console, err_console, print_json
 
 if TYPE_CHECKING:
     from edgefleet.schedule.prefect_schedule import ScheduledRun
 
-app = typer.Typer(no_args_is_help=True,
-                  help="Scheduled runs on a Prefect server (list, cancel); `schedule rollout` starts a release train.")
+app = App(help="Scheduled runs on a Prefect server (list, cancel); `schedule rollout` starts a release train.")
 
 
 _ALIAS_NOTICE = ("`schedule rollout` now starts a release train (`edgefleet train start`): each store in its own "
@@ -54,7 +53,7 @@ def _print_runs(runs: list[ScheduledRun], title: str, json_out: bool) -> None:
 
 
 @app.command("list")
-def list_(release: Annotated[str | None, typer.Option("--release", help="Only this release")] = None,
+def list_(release: Annotated[str | None, typer.Option("--release", "-r", help="Only this release")] = None,
           all_: Annotated[bool, typer.Option("--all", help="Include finished and cancelled runs")] = False,
           json_out: JsonOpt = False) -> None:
     """edgefleet's scheduled runs on the Prefect server, by scheduled start."""
@@ -66,7 +65,8 @@ def list_(release: Annotated[str | None, typer.Option("--release", help="Only th
 
 @app.command()
 def cancel(ids: Annotated[list[str] | None, typer.Argument(help="Flow run ids to cancel")] = None,
-           release: Annotated[str | None, typer.Option("--release", help="Cancel every unfinished run of it")] = None,
+           release: Annotated[str | None, typer.Option("--release", "-r",
+                                                       help="Cancel every unfinished run of it")] = None,
            json_out: JsonOpt = False) -> None:
     """Cancel scheduled runs: all unfinished runs of --release, and/or the given run ids."""
     from edgefleet.schedule.prefect_schedule import cancel_runs

@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from edgefleet.cli._common import (
+    App,
     InventoryOpt,
     JsonOpt,
     console,
@@ -30,7 +31,7 @@ from edgefleet.errors import InputError
 from edgefleet.outpaths import check_output_dir
 from edgefleet.talos.config import ReleaseRef
 
-app = typer.Typer(no_args_is_help=True, help="Build and inspect NoCloud seed ISOs (Talos machine configs).")
+app = App(help="Build and inspect NoCloud seed ISOs (Talos machine configs).")
 
 
 def release_ref(name: str) -> ReleaseRef:
@@ -54,7 +55,12 @@ def build(
     inventory: InventoryOpt = Path("inventory"),
     json_out: JsonOpt = False,
 ) -> None:
-    """Build (incrementally) the seed ISOs of the stores --limit selects, or of one node."""
+    """Build (incrementally) the seed ISOs of the stores --limit selects, or of one node.
+
+    Examples:
+
+      edgefleet seed build -r v2 -l country_dk --out out/seeds
+      edgefleet seed build -r v2 --store dk-001 --node dk-001-n1 --out out/seeds"""
     from edgefleet.inventory.load import load_fleet
     from edgefleet.seeds.build import SeedEvent, build_seeds
     from edgefleet.talos.config import default_schema
@@ -122,9 +128,9 @@ def nocloud_url(
     inventory: InventoryOpt = Path("inventory"),
     json_out: JsonOpt = False,
 ) -> None:
-    """Print each node's ``ds=nocloud-net;s=URL`` string: set it once, at a node's first install, as
+    """Print each node's `ds=nocloud-net;s=URL` string: set it once, at a node's first install, as
     its SMBIOS serial number or a kernel argument of its boot assets. In-band reimages
-    (``wipe_method: talos-api``) wipe the node and let it fetch its new seed from that URL, so the
+    (`wipe_method: talos-api`) wipe the node and let it fetch its new seed from that URL, so the
     URL is stable: signed with the persistent key in the edgefleet home, which this creates on first
     use (deleting that key invalidates every such URL)."""
     from edgefleet.inventory.load import load_fleet

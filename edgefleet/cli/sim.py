@@ -10,9 +10,9 @@ from typing import Annotated
 
 import typer
 
-from edgefleet.cli._common import InventoryOpt, edgefleet_home, parse_instant
+from edgefleet.cli._common import App, InventoryOpt, edgefleet_home, parse_instant
 
-app = typer.Typer(no_args_is_help=True, help="The fleet simulator: simulated BMCs and Kubernetes APIs.")
+app = App(help="The fleet simulator: simulated BMCs and Kubernetes APIs.")
 
 
 @app.callback()

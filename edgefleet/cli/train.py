@@ -23,6 +23,7 @@ from rich.live import Live
 from rich.table import Table
 
 from edgefleet.cli._common import (
+    App,
     InventoryOpt,
     JsonOpt,
     console,
@@ -58,8 +59,8 @@ if TYPE_CHECKING:
     from edgefleet.trains.service import Started
     from edgefleet.trains.store import TrainRecord
 
-app = typer.Typer(no_args_is_help=True, help="Release trains: one release across the fleet, stage by stage, each "
-                                             "store in its own window, gated and soaked between stages.")
+app = App(help="Release trains: one release across the fleet, stage by stage, each "
+                      "store in its own window, gated and soaked between stages.")
 
 IdArg = Annotated[str, typer.Argument(help="Train id (see `edgefleet train list`)")]
 StagesOpt = Annotated[str | None, typer.Option(
@@ -127,7 +128,12 @@ def start(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), stag
           post_hook: PostHookOpt = None, seed_public_url: SeedUrlOpt = None, dry_run: DryOpt = False,
           from_: FromOpt = None, sim: SimOpt = None, json_out: JsonOpt = False) -> None:
     """Start a release train of RELEASE (or show its stage plan with --dry-run). `train run ID` (or the
-    train-tick deployment on Prefect) then carries it out."""
+    train-tick deployment on Prefect) then carries it out.
+
+    Examples:
+
+      edgefleet train start -r v2 --dry-run
+      edgefleet train start -r v2 --stages canary,ring1,ring2 --soak 24h"""
     from datetime import timedelta
 
     from edgefleet.cli.rollout import _settings
@@ -236,7 +242,12 @@ def status(train_id: IdArg, inventory: InventoryOpt = Path("inventory"),
            interval: Annotated[float, typer.Option("--interval", min=0.2, help="Seconds between refreshes "
                                                                                "(--watch)")] = 2.0,
            sim: SimOpt = None, json_out: JsonOpt = False) -> None:
-    """A train's stages, each store's state and next window in local time, and what it waits for."""
+    """A train's stages, each store's state and next window in local time, and what it waits for.
+
+    Examples:
+
+      edgefleet train status tr-20261207T120000-1a2b3c --watch
+      edgefleet train status tr-20261207T120000-1a2b3c --json"""
     from edgefleet.trains import service
     from edgefleet.trains.model import ACTIVE
 
@@ -345,7 +356,12 @@ class _Progress:
 def run(train_id: IdArg, inventory: InventoryOpt = Path("inventory"), sim: SimOpt = None,
         poll: Annotated[float, typer.Option("--poll", min=0.01, help="Seconds between ticks")] = 5.0,
         json_out: JsonOpt = False) -> None:
-    """Carry a train out in this process: tick until it succeeds, halts, pauses or is aborted."""
+    """Carry a train out in this process: tick until it succeeds, halts, pauses or is aborted.
+
+    Examples:
+
+      edgefleet train run tr-20261207T120000-1a2b3c
+      edgefleet train run tr-20261207T120000-1a2b3c --json"""
     from edgefleet.cli.rollout import _endpoints
     from edgefleet.trains.controller import run_embedded
     from edgefleet.trains.model import TrainStatus

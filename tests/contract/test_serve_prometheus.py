@@ -2,9 +2,10 @@
 rollout: the server runs as its own process (``edgefleet --log-format json serve``) on the test's
 SQLite ledger, Prometheus on 127.0.0.1 with a generated config (scrape interval 1 s) and a
 temporary storage directory. Five stores are provisioned on v1, then v2 is rolled out while one
-worker never becomes Ready (its store's gate fails and the store is rolled back). Prometheus's
-HTTP query API must then return what the ledger says: stores per release, store runs by status,
-gate outcomes, reimage and boot histograms with one observation per reimaged node; and it must
+worker never becomes Ready (its store's gate fails and the store is rolled back) and one BMC
+answers a reset with a 500 (the reimage starts its sequence again). Prometheus's HTTP query API
+must then return what the ledger says: stores per release, store runs by status, gate outcomes,
+BMC errors by kind, reimage and boot histograms with one observation per reimaged node; and it must
 have seen the fleet move (the v1 count rose to five, v2's went from 0 up). The live page's
 server-sent events announce the ledger's changes, and the server's stderr is JSON lines.
 
@@ -179,12 +180,16 @@ def test_prometheus_scrapes_serve_during_a_simulated_rollout(tmp_path: Path, mon
                     assert rec.status is RolloutStatus.succeeded
                 assert await _next_version(lines, first, 10) != first  # the page is told to reload
                 await asyncio.to_thread(_eventually, lambda: _check_on(prom, {"v1": 5, "v2": 0}))
-                r = await client.post(f"{url}/sim/scenario", json={"never_ready": ["no-0001-n4"]})
+                # one worker never comes up; one BMC answers its next reset with a 500 (the reimage retries)
+                r = await client.post(f"{url}/sim/scenario", json={
+                    "never_ready": ["no-0001-n4"], "bmc_bursts": [{"node": "dk-0001-n2", "method": "POST",
+                                                                     "path": "ComputerSystem.Reset", "count": 1}]})
                 assert r.status_code == 200, r.text
                 policy = RolloutPolicy(canary=["dk-0002"], waves=(2, "100%"), failure_budget=1, max_concurrent=3,
                                        node_duration=timedelta(minutes=10), wave_soak=timedelta(minutes=5))
                 made = ops.create_rollout(fleet, engine, "v2", policy, ep.clock(), settings=SETTINGS, operator="test")
-                rec = await ops.run(fleet, home, engine, ep, made.record.id, settings=ops.settings_for(policy, SETTINGS))
+                rec = await ops.run(fleet, home, engine, ep, made.record.id,
+                                    settings=ops.settings_for(policy, SETTINGS))
                 assert rec.status is RolloutStatus.succeeded, ops.status(engine, rec.id)
 
         asyncio.run(asyncio.wait_for(rollout(), 240))
@@ -225,6 +230,9 @@ def _check_ledger(prom: str, ledger: Ledger) -> None:
     assert gates[("store", "passed")] == kinds["store_gate_passed"] > 0
     assert gates[("store", "failed")] == kinds["store_gate_failed"] > 0  # no-0001's worker never came up
     assert gates.get(("node", "failed"), 0) == kinds["node_gate_failed"]
+    bmc = Counter(e["detail"]["bmc_error"] for e in ledger.events(limit=1_000_000) if "bmc_error" in e["detail"])
+    assert bmc["http_500"] >= 1  # the burst
+    assert _by(prom, "edgefleet_bmc_errors_total", "kind") == {k: float(v) for k, v in bmc.items()}
     done = kinds["node_done"]
     assert _by(prom, "sum by (le) (edgefleet_reimage_duration_seconds_bucket)", "le")["+Inf"] == done
     assert _query(prom, "sum(edgefleet_boot_duration_seconds_count)") == {(): float(done)}

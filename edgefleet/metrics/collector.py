@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, Row, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from edgefleet.errors import EdgefleetError
@@ -38,7 +38,8 @@ __all__ = ["METRICS", "LedgerCollector", "sample_names"]
 
 METRICS: dict[str, tuple[str, str]] = {
     "edgefleet_ledger_up": ("gauge", "1 when the last scrape read the ledger, 0 when it could not"),
-    "edgefleet_ledger_last_event_timestamp_seconds": ("gauge", "Time of the newest ledger event (ledger clock)"),
+    "edgefleet_ledger_last_event_timestamp_seconds": ("gauge", "Time of the last event written to the ledger "
+                                                               "(ledger clock)"),
     "edgefleet_release_stores": ("gauge", "Stores whose current release is this one (release=none: no release)"),
     "edgefleet_releases": ("gauge", "Releases in the catalog by state"),
     "edgefleet_operations": ("gauge", "Operations (rollouts, rollbacks, provisionings) by kind and status"),
@@ -129,24 +130,32 @@ class LedgerCollector(Collector):
         return out
 
     def _fold_new_events(self) -> datetime | None:
-        """Fold the events written since the last scrape; the newest event's time."""
+        """Fold the events written since the last scrape (and any that committed late within the
+        last ``TAIL`` ids); the newest event's time."""
+        cols = (EventRow.id, EventRow.ts, EventRow.rollout, EventRow.node, EventRow.kind, EventRow.detail)
+        tallied = EventRow.kind.in_(TALLIED_KINDS)
         with session_scope(self.engine) as s:
             newest = s.execute(select(EventRow.id, EventRow.ts).order_by(EventRow.id.desc()).limit(1)).first()
+            self._fold(s.execute(select(*cols).where(tallied, EventRow.id > self._cursor - self.TAIL,
+                                                     EventRow.id <= self._cursor)).all())
             while True:
-                rows = s.execute(select(EventRow.id, EventRow.ts, EventRow.rollout, EventRow.node, EventRow.kind,
-                                        EventRow.detail)
-                                 .where(EventRow.id > self._cursor - self.TAIL, EventRow.kind.in_(TALLIED_KINDS))
+                rows = s.execute(select(*cols).where(tallied, EventRow.id > self._cursor)
                                  .order_by(EventRow.id).limit(self.CHUNK)).all()
-                fresh = [r for r in rows if r.id not in self._seen]
-                self.tally.add(TalliedEvent(r.id, _utc(r.ts), r.rollout, r.node, r.kind,
-                                            json.loads(r.detail or "{}")) for r in fresh)
-                self._seen.update(r.id for r in fresh)
-                if rows:
-                    self._cursor = max(self._cursor, rows[-1].id)
-                self._seen = {i for i in self._seen if i > self._cursor - self.TAIL}
-                if len(rows) < self.CHUNK or not fresh:
+                self._fold(rows)
+                if len(rows) < self.CHUNK:
                     break
+            if newest is not None:  # events of other kinds move the cursor too
+                self._cursor = max(self._cursor, newest.id)
+            self._seen = {i for i in self._seen if i > self._cursor - self.TAIL}
         return newest.ts if newest is not None else None
+
+    def _fold(self, rows: Sequence[Row[int, datetime, str | None, str | None, str, str]]) -> None:
+        fresh = [r for r in rows if r.id not in self._seen]
+        self.tally.add(TalliedEvent(r.id, _utc(r.ts), r.rollout, r.node, r.kind, json.loads(r.detail or "{}"))
+                       for r in fresh)
+        self._seen.update(r.id for r in fresh)
+        if rows:
+            self._cursor = max(self._cursor, max(r.id for r in rows))
 
     def _table_families(self) -> list[Metric]:
         stores = _gauge("edgefleet_release_stores", ["release"])

@@ -200,6 +200,7 @@ def test_prometheus_scrapes_serve_during_a_simulated_rollout(tmp_path: Path, mon
         # Prometheus saw the fleet move while the rollout ran, not only its end
         assert _by(prom, 'max_over_time(edgefleet_release_stores{release="v1"}[10m])', "release") == {"v1": 5}
         assert _by(prom, 'changes(edgefleet_release_stores{release="v2"}[10m]) > 0', "release")
+        _check_dashboard(prom)
         page = httpx.get(f"{live}/", timeout=30, trust_env=False)
         assert page.status_code == 200 and 'name="edgefleet-ledger-version"' in page.text
         assert "EventSource" in page.text and "no-0001" in page.text
@@ -238,6 +239,21 @@ def _check_ledger(prom: str, ledger: Ledger) -> None:
     assert _query(prom, "sum(edgefleet_boot_duration_seconds_count)") == {(): float(done)}
     # one node's reimage takes at least its boot (60 fleet seconds in this world)
     assert _query(prom, "sum(edgefleet_reimage_duration_seconds_sum)")[()] >= 60 * done
+
+
+def _check_dashboard(prom: str) -> None:
+    """Every query of the shipped Grafana dashboard is valid PromQL for this Prometheus, and the
+    panels of what this rollout produced have data."""
+    dashboard = json.loads((REPO / "docs" / "grafana-edgefleet.json").read_text())
+    empty = []
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"].replace("$__rate_interval", "10m")
+            if not _query(prom, expr):  # _query fails on an invalid expression
+                empty.append(panel["title"])
+    # no train ran, no window was waited for and no Talos call failed in this world
+    assert set(empty) <= {"Active trains", "Train stages", "Train stage stores", "Talos API errors by kind",
+                          "Window waits"}, empty
 
 
 def _check_json_log(log: Path) -> None:

@@ -30,7 +30,8 @@ from edgefleet.live import LiveOptions, build_live_app, live_page
 from edgefleet.logs import JsonLogFormatter, LogFormat, configure_logging
 from edgefleet.metrics.collector import METRICS, LedgerCollector, sample_names
 from edgefleet.metrics.tally import EventTally, TalliedEvent
-from edgefleet.rollout.ledger import Kind, Ledger, stmt_store_release
+from edgefleet.rollout.ledger import Kind, Ledger, stmt_run, stmt_store_release
+from edgefleet.rollout.states import SkipCause
 from edgefleet.state.db import create_state_engine
 from edgefleet.trains.model import StageSpec, StoreState, TrainSpec
 from edgefleet.trains.store import TrainStore
@@ -158,6 +159,18 @@ def test_collector_reads_tables_and_counts_each_event_once(home: tuple[Path, Eng
     later = _scrape(reg)
     assert _by(later, "edgefleet_bmc_errors_total") == {"http_503": 2}
     assert _by(later, "edgefleet_gate_outcomes_total") == {"node,passed": 1, "store,failed": 1}
+
+
+def test_window_waits_count_stores_skipped_for_want_of_a_window(home: tuple[Path, Engine]) -> None:
+    _tmp, engine = home
+    ledger = Ledger(engine)
+    _rollout(ledger, "ro-1", ["s1", "s2", "s3"], "v2")
+    ledger.write(stmt_run("ro-1", "s1", status="skipped", detail={"skipped": SkipCause.window.value}),
+                 stmt_run("ro-1", "s2", status="skipped", detail={"skipped": SkipCause.aborted.value}))
+    ledger.event(T0, "window_closing", rollout="ro-1", store="s3", node="s3-n1")
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(LedgerCollector(engine))
+    assert _by(_scrape(reg), "edgefleet_window_waits_total") == {"node_reset_postponed": 1, "store_skipped": 1}
 
 
 def test_collector_reads_events_in_chunks_and_catches_late_commits(home: tuple[Path, Engine]) -> None:

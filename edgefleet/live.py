@@ -22,7 +22,7 @@ import asyncio
 import html
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -114,8 +114,11 @@ class _Pages:
             return self._cached[1]
 
 
-def build_live_app(engine: Engine, opts: LiveOptions | None = None) -> Starlette:
-    """The ASGI app of ``edgefleet serve`` for the state store behind ``engine``."""
+def build_live_app(engine: Engine, opts: LiveOptions | None = None,
+                   stopping: Callable[[], bool] = lambda: False) -> Starlette:
+    """The ASGI app of ``edgefleet serve`` for the state store behind ``engine``; ``stopping``
+    says when the server shuts down (the event streams then end, so open pages do not hold the
+    shutdown up)."""
     opts = opts or LiveOptions()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(LedgerCollector(engine))
@@ -147,7 +150,7 @@ def build_live_app(engine: Engine, opts: LiveOptions | None = None) -> Starlette
         async def stream() -> AsyncIterator[str]:
             sent: str | None = None
             quiet = 0.0
-            while not await request.is_disconnected():
+            while not stopping() and not await request.is_disconnected():
                 version: str | None = sent  # the ledger unread: nothing new to say
                 try:
                     version = await run_in_threadpool(ledger_version, engine)
@@ -159,8 +162,11 @@ def build_live_app(engine: Engine, opts: LiveOptions | None = None) -> Starlette
                 elif quiet >= opts.keepalive_s:
                     quiet = 0.0
                     yield ": keep-alive\n\n"
-                await asyncio.sleep(opts.poll_s)
-                quiet += opts.poll_s
+                waited = 0.0
+                while waited < opts.poll_s and not stopping():
+                    await asyncio.sleep(min(0.25, opts.poll_s - waited))
+                    waited += 0.25
+                quiet += waited
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

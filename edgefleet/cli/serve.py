@@ -16,8 +16,8 @@ import typer
 from edgefleet.cli._common import default_state_url, edgefleet_home
 from edgefleet.errors import InputError, ServiceStartError
 
-HostOpt = Annotated[str, typer.Option("--host", help="Address to listen on (another than 127.0.0.1 exposes the "
-                                                     "fleet's state to that network)")]
+HostOpt = Annotated[str, typer.Option("--host", help="Address to listen on (any but 127.0.0.1 shows the fleet's "
+                                                     "state to that network)")]
 PortOpt = Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="Port to listen on")]
 TitleOpt = Annotated[str, typer.Option("--title", help="The page title")]
 MaxEventsOpt = Annotated[int, typer.Option("--max-events", min=0, help="Rows of the event log on the page")]
@@ -25,6 +25,7 @@ RefreshOpt = Annotated[float, typer.Option("--refresh", min=1.0, help="Seconds b
                                                                       "changes (the page reloads on one)")]
 
 DEFAULT_PORT = 9477
+SHUTDOWN_GRACE_S = 5
 
 
 def _require_state(url: str) -> None:
@@ -60,10 +61,12 @@ def serve_cmd(host: HostOpt = "127.0.0.1", port: PortOpt = DEFAULT_PORT, title: 
     engine = open_state(url)
     if not logging.getLogger().handlers:  # no --log-format given: plain lines, requests included
         configure_logging(LogFormat.text)
+    # A live page keeps its event stream open: the streams end when the server is told to stop,
+    # else Ctrl-C would wait for every browser tab to close (and the grace bounds the rest).
     app = build_live_app(engine, LiveOptions(title=title, max_events=max_events, poll_s=refresh,
-                                             refresh_s=max(30.0, refresh)))
+                                             refresh_s=max(30.0, refresh)), stopping=lambda: server.should_exit)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="off",
-                                           access_log=True))
+                                           access_log=True, timeout_graceful_shutdown=SHUTDOWN_GRACE_S))
     # a log record, not console text: with --log-format json every line on stderr is JSON
     logging.getLogger("edgefleet.serve").info("serving http://%s:%s/ (the report), /metrics, /healthz; Ctrl-C stops",
                                               host, port, extra={"host": host, "port": port})

@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -224,9 +223,12 @@ def test_an_unreadable_ledger_says_so_and_keeps_its_totals(home: tuple[Path, Eng
 # -- the live app -------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def _served(app: Any) -> Iterator[httpx.Client]:
-    """``app`` on uvicorn on 127.0.0.1 (a free port) in a thread, and a client for it."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+def _served(engine: Engine, opts: LiveOptions) -> Iterator[tuple[httpx.Client, uvicorn.Server, threading.Thread]]:
+    """The live app on uvicorn on 127.0.0.1 (a free port) in a thread, and a client for it."""
+    server: uvicorn.Server
+    app = build_live_app(engine, opts, stopping=lambda: server.should_exit)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off",
+                                           timeout_graceful_shutdown=30))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -236,7 +238,7 @@ def _served(app: Any) -> Iterator[httpx.Client]:
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=30) as client:
-            yield client
+            yield client, server, thread
     finally:
         server.should_exit = True
         thread.join(10)
@@ -254,7 +256,7 @@ def test_live_app_serves_report_metrics_and_health(home: tuple[Path, Engine]) ->
     record_release(tmp, "v1")
     ledger = Ledger(engine)
     _rollout(ledger, "ro-1", ["s1"], "v1")
-    with _served(build_live_app(engine, LiveOptions(title="fleet now"))) as client:
+    with _served(engine, LiveOptions(title="fleet now")) as (client, _server, _thread):
         page = client.get("/")
         assert page.status_code == 200 and "fleet now" in page.text and "ro-1" in page.text
         version = re.search(r'name="edgefleet-ledger-version" content="([^"]+)"', page.text)
@@ -271,6 +273,25 @@ def test_live_app_serves_report_metrics_and_health(home: tuple[Path, Engine]) ->
         broken = client.get("/healthz")
         assert broken.status_code == 503 and "events" in broken.json()["error"]
         assert client.get("/").status_code == 503
+
+
+def test_event_streams_announce_changes_and_end_when_the_server_stops(home: tuple[Path, Engine]) -> None:
+    _tmp, engine = home
+    ledger = Ledger(engine)
+    with _served(engine, LiveOptions(poll_s=0.2)) as (client, server, thread), \
+            client.stream("GET", "/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        lines = stream.iter_lines()
+        first = next(line for line in lines if line.startswith("data: "))
+        ledger.event(T0, "store_gate_passed", rollout="ro-1", store="s1")
+        second = next(line for line in lines if line.startswith("data: "))
+        assert first != second
+        server.should_exit = True  # Ctrl-C: an open page does not hold the shutdown up
+        started = time.monotonic()
+        list(lines)  # returns once the stream ends (the server's grace for it is 30 s)
+        assert time.monotonic() - started < 5
+        thread.join(10)
+        assert not thread.is_alive()
 
 
 # -- logs -----------------------------------------------------------------------------------------------

@@ -115,13 +115,17 @@ class _Pages:
 
 
 def build_live_app(engine: Engine, opts: LiveOptions | None = None,
-                   stopping: Callable[[], bool] = lambda: False) -> Starlette:
+                   stopping: Callable[[], bool] = lambda: False, warm: bool = False) -> Starlette:
     """The ASGI app of ``edgefleet serve`` for the state store behind ``engine``; ``stopping``
     says when the server shuts down (the event streams then end, so open pages do not hold the
-    shutdown up)."""
+    shutdown up); ``warm``: read the ledger's events for the metrics now, in a thread, so that
+    Prometheus's first scrape does not wait for it."""
     opts = opts or LiveOptions()
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LedgerCollector(engine))
+    collector = LedgerCollector(engine)
+    registry.register(collector)
+    if warm:  # the first scrape folds the whole event log (about 2 s per 60,000 events): do it now
+        threading.Thread(target=lambda: list(collector.collect()), name="metrics-warm-up", daemon=True).start()
     pages = _Pages(engine, opts)
 
     async def index(request: Request) -> Response:

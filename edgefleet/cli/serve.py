@@ -64,7 +64,8 @@ def serve_cmd(host: HostOpt = "127.0.0.1", port: PortOpt = DEFAULT_PORT, title: 
     # A live page keeps its event stream open: the streams end when the server is told to stop,
     # else Ctrl-C would wait for every browser tab to close (and the grace bounds the rest).
     app = build_live_app(engine, LiveOptions(title=title, max_events=max_events, poll_s=refresh,
-                                             refresh_s=max(30.0, refresh)), stopping=lambda: server.should_exit)
+                                             refresh_s=max(30.0, refresh)), stopping=lambda: server.should_exit,
+                         warm=True)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="off",
                                            access_log=True, timeout_graceful_shutdown=SHUTDOWN_GRACE_S))
     # a log record, not console text: with --log-format json every line on stderr is JSON

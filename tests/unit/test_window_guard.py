@@ -4,6 +4,7 @@ later, past a 5-minute margin."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,10 +22,12 @@ INVENTORY = Path(__file__).resolve().parents[2] / "inventory"
 TEN_MINUTES_LEFT = datetime(2026, 11, 4, 10, 20, tzinfo=UTC)
 
 
-def _ctx(now: datetime, scale: float, uncertainty: timedelta = timedelta(0)) -> Any:
+def _ctx(now: datetime, scale: float, uncertainty: timedelta = timedelta(0), **settings: Any) -> Any:
     fleet = load_fleet(INVENTORY)
-    return SimpleNamespace(fleet=fleet, settings=EngineSettings(), now=lambda: now, step_latency_s=0.0,
-                           endpoints=SimpleNamespace(time_scale=scale, clock_uncertainty=uncertainty))
+    return SimpleNamespace(fleet=fleet, settings=EngineSettings(**settings), now=lambda: now, step_latency_s=0.0,
+                           sleep=asyncio.sleep,
+                           endpoints=SimpleNamespace(time_scale=scale, clock_uncertainty=uncertainty,
+                                                     real_seconds=lambda s: s / scale))
 
 
 def _guard(ctx: Any) -> WindowGuard:
@@ -66,3 +69,17 @@ def test_the_clock_uncertainty_is_added() -> None:
     assert _guard(ctx).margin() == EngineSettings().step_margin + timedelta(minutes=6)
     with pytest.raises(WindowClosed):
         _guard(ctx).check()
+
+
+def test_a_window_the_first_step_would_be_refused_in_is_not_open() -> None:
+    """40 minutes left: room for a 20-minute node, but not for the hour the check asks when steps
+    take half a second at 3,600x. wait_open must wait for the next window, not return at once (a
+    store would start, be refused, eject and start again until the window shut)."""
+    ctx = _ctx(TEN_MINUTES_LEFT - timedelta(minutes=30), 3600.0, window_wait_max_s=0.05)
+    ctx.step_latency_s = 0.5
+    guard = _guard(ctx)
+    assert guard.margin() == timedelta(hours=1)
+    assert not asyncio.run(guard.wait_open(EngineSettings().node_duration))
+    ctx.step_latency_s = 0.0  # quick steps: the 20-minute node fits, and so does the check
+    assert asyncio.run(guard.wait_open(EngineSettings().node_duration))
+    guard.check()

@@ -89,11 +89,15 @@ class WindowGuard:
                                f"within {margin}")
 
     async def wait_open(self, duration: timedelta) -> bool:
-        """Wait until ``[now, now + duration)`` fits a window outside freezes; False past the bound."""
+        """Wait until ``[now, now + duration)`` fits a window outside freezes, and so does the room
+        ``check`` asks of the first step (``margin()``, when it is longer): a window it would refuse
+        at once is not open (else a store would start, be refused and start again until the window
+        shut). False past the bound."""
         deadline = time.monotonic() + self.ctx.settings.window_wait_max_s
         while True:
             t = self.ctx.now()
-            start = next_allowed_start(self.store, self.ctx.fleet.freezes, t, duration, horizon=timedelta(days=15))
+            need = max(duration, self.margin())
+            start = next_allowed_start(self.store, self.ctx.fleet.freezes, t, need, horizon=timedelta(days=15))
             if start is not None and start <= t + timedelta(seconds=1):
                 return True
             left = deadline - time.monotonic()

@@ -38,6 +38,7 @@ from edgefleet.cli.rollout import (
     GateOpt,
     NodeMinOpt,
     NodeTimeoutOpt,
+    PollOpt,
     PostHookOpt,
     PreHookOpt,
     QuorumOpt,
@@ -121,7 +122,8 @@ def start(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), stag
           max_concurrent: MaxOpt = None, max_per_region: RegionOpt = None, max_per_country: CountryOpt = None,
           manual_promote: ManualOpt = False, limit: LimitOpt = None, node_minutes: NodeMinOpt = 20.0,
           node_timeout: NodeTimeoutOpt = 1800.0, quorum_timeout: QuorumOpt = 600.0, gate_timeout: GateOpt = 600.0,
-          bmc_attempts: BmcAttemptsOpt = 4, reimage_attempts: ReimageAttemptsOpt = 3, pre_hook: PreHookOpt = None,
+          poll: PollOpt = 2.0, bmc_attempts: BmcAttemptsOpt = 4, reimage_attempts: ReimageAttemptsOpt = 3,
+          pre_hook: PreHookOpt = None,
           post_hook: PostHookOpt = None, seed_public_url: SeedUrlOpt = None, dry_run: DryOpt = False,
           from_: FromOpt = None, sim: SimOpt = None, json_out: JsonOpt = False) -> None:
     """Start a release train of RELEASE (or show its stage plan with --dry-run). `train run ID` (or the
@@ -140,7 +142,7 @@ def start(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), stag
                            failure_budget=failure_budget, stage_budget=tuple(stage_budget or ()),
                            approve_stages=approve_stages, max_concurrent=max_concurrent,
                            max_per_region=max_per_region, max_per_country=max_per_country)
-    settings = _settings(node_timeout, 0.0, 2.0, pre_hook, post_hook, seed_public_url, quorum_timeout=quorum_timeout,
+    settings = _settings(node_timeout, 0.0, poll, pre_hook, post_hook, seed_public_url, quorum_timeout=quorum_timeout,
                          gate_timeout=gate_timeout, bmc_attempts=bmc_attempts, reimage_attempts=reimage_attempts)
     settings = settings.model_copy(update={"node_duration": timedelta(minutes=node_minutes)})
     spec = TrainSpec(release=release, stages=parse_stages(fleet, options), manual_promote=manual_promote,
@@ -154,13 +156,15 @@ def start(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), stag
 
 
 def _print_plan(made: Started) -> None:
+    from edgefleet.trains.stages import duration_text
+
     rec = made.train
     title = (f"train {rec.id} of {rec.release}" if rec else f"train plan of {made.spec.release} (dry run: nothing "
                                                             "recorded)")
     t = Table("stage", "store", "first window (local)", "UTC", "policy", title=title)
     for ps in made.plan:
         pol = ps.stage.policy
-        policy = (f"budget {pol.failure_budget}, soak {pol.soak}" + (", approve" if pol.approve else ""))
+        policy = (f"budget {pol.failure_budget}, soak {duration_text(pol.soak)}" + (", approve" if pol.approve else ""))
         for i, p in enumerate(ps.stores):
             local = p.local_start()
             when = "already on the release" if p.done else (f"{local:%a %Y-%m-%d %H:%M %Z}" if local else

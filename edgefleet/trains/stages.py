@@ -88,6 +88,17 @@ def parse_duration(text: str, option: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+def duration_text(value: timedelta) -> str:
+    """``value`` as ``parse_duration`` reads it: ``1d12h``, ``12h``, ``90m`` -> ``1h30m``, ``0``."""
+    seconds = int(value.total_seconds())
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts) or "0"
+
+
 def _budget(text: str, option: str) -> int | str:
     value = text.strip()
     if value.isdigit():

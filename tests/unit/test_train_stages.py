@@ -20,6 +20,7 @@ from edgefleet.trains.model import StagePolicy, StageSpec
 from edgefleet.trains.stages import (
     StageOptions,
     assign,
+    duration_text,
     parse_duration,
     parse_stages,
     percent_size,
@@ -246,3 +247,11 @@ def test_the_plan_keeps_every_store_in_its_window_and_every_stage_after_the_prev
             assert occ is not None and p.end is not None and p.end <= occ[1], p
             for t in (p.start, p.end - timedelta(seconds=1)):
                 assert freeze_at(fleet.freezes, store, t) is None, (p, t)
+
+
+@given(st.integers(min_value=0, max_value=365 * 86400))
+def test_a_duration_prints_as_it_is_read(seconds: int) -> None:
+    """``train start``'s plan shows soaks as ``--soak`` takes them (12h, not 12:00:00)."""
+    value = timedelta(seconds=seconds)
+    assert parse_duration(duration_text(value), "--soak") == value
+    assert ":" not in duration_text(value)

@@ -71,15 +71,27 @@ def test_the_clock_uncertainty_is_added() -> None:
         _guard(ctx).check()
 
 
-def test_a_window_the_first_step_would_be_refused_in_is_not_open() -> None:
-    """40 minutes left: room for a 20-minute node, but not for the hour the check asks when steps
-    take half a second at 3,600x. wait_open must wait for the next window, not return at once (a
-    store would start, be refused, eject and start again until the window shut)."""
-    ctx = _ctx(TEN_MINUTES_LEFT - timedelta(minutes=30), 3600.0, window_wait_max_s=0.05)
+def test_after_a_refused_step_the_next_window_occurrence_is_awaited() -> None:
+    """40 minutes left: room for a 20-minute node (wait_open says open) but not for the hour the
+    check asks when steps take half a second at 3,600x. After the refusal the guard waits for the
+    end of this occurrence (05:30 New York time), not just for a stretch of 20 minutes (that would
+    start, eject and start again until the window shut)."""
+    clock = [TEN_MINUTES_LEFT - timedelta(minutes=30)]
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+        clock[0] += timedelta(seconds=s * 3600.0)
+
+    ctx = _ctx(clock[0], 3600.0)
+    ctx.now, ctx.sleep = (lambda: clock[0]), sleep
     ctx.step_latency_s = 0.5
     guard = _guard(ctx)
     assert guard.margin() == timedelta(hours=1)
-    assert not asyncio.run(guard.wait_open(EngineSettings().node_duration))
-    ctx.step_latency_s = 0.0  # quick steps: the 20-minute node fits, and so does the check
-    assert asyncio.run(guard.wait_open(EngineSettings().node_duration))
-    guard.check()
+    assert asyncio.run(guard.wait_open(EngineSettings().node_duration))  # 20 minutes fit
+    with pytest.raises(WindowClosed):
+        guard.check()
+    assert asyncio.run(guard.wait_next_window(EngineSettings().node_duration))
+    # us-001's next window: Thursday 01:00 New York time (06:00 UTC), after this one ended at 10:30 UTC
+    assert clock[0] >= datetime(2026, 11, 5, 6, 0, tzinfo=UTC), clock[0]
+    assert slept[0] == pytest.approx(40 * 60 / 3600.0 + 0.01)

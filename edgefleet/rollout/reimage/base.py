@@ -37,7 +37,7 @@ from edgefleet.rollout.gates import (
 )
 from edgefleet.rollout.journal import RunCursor, stmt_event, stmt_run
 from edgefleet.rollout.states import Phase, Stage, Step
-from edgefleet.schedule.windows import next_allowed_start
+from edgefleet.schedule.windows import next_allowed_start, window_at
 
 __all__ = ["NodeTask", "Reimager", "WindowGuard", "wait_node"]
 
@@ -88,16 +88,25 @@ class WindowGuard:
             raise WindowClosed(f"the maintenance window of store {self.store.id} closes (or a freeze begins) "
                                f"within {margin}")
 
+    async def wait_next_window(self, duration: timedelta) -> bool:
+        """After ``check`` refused a step: wait for the end of the window occurrence we are in, then
+        ``wait_open``. What is left of this occurrence only shrinks, so a step refused in it would be
+        refused again (a store would start, eject and start again until the window shut)."""
+        now = self.ctx.now()
+        current = window_at(self.store, now)
+        if current is not None:
+            wait_s = self.ctx.endpoints.real_seconds((current[1] - now).total_seconds())
+            if wait_s > self.ctx.settings.window_wait_max_s:
+                return False
+            await self.ctx.sleep(wait_s + 0.01)
+        return await self.wait_open(duration)
+
     async def wait_open(self, duration: timedelta) -> bool:
-        """Wait until ``[now, now + duration)`` fits a window outside freezes, and so does the room
-        ``check`` asks of the first step (``margin()``, when it is longer): a window it would refuse
-        at once is not open (else a store would start, be refused and start again until the window
-        shut). False past the bound."""
+        """Wait until ``[now, now + duration)`` fits a window outside freezes; False past the bound."""
         deadline = time.monotonic() + self.ctx.settings.window_wait_max_s
         while True:
             t = self.ctx.now()
-            need = max(duration, self.margin())
-            start = next_allowed_start(self.store, self.ctx.fleet.freezes, t, need, horizon=timedelta(days=15))
+            start = next_allowed_start(self.store, self.ctx.fleet.freezes, t, duration, horizon=timedelta(days=15))
             if start is not None and start <= t + timedelta(seconds=1):
                 return True
             left = deadline - time.monotonic()

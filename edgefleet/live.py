@@ -50,7 +50,8 @@ log = logging.getLogger("edgefleet.serve")
 @dataclass(frozen=True)
 class LiveOptions:
     title: str = "edgefleet rollout report"
-    max_events: int = 1000
+    max_events: int | None = None
+    """The newest events the log shows (None: every one, in pages, as ``edgefleet report``)."""
     refresh_s: float = 30.0
     """The page's own refresh when script is off."""
     poll_s: float = 2.0
@@ -107,8 +108,9 @@ class _Pages:
         with self._lock:
             version = ledger_version(self.engine)
             if self._cached is None or self._cached[0] != version:
-                data = collect_report(self.engine, now=datetime.now(UTC), title=self.opts.title,
-                                      max_events=self.opts.max_events)
+                now = datetime.now(UTC)
+                data = collect_report(self.engine, now=now, title=self.opts.title, max_events=self.opts.max_events,
+                                      wall=now)
                 self._cached = (version, live_page(render_report(data, max_events=self.opts.max_events), version,
                                                    self.opts.refresh_s))
             return self._cached[1]

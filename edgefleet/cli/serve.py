@@ -20,7 +20,8 @@ HostOpt = Annotated[str, typer.Option("--host", help="Address to listen on (any 
                                                      "state to that network)")]
 PortOpt = Annotated[int, typer.Option("--port", "-p", min=1, max=65535, help="Port to listen on")]
 TitleOpt = Annotated[str, typer.Option("--title", help="The page title")]
-MaxEventsOpt = Annotated[int, typer.Option("--max-events", min=0, help="Rows of the event log on the page")]
+MaxEventsOpt = Annotated[int | None, typer.Option("--max-events", min=0, show_default=False,
+                                                  help="Show only the newest N events (default: all, in pages)")]
 RefreshOpt = Annotated[float, typer.Option("--refresh", min=1.0, help="Seconds between checks of the ledger for "
                                                                       "changes (the page reloads on one)")]
 
@@ -45,7 +46,7 @@ def _require_state(url: str) -> None:
 
 
 def serve_cmd(host: HostOpt = "127.0.0.1", port: PortOpt = DEFAULT_PORT, title: TitleOpt = "edgefleet rollout report",
-              max_events: MaxEventsOpt = 1000, refresh: RefreshOpt = 2.0) -> None:
+              max_events: MaxEventsOpt = None, refresh: RefreshOpt = 2.0) -> None:
     """Serve the rollout report live, /metrics for Prometheus and /healthz, until Ctrl-C.
 
     Example: edgefleet serve --port 9477, then open http://127.0.0.1:9477/ and add

@@ -351,3 +351,21 @@ class NetworkSeedError(OperationFailed):
 
 class ReportError(OperationFailed):
     """The rollout report could not be written (the message names the path and what to do)."""
+
+
+def error_kind(e: BaseException) -> str:
+    """A short, bounded label for what went wrong, recorded in the ledger's events beside the
+    message (``detail.bmc_error`` / ``detail.talos_error``) and counted by the metrics
+    (``edgefleet.metrics``): ``http_503`` for a BMC or seed server that answered with a status,
+    ``unreachable`` for one that did not answer (transient, no status), ``refused`` for any other
+    permanent BMC failure (TLS, credentials, a body that is not Redfish); the gRPC code for a
+    Talos call (``unavailable``, ``permission_denied``, ...); otherwise the class name in
+    snake_case (``secrets_error``)."""
+    if isinstance(e, BmcError | NetworkSeedError):
+        if e.status is not None:
+            return f"http_{e.status}"
+        return "unreachable" if e.transient else "refused"
+    if isinstance(e, TalosCallFailed) and e.code:
+        return e.code.lower()
+    name = type(e).__name__
+    return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(name))

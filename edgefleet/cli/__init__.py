@@ -19,11 +19,13 @@ from edgefleet.cli import report as _report
 from edgefleet.cli import rollout as _rollout
 from edgefleet.cli import schedule as _schedule
 from edgefleet.cli import seed as _seed
+from edgefleet.cli import serve as _serve
 from edgefleet.cli import sim as _sim
 from edgefleet.cli import talos as _talos
 from edgefleet.cli import train as _train
 from edgefleet.cli._common import App, console, err_console
 from edgefleet.errors import EdgefleetError
+from edgefleet.logs import LogFormat, configure_logging
 
 # errno values that say "this path cannot be used as given": bad input, exit 2.
 _PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.EEXIST,
@@ -43,10 +45,6 @@ def _print_version(wanted: bool) -> None:
     raise typer.Exit()
 
 
-@app.callback()
-def _root(_version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
-                                                 help="Print edgefleet's version and exit")] = False) -> None:
-    """edgefleet: run fleets of edge Talos Kubernetes clusters."""
 
 app.add_typer(_inventory.app, name="inventory")
 app.add_typer(_release.app, name="release")
@@ -61,6 +59,20 @@ app.command("provision")(_rollout.provision_cmd)
 app.command("report")(_report.report_cmd)
 app.command("talosconfig")(_talos.talosconfig_cmd)
 app.command("kubeconfig")(_talos.kubeconfig_cmd)
+app.command("serve")(_serve.serve_cmd)
+
+LogFormatOpt = Annotated[LogFormat, typer.Option(
+    "--log-format", envvar="EDGEFLEET_LOG_FORMAT", case_sensitive=False,
+    help="Log records on stderr as plain text or as JSON, one object per line (json: at level INFO)")]
+
+
+@app.callback()
+def _root(log_format: LogFormatOpt = LogFormat.text,
+          _version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                                 help="Print edgefleet's version and exit")] = False) -> None:
+    """edgefleet: run fleets of edge Talos Kubernetes clusters."""
+    if log_format is LogFormat.json:
+        configure_logging(LogFormat.json)
 
 
 def main() -> None:

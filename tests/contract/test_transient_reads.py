@@ -109,6 +109,9 @@ def test_reads_are_retried_and_actions_are_not_repeated(tmp_path: Path, monkeypa
         assert len(resets) == SETTINGS.reimage_attempts and all(e["detail"]["method"] == "POST" for e in resets)
         failed = [e for e in ledger.events(kind="reimage_failed") if e["node"] == "no-0002-n1"]
         assert len(failed) == 1 and "ComputerSystem.Reset" in failed[0]["reason"], failed
+        assert failed[0]["detail"]["bmc_error"] == "http_500"  # the kind the metrics count
+        retries = [e for e in ledger.events(rec.id, kind="reimage_retry") if e["node"] == "no-0002-n1"]
+        assert [e["detail"]["bmc_error"] for e in retries] == ["http_500"] * (SETTINGS.reimage_attempts - 1)
         state = (await get_json(f"{url}/sim/state"))["nodes"]
         assert state["no-0002-n1"]["release"] == "initial"  # never reset: still on what it ran
         await _scenario(url, bmc_bursts=[])

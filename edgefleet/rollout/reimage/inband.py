@@ -17,6 +17,7 @@ from edgefleet.errors import (
     SecretsError,
     SeedError,
     TalosCallFailed,
+    error_kind,
 )
 from edgefleet.inventory.model import WipeMethod
 from edgefleet.rollout.context import EngineContext
@@ -55,7 +56,8 @@ class TalosInBandReimager:
         except (SeedError, ProbeError) as e:
             again = " again" if self._resumed(task) else ""
             if not again:
-                await ctx.event("reimage_failed", store=store.id, node=node.name, reason=str(e))
+                await ctx.event("reimage_failed", store=store.id, node=node.name, reason=str(e),
+                                detail={"talos_error": error_kind(e)})
             raise ReimageFailed(f"publishing the network seed of {node.name} for {rel.name}{again} failed: "
                                 f"{e}") from None
         self._urls[node.name] = url
@@ -86,7 +88,8 @@ class TalosInBandReimager:
                 res = await reimage_in_band(c, node, seed_url=self._urls[node.name],
                                             deadline_s=ctx.settings.inband_deadline_s)
         except (TalosCallFailed, NetworkSeedError, SecretsError) as e:
-            await ctx.event("reimage_failed", store=store.id, node=node.name, reason=str(e))
+            await ctx.event("reimage_failed", store=store.id, node=node.name, reason=str(e),
+                            detail={"talos_error": error_kind(e)})
             # A node that does not answer (or a seed server it cannot be checked against) says
             # nothing about the release.
             raise ReimageFailed(f"reimaging {node.name} in band to {rel.name} failed: {e}",

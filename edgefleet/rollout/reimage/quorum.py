@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from edgefleet.errors import GateFailed, ReimageFailed, SecretsError, TalosCallFailed, TalosRefused
+from edgefleet.errors import GateFailed, ReimageFailed, SecretsError, TalosCallFailed, TalosRefused, error_kind
 from edgefleet.health.probes import ClusterSnapshot
 from edgefleet.inventory.model import Node, Role, Store
 from edgefleet.rollout.context import EngineContext
@@ -92,7 +92,8 @@ class QuorumPolicy:
                     try:
                         await c.bootstrap()
                     except TalosRefused as e:
-                        await ctx.event("bootstrap_refused", store=store.id, node=node.name, reason=str(e))
+                        await ctx.event("bootstrap_refused", store=store.id, node=node.name, reason=str(e),
+                                        detail={"talos_error": error_kind(e)})
                         return
                     await ctx.event("bootstrapped", store=store.id, node=node.name)
                     return

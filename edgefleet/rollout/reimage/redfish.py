@@ -8,7 +8,7 @@ the sequence again from its beginning, at most ``reimage_attempts`` times."""
 
 from __future__ import annotations
 
-from edgefleet.errors import ArtifactError, BmcError, ReimageFailed
+from edgefleet.errors import ArtifactError, BmcError, ReimageFailed, error_kind
 from edgefleet.inventory.model import Node, WipeMethod
 from edgefleet.redfish.connector import connector_for_node
 from edgefleet.redfish.driver import RedfishDriver, ReimageResult, ReimageStep, eject_reimage_media, reimage_sequence
@@ -101,7 +101,8 @@ class RedfishReimager:
         async def record(attempt: int, e: BaseException, wait: float) -> None:
             del wait
             await ctx.event("reimage_retry", store=store.id, node=node.name, reason=str(e),
-                            detail={"attempt": attempt, "attempts": max(1, s.reimage_attempts)})
+                            detail={"attempt": attempt, "attempts": max(1, s.reimage_attempts),
+                                    "bmc_error": error_kind(e)})
 
         try:
             res = await retrying(RetryPolicy(attempts=max(1, s.reimage_attempts), backoff_s=s.bmc_backoff_s,
@@ -109,7 +110,8 @@ class RedfishReimager:
                                              jitter=False),
                                  sequence, retry_if=again, before_sleep=record, sleep=ctx.sleep)
         except BmcError as e:
-            await ctx.event("reimage_failed", store=store.id, node=node.name, reason=str(e))
+            await ctx.event("reimage_failed", store=store.id, node=node.name, reason=str(e),
+                            detail={"bmc_error": error_kind(e)})
             await self.abandon(task)
             # A BMC that keeps failing transiently (unreachable, 5xx) says nothing about the release.
             raise ReimageFailed(f"reimaging {node.name} to {rel.name} failed: {e}",
@@ -131,7 +133,8 @@ class RedfishReimager:
             await self.ctx.event("media_ejected", store=task.store.id, node=task.node.name,
                                  detail={"slots": list(ejected)})
         except BmcError as e:
-            await self.ctx.event("eject_failed", store=task.store.id, node=task.node.name, reason=str(e))
+            await self.ctx.event("eject_failed", store=task.store.id, node=task.node.name, reason=str(e),
+                                 detail={"bmc_error": error_kind(e)})
 
     async def cleanup(self, task: NodeTask) -> None:
         self.ctx.seed_server.end_reimage(task.node.name)  # this reimage's image and seed URLs: revoked

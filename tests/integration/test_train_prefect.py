@@ -20,11 +20,12 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -60,13 +61,23 @@ ZONES = {"emea": [("Europe/Copenhagen", "DK"), ("Europe/Oslo", "NO"), ("Europe/B
                       ("America/Nassau", "BS"), ("America/Indiana/Indianapolis", "US")]}
 WINDOWS = {"emea": {"days": ["daily"], "start": "22:00", "end": "08:00"},  # 21:00-07:00 UTC
            "americas": {"days": ["daily"], "start": "20:00", "end": "06:00"}}  # 01:00-11:00 UTC
-STORES_PER_ZONE = 1
+STORES_PER_ZONE = 5  # 50 stores
+CANARY_ZONES = 2  # per region: the first store of the first two zones is a canary
+
+
+def _ring(zone: int, k: int) -> dict[str, Any]:
+    """Rings: a canary in the first zones, then ring1 (the first store elsewhere and every second
+    store), ring2 the rest: 4 canaries, 16 ring1, 30 ring2."""
+    if k == 0 and zone < CANARY_ZONES:
+        return {"ring": "canary", "canary": True}
+    return {"ring": "ring1" if k <= 1 else "ring2"}
 START = datetime(2026, 12, 8, 1, 30, tzinfo=UTC)  # a Tuesday: inside every window, 5.5 h before emea's close
 SCALE = 60.0  # simulated seconds per real second: a 120 s boot takes 2 s
 SETTINGS = EngineSettings(max_concurrent=1, node_ready_timeout_s=60.0, quorum_timeout_s=60.0, store_gate_timeout_s=60.0,
                           poll_s=0.1, heartbeat_s=0.5, power_deadline_s=20.0, node_duration=timedelta(minutes=20))
 STALE_AFTER_S = 3.0  # a child's heartbeat (every 0.5 s) older than this: its runner is gone
 RUN_WAIT_S = 240.0
+KILL_STORES = 4  # per region, in the kill test (one at a time in americas: a kill lands mid-child)
 
 
 @dataclass
@@ -79,6 +90,15 @@ class World:
     state_url: str
     sim_url: str
     worker_env: dict[str, str]
+    workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def ensure_workers(self) -> dict[str, subprocess.Popen[bytes]]:
+        """One running worker per region's pool (started now if it is not running)."""
+        for region in ("emea", "americas"):
+            w = self.workers.get(region)
+            if w is None or w.poll() is not None:
+                self.workers[region] = self.server.start_worker(pool_name(region), **self.worker_env)
+        return self.workers
 
     def params(self) -> dict[str, Any]:
         """What a tick hands to its children: only the simulator (the rest is the workers' environment)."""
@@ -88,12 +108,12 @@ class World:
 def _write_fleet(inv: Path) -> None:
     stores = []
     for region, zones in ZONES.items():
-        for tz, cc in zones:
+        for z, (tz, cc) in enumerate(zones):
             for k in range(STORES_PER_ZONE):
                 i = len(stores) + 1
                 sid = f"{cc.lower()}-{tz.split('/')[-1].lower().replace('_', '')[:6]}-{k + 1}"
                 stores.append({
-                    "id": sid, "name": sid, "country": cc, "region": region, "timezone": tz,
+                    "id": sid, "name": sid, "country": cc, "region": region, "timezone": tz, **_ring(z, k),
                     "maintenance_windows": [WINDOWS[region]], "cluster": {"name": sid},
                     "network": {"subnet": f"10.40.{i}.0/24", "gateway": f"10.40.{i}.1"},
                     "nodes": [{"name": f"{sid}-n1", "role": "controlplane", "mac": f"02:ef:00:04:{i:02x}:01",
@@ -148,8 +168,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     sim, url = _start_simulator(inventory, home, START, scenario, work / "sim.log", time_scale=SCALE)
     server: PrefectServer | None = None
     try:
+        t0 = time.monotonic()
         _provision(fleet, home, state_url, url)
+        t1 = time.monotonic()
         server = PrefectServer.start(work / "prefect-home")
+        print(f"world: {len(fleet.stores)} stores provisioned in {t1 - t0:.0f} s, Prefect server up in "
+              f"{time.monotonic() - t1:.0f} s")
         worker_env = {"EDGEFLEET_REPO": str(REPO), "EDGEFLEET_INVENTORY": str(inventory),
                       "EDGEFLEET_STATE_URL": state_url, "EDGEFLEET_HOME": str(home), PASSWORD_ENV: PASSWORD}
         yield World(server, work, home, inventory, fleet, state_url, url, worker_env)
@@ -314,8 +338,9 @@ def test_children_run_on_their_region_pool_and_a_killed_worker_is_resumed(world:
     t0 = time.monotonic()
     if not any(d == "train-tick/train-tick" for d in _deploy(world, "--interval", "3600")["deployments"]):
         raise AssertionError("deploy made no train-tick")
-    workers = {r: world.server.start_worker(pool_name(r), **world.worker_env) for r in ("emea", "americas")}
-    by_region = {r: sorted(s for s, st in world.fleet.stores.items() if st.region == r) for r in ("emea", "americas")}
+    workers = world.ensure_workers()
+    by_region = {r: sorted(s for s, st in world.fleet.stores.items() if st.region == r)[:KILL_STORES]
+                 for r in ("emea", "americas")}
     sim_events0 = httpx.get(f"{world.sim_url}/sim/events?limit=1", trust_env=False).json()["last_seq"]
     rollouts = {r: _record(world, by_region[r], "v2") for r in by_region}
     runs = {r: _launch(world, "tr-harness", rollouts[r], r) for r in by_region}
@@ -339,7 +364,7 @@ def test_children_run_on_their_region_pool_and_a_killed_worker_is_resumed(world:
 
         # The next tick's Resume: the same rollout launched again, on a fresh worker of the pool.
         time.sleep(STALE_AFTER_S + 1)
-        world.server.start_worker(pool_name("americas"), **world.worker_env)
+        world.ensure_workers()
         resumed = _launch(world, "tr-harness", rollouts["americas"], "americas")
         final = _wait_runs(world, [runs["emea"], resumed])
         for run_id in (runs["emea"], resumed):
@@ -358,7 +383,8 @@ def test_children_run_on_their_region_pool_and_a_killed_worker_is_resumed(world:
             assert ledger.rollout(rid).status is RolloutStatus.succeeded, ops.status(engine, rid)
             assert sorted(r.store for r in ledger.runs(rid)) == by_region[region]
             assert ledger.locks_held_by(rid) == []
-        assert {s: c for s, (c, _) in ledger.store_releases().items()} == {s: "v2" for s in world.fleet.stores}
+        on = {s: c for s, (c, _) in ledger.store_releases().items()}
+        assert on == {s: "v2" if s in by_region[st.region] else "v1" for s, st in world.fleet.stores.items()}
         assert any(e["kind"] == "execution_started" and e["detail"].get("resumed")
                    for e in ledger.events(rollouts["americas"]))
         asyncio.run(ledger_matches_sim(world.sim_url, ledger, world.fleet))
@@ -380,3 +406,51 @@ def test_children_run_on_their_region_pool_and_a_killed_worker_is_resumed(world:
     for region, rid in rollouts.items():
         assert set(reached[rid]) == set(by_region[region])
     print(f"two children on two pools with a worker killed: {time.monotonic() - t0:.0f} s")
+
+
+def test_run_operation_refuses_a_live_runner_resumes_a_dead_one_and_skips_a_finished_one(world: World) -> None:
+    """The three ways a launch finds its operation: still heartbeating elsewhere (Cancelled, nothing
+    touched), running with its runner gone (resumed to the end), finished (Completed, nothing done)."""
+    t0 = time.monotonic()
+    _deploy(world, "--interval", "3600")
+    world.ensure_workers()
+    store = sorted(s for s, st in world.fleet.stores.items() if st.region == "emea")[KILL_STORES]
+    rid = _record(world, [store], "v2")
+    engine = create_state_engine(world.state_url)
+    ledger = Ledger(engine)
+    try:
+        # A runner elsewhere: it marked the rollout running and beats (every 0.5 s) until the launch ended.
+        ledger.set_rollout(rid, START, status=RolloutStatus.running.value, heartbeat_at=datetime.now(UTC))
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(0.5):
+                ledger.set_rollout(rid, START, heartbeat_at=datetime.now(UTC))
+
+        beater = threading.Thread(target=beat, daemon=True)
+        beater.start()
+        try:
+            live = _launch(world, "tr-harness-2", rid, "emea")
+            state = _wait_runs(world, [live])[live].state
+        finally:
+            stop.set()
+            beater.join(5)
+        assert state.is_cancelled() and f"{rid} has a live runner" in (state.message or ""), state
+        assert rid not in httpx.get(f"{world.sim_url}/sim/operations", trust_env=False).json()  # nothing touched
+        assert ledger.rollout(rid).status is RolloutStatus.running
+
+        time.sleep(STALE_AFTER_S + 1)  # no runner beats: stale
+        dead = _launch(world, "tr-harness-2", rid, "emea")
+        state = _wait_runs(world, [dead])[dead].state
+        assert state.is_completed(), f"{state}\n{world.server.worker_logs()}"
+        assert ledger.rollout(rid).status is RolloutStatus.succeeded
+        reached = httpx.get(f"{world.sim_url}/sim/operations", trust_env=False).json()[rid]
+
+        again = _launch(world, "tr-harness-2", rid, "emea")
+        state = _wait_runs(world, [again])[again].state
+        assert state.is_completed() and "already succeeded" in (state.message or ""), state
+        assert httpx.get(f"{world.sim_url}/sim/operations", trust_env=False).json()[rid] == reached
+        assert [r.status for r in ledger.runs(rid)] == [RunStatus.succeeded]
+    finally:
+        engine.dispose()
+    print(f"live, dead and finished launches: {time.monotonic() - t0:.0f} s")

@@ -47,6 +47,7 @@ from edgefleet.schedule.windows import in_window
 from edgefleet.state.db import create_state_engine
 from edgefleet.trains.prefect_deploy import PrefectDispatcher, pool_name
 from tests.contract.rollout_world import PASSWORD, PASSWORD_ENV, build_releases, ledger_matches_sim
+from tests.contract.test_rollout_crash import _share_service_account_key
 from tests.helpers import REPO, require_tool
 from tests.integration.prefect_server import PrefectServer
 from tests.integration.test_prefect_server import REIMAGE_KINDS, _start_simulator, _stop_simulator
@@ -140,6 +141,7 @@ def _provision(world_fleet: Fleet, home: Path, state_url: str, url: str) -> None
     try:
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv(PASSWORD_ENV, PASSWORD)
+            _share_service_account_key(mp)
             asyncio.run(go())
     finally:
         engine.dispose()
@@ -454,3 +456,132 @@ def test_run_operation_refuses_a_live_runner_resumes_a_dead_one_and_skips_a_fini
     finally:
         engine.dispose()
     print(f"live, dead and finished launches: {time.monotonic() - t0:.0f} s")
+
+
+# -- a train over the whole fleet, ticked by the schedule -------------------------------------------
+
+TICK_S = 8  # the train-tick interval in the soak test (real seconds)
+SOAK = timedelta(hours=24)
+TRAIN_WAIT_S = 420.0  # bound on the whole train, fleet-time jumps included
+
+
+def _sim_now(world: World) -> datetime:
+    return datetime.fromisoformat(httpx.get(f"{world.sim_url}/sim/clock", trust_env=False).json()["now"])
+
+
+def _jump(world: World, to: datetime) -> None:
+    """Move the simulator's clock forward to ``to`` (only while nothing is in flight: the soak and the
+    hours until a window opens pass in an instant instead of minutes of real time)."""
+    r = httpx.post(f"{world.sim_url}/sim/clock", json={"now": to.isoformat()}, trust_env=False)
+    assert r.status_code == 200, r.text
+
+
+def _next_instant(after: datetime, hour: int, minute: int) -> datetime:
+    at = after.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    return at if at > after else at + timedelta(days=1)
+
+
+def _idle_target(world: World, trains: Any, train_id: str, now: datetime) -> datetime | None:
+    """Where the fleet clock may jump while no child is in flight: the end of a soak, or the next
+    instant a pending store of the running stage may start (``next_allowed_start``, as decide sees it)."""
+    from edgefleet.schedule.windows import next_allowed_start
+    from edgefleet.trains.model import StageStatus, StoreState
+
+    stores = trains.stores(train_id)
+    if any(p.state is StoreState.dispatched for p in stores.values()):
+        return None
+    targets: list[datetime] = []
+    for st in trains.stages(train_id):
+        if st.status is StageStatus.soaking and st.soak_until is not None:
+            targets.append(st.soak_until)
+        if st.status is StageStatus.running:
+            for sid, p in stores.items():
+                if p.stage == st.index and p.state is StoreState.pending:
+                    store = world.fleet.stores[sid]
+                    at = next_allowed_start(store, world.fleet.freezes, now,
+                                            len(store.nodes) * SETTINGS.node_duration)
+                    if at is not None:
+                        targets.append(at)
+    later = [t for t in targets if t > now + timedelta(minutes=5)]
+    return min(later) + timedelta(minutes=1) if later and len(later) == len(targets) else None
+
+
+def test_train_three_stages_on_two_pools_with_a_worker_killed(world: World) -> None:
+    """A train of v3 (built) over 50 stores in ten zones: canary, ring1, ring2 (the inventory's rings),
+    a 24 h soak after each stage. Ticks come from the ``train-tick`` schedule on the emea pool; the
+    children run on their region's pool. The americas worker is SIGKILLed (with its flow-run process)
+    while a ring2 node of its child is booting; a new worker starts and the next tick resumes the
+    child. Every store ends on v3, v3 is promoted to stable after the canary stage, the simulator's
+    oracle finds nothing and no node is reimaged twice."""
+    from edgefleet.trains.store import TrainStore
+
+    from edgefleet.trains.model import StagePolicy, StageSpec, StageStatus, StoreState, TrainSpec, TrainStatus
+
+    t0 = time.monotonic()
+    _deploy(world, "--interval", str(TICK_S), "--tick-pool", pool_name("emea"), "--sim", world.sim_url)
+    workers = world.ensure_workers()
+    _jump(world, _next_instant(_sim_now(world), 1, 5))  # both regions' windows open for the next six hours
+    engine = create_state_engine(world.state_url)
+    trains = TrainStore(engine)
+    ledger = Ledger(engine)
+    events0 = httpx.get(f"{world.sim_url}/sim/events?limit=1", trust_env=False).json()["last_seq"]
+    try:
+        names = ["canary", "ring1", "ring2"]
+        spec = TrainSpec(release="v3", stages=tuple(
+            StageSpec(n, f"ring_{n}", StagePolicy(failure_budget=0, soak=SOAK)) for n in names),
+            settings=SETTINGS.to_json())
+        assignments = {sid: names.index(st.ring) for sid, st in world.fleet.stores.items()}
+        train = trains.create(spec, assignments, names, _sim_now(world), operator="test").id
+
+        killed: list[int] = []
+        deadline = time.monotonic() + TRAIN_WAIT_S
+        while True:
+            rec = trains.get(train)
+            if rec.status not in (TrainStatus.running, TrainStatus.paused):
+                break
+            assert time.monotonic() < deadline, (
+                f"train {train} not done in {TRAIN_WAIT_S:g} s: {rec.status} {trains.stages(train)}\n"
+                f"{world.server.worker_logs()}")
+            stores = trains.stores(train)
+            if not killed:
+                booting = [p.rollout for sid, p in stores.items()
+                           if p.stage == 2 and p.state is StoreState.dispatched and p.rollout
+                           and world.fleet.stores[sid].region == "americas"
+                           and any(e["kind"] == "reimage_booting" for e in ledger.events(p.rollout))]
+                if booting:
+                    killed = _kill_worker_machine(workers["americas"])
+                    assert any(r.status is not RunStatus.succeeded for r in ledger.runs(booting[0]))
+                    workers = world.ensure_workers()
+            target = _idle_target(world, trains, train, _sim_now(world))
+            if target is not None:
+                _jump(world, target)
+            time.sleep(0.5)
+        assert rec.status is TrainStatus.succeeded, (rec, trains.stages(train), trains.stores(train))
+        assert killed, "the americas worker was never killed: no ring2 child was seen booting"
+        assert all(st.status is StageStatus.passed for st in trains.stages(train))
+        assert {s: p.state for s, p in trains.stores(train).items()} == {
+            s: StoreState.succeeded for s in world.fleet.stores}
+        assert ReleaseCatalog(engine).get("v3").state is ReleaseState.stable
+        assert {s: c for s, (c, _) in ledger.store_releases().items()} == {s: "v3" for s in world.fleet.stores}
+        asyncio.run(ledger_matches_sim(world.sim_url, ledger, world.fleet))
+        children = {r.id: r for r in ledger.rollouts(limit=1000) if getattr(r, "train", None) == train}
+    finally:
+        engine.dispose()
+
+    # The simulator: nothing outside a window, no stage order or release state broken, no node twice.
+    violations = httpx.get(f"{world.sim_url}/sim/violations", trust_env=False).json()
+    assert violations["total"] == 0, violations
+    events = httpx.get(f"{world.sim_url}/sim/events", params={"since": events0, "limit": 100000},
+                       trust_env=False).json()["events"]
+    resets = Counter(e["node"] for e in events if e["kind"] == "reset" and e["operation"] in children)
+    assert resets == Counter({f"{s}-n1": 1 for s in world.fleet.stores})
+
+    # Prefect: each child on its region's pool; the ticks on the schedule, on the tick's pool.
+    runs = _runs_tagged(world, f"edgefleet-train:{train}")
+    assert {next(t.split(":", 1)[1] for t in r.tags if t.startswith("edgefleet-rollout:")) for r in runs} == set(
+        children)
+    for r in runs:
+        region = next(t.split(":", 1)[1] for t in r.tags if t.startswith("edgefleet-region:"))
+        assert r.work_pool_name == f"edgefleet-{region}", (r.name, r.work_pool_name)
+    print(f"train of {len(world.fleet.stores)} stores, 3 stages, {len(children)} children, "
+          f"{len(runs)} child runs: {time.monotonic() - t0:.0f} s")

@@ -18,6 +18,7 @@ without parsing messages:
     │   ├── ReleaseInputError      bad Packer variables, unknown or revoked release
     │   ├── SecretsError           missing / undecryptable cluster secrets
     │   ├── UnknownRollout         no rollout with that id in the ledger
+    │   ├── UnknownTrain           no release train with that id in the state store
     │   ├── OutputPathError        an output path is a file, under a file, or not writable
     │   └── SeedError              a NoCloud seed ISO cannot be built or read back
     └── OperationFailed            exit 1: the world did not do what we asked
@@ -132,6 +133,10 @@ class SecretsError(InputError):
 
 class UnknownRollout(InputError):
     """A rollout id that the ledger does not hold (a typo, or another state store)."""
+
+
+class UnknownTrain(InputError):
+    """A release train id that the state store does not hold (a typo, or another state store)."""
 
 
 class OutputPathError(InputError):

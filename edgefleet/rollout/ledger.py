@@ -5,7 +5,8 @@ Tables (``edgefleet.rollout.tables``)::
 
     rollouts       id, kind (rollout|rollback|provision), release, status, policy (the whole request,
                    ``edgefleet.rollout.request``), plan notes JSON (skipped/unschedulable stores), operator,
-                   created/updated, heartbeat (a running executor touches it), abort_requested, decision
+                   created/updated, heartbeat (a running executor touches it), abort_requested, decision,
+                   train (the release train of a child rollout, ``edgefleet.trains``)
     waves          (rollout, index): name, status, budget, failures
     store_runs     (rollout, store): the planned row (wave, earliest start, from/to release), then status,
                    step, started/ended, reason, detail JSON
@@ -145,12 +146,14 @@ class RolloutRecord:
     heartbeat_at: datetime | None
     abort_requested: bool
     decision: str
+    train: str | None = None
+    """The release train this rollout is a child of (None: a rollout of its own)."""
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind.value, "release": self.release, "status": self.status.value,
                 "reason": self.reason, "operator": self.operator, "created_at": self.created_at.isoformat(),
                 "updated_at": self.updated_at.isoformat(), "abort_requested": self.abort_requested,
-                "decision": self.decision, "policy": self.policy}
+                "decision": self.decision, "policy": self.policy, "train": self.train}
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +194,7 @@ def _rollout(r: RolloutRow) -> RolloutRecord:
     assert created is not None and updated is not None
     return RolloutRecord(r.id, Kind(r.kind), r.release, RolloutStatus(r.status), r.reason, json.loads(r.policy),
                          r.operator, created, updated, _utc(r.heartbeat_at),
-                         bool(r.abort_requested), r.decision)
+                         bool(r.abort_requested), r.decision, r.train)
 
 
 def _run(r: StoreRunRow) -> StoreRunRecord:
@@ -214,15 +217,16 @@ class Ledger:
                        policy: Mapping[str, Any], plan: Mapping[str, Any], operator: str,
                        waves: Sequence[tuple[int, str, int]],
                        runs: Sequence[tuple[str, int, str | None, str]],
-                       starts: Mapping[str, datetime] | None = None) -> RolloutRecord:
+                       starts: Mapping[str, datetime] | None = None, train: str | None = None) -> RolloutRecord:
         """Record a planned rollout with its waves ``(index, name, budget)`` and planned store runs
         ``(store, wave, from_release, to_release)`` with each store's earliest start (``starts``), in
-        one transaction. ``plan``: notes kept beside the rows (skipped, unschedulable stores)."""
+        one transaction. ``plan``: notes kept beside the rows (skipped, unschedulable stores);
+        ``train``: the release train it is a child of."""
         starts = starts or {}
         with session_scope(self.engine) as s:
             s.add(RolloutRow(id=rollout_id, kind=kind.value, release=release, status=RolloutStatus.planned.value,
                              reason="", policy=dumps(policy), plan=dumps(plan), operator=operator,
-                             created_at=now, updated_at=now, abort_requested=False, decision=""))
+                             created_at=now, updated_at=now, abort_requested=False, decision="", train=train))
             s.flush()
             if waves:
                 s.execute(insert(WaveRow), [{"rollout": rollout_id, "index": i, "name": n, "budget": b,

@@ -32,6 +32,8 @@ class RolloutRow(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     abort_requested: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     decision: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    # The release train this rollout is a child of (``edgefleet.trains``); None for a rollout of its own.
+    train: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class WaveRow(Base):

@@ -32,7 +32,7 @@ from edgefleet.state.migrate import migrate
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 # Modules that declare tables on Base; imported by open_state before it migrates.
-TABLE_MODULES: tuple[str, ...] = ("edgefleet.releases.catalog", "edgefleet.rollout.ledger")
+TABLE_MODULES: tuple[str, ...] = ("edgefleet.releases.catalog", "edgefleet.rollout.ledger", "edgefleet.trains.store")
 
 
 class Base(DeclarativeBase):

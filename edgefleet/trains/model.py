@@ -118,6 +118,9 @@ class TrainSpec:
     """Do not promote the release to stable when the canary stage passes: wait for ``train approve``."""
     limit: str | None = None
     """Only the stores this pattern selects (None: the whole inventory)."""
+    settings: Mapping[str, object] = field(default_factory=dict)
+    """The engine settings every child operation runs with (``EngineSettings`` as JSON; empty: the
+    defaults). Their ``node_duration`` is what a store needs of its window, per node."""
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ PURE_CORE = (
     "edgefleet.isodates",
     "edgefleet.inventory.model",
     "edgefleet.inventory.ansible",
+    "edgefleet.inventory.patterns",
     "edgefleet.rollout.plan",
     "edgefleet.rollout.gates",
     "edgefleet.rollout.states",  # the state machine (checked once it exists)

@@ -513,9 +513,8 @@ def test_train_three_stages_on_two_pools_with_a_worker_killed(world: World) -> N
     while a ring2 node of its child is booting; a new worker starts and the next tick resumes the
     child. Every store ends on v3, v3 is promoted to stable after the canary stage, the simulator's
     oracle finds nothing and no node is reimaged twice."""
-    from edgefleet.trains.store import TrainStore
-
     from edgefleet.trains.model import StagePolicy, StageSpec, StageStatus, StoreState, TrainSpec, TrainStatus
+    from edgefleet.trains.store import TrainStore
 
     t0 = time.monotonic()
     _deploy(world, "--interval", str(TICK_S), "--tick-pool", pool_name("emea"), "--sim", world.sim_url)

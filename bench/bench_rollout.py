@@ -87,7 +87,7 @@ def make_home(home: Path, inventory: Path, releases: list[str]) -> str:
     built with the real Packer template; returns the ledger's URL."""
     from edgefleet.inventory.load import load_fleet
     from edgefleet.releases.build import ReleaseSpec, build_release
-    from edgefleet.releases.catalog import ReleaseCatalog
+    from edgefleet.releases.catalog import ReleaseCatalog, ReleaseState
     from edgefleet.releases.upstream import write_fake_upstream
     from edgefleet.secrets import generate_secrets, store_secrets
     from edgefleet.state.db import create_state_engine
@@ -106,6 +106,8 @@ def make_home(home: Path, inventory: Path, releases: list[str]) -> str:
             build_release(ReleaseSpec(name=name, talos_version="v1.12.6", upstream_iso=str(up), upstream_sha256=sha,
                                       kernel_args=("talos.platform=nocloud",)), home=home,
                           catalog=ReleaseCatalog(engine))
+            for state in (ReleaseState.canary, ReleaseState.stable):  # the benchmark rolls out to every store
+                ReleaseCatalog(engine).promote(name, state, now=datetime.now(UTC), note="benchmark release")
     finally:
         engine.dispose()
     return url

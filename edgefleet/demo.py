@@ -2,12 +2,14 @@
 temporary API server), SQLite, and the local fleet simulator on 127.0.0.1. Nothing else is touched.
 
 1. validate the sample inventory;
-2. build releases v1 and v2 with Packer (Prefect flow ``build_release``);
+2. build releases v1 and v2 with Packer (Prefect flow ``build_release``); promote v1, the base
+   release, to stable explicitly (only a stable release reaches stores outside the canary stage);
 3. start the fleet simulator (every BMC, Kubernetes API and Talos API of the 25 stores), its clock
    set to a Sunday evening outside the freezes and time running 3,600x faster;
 4. provision every store on v1 (flow ``provision_store``, one run per store, eight at a time);
-5. roll v2 out as canary + waves (flow ``rollout``) while one node never becomes Ready: its store
-   is reimaged back to v1 automatically and the wave's failure budget holds;
+5. roll v2 out as canary + waves (flow ``rollout``, forced with a reason: v2 is only built) while
+   one node never becomes Ready: its store is reimaged back to v1 automatically and the wave's
+   failure budget holds;
 6. roll v2 back across the fleet (flow ``rollback``): revoked, every store back on v1;
 7. print a summary and write ``out/report.html``.
 
@@ -48,6 +50,7 @@ TIME_SCALE = 3600.0  # a simulated hour per second
 PROVISION_AT_ONCE = 8  # provision_store flow runs at a time
 FAILING_NODE = "us-003-w1"  # a worker that never becomes Ready (from the moment the scenario says so)
 DEMO_PASSWORD = "demo-only-bmc-password"  # the simulated BMCs' password, from EDGEFLEET_BMC_PASSWORD
+V2_FORCE_REASON = "demo: one rollout of canary + waves of a release that is not stable yet"
 SIM_START_TIMEOUT_S = 120.0  # the simulator answers in 2-5 s; room for a loaded machine
 
 
@@ -202,6 +205,12 @@ def _build_releases(build: ModuleType, upstream: Path) -> None:
                                          extensions=[ext], installer_image=_installer_image(ext),
                                          return_state=True), f"build {name}")
         print(f"release {rel['name']}: {rel['sha256'][:16]}... {rel['size']} bytes", flush=True)
+    # Only a stable release reaches stores outside the canary stage. v1 is the fleet's base release,
+    # promoted here by hand (a release train promotes a release after its canary stage).
+    note = "demo: the fleet's base release, promoted explicitly before provisioning"
+    for to in ("canary", "stable"):
+        _step(f"promote v1 to {to} explicitly: it is the base release every store is provisioned on",
+              "release", "promote", "v1", "--to", to, "--note", note)
     _step("the release catalog", "release", "list")
 
 
@@ -233,11 +242,13 @@ def _provision_fleet(rollout_flows: ModuleType, url: str, common: dict[str, Any]
 
 def _roll_out_and_back(rollout_flows: ModuleType, url: str, common: dict[str, Any]) -> None:
     """v2 rolled out with a node that never becomes Ready (the rollout flow), then rolled back."""
-    _title(f"roll v2 out: canary + waves; {FAILING_NODE} never becomes Ready (simulator scenario)")
+    _title(f"roll v2 out: canary + waves; {FAILING_NODE} never becomes Ready (simulator scenario); v2 is only "
+           f"built, so the run is forced (--force --reason, recorded as the event release_forced)")
     _sim(url, "/sim/scenario", {"never_ready": [FAILING_NODE]})
     ro = _check(asyncio.run(rollout_flows.rollout(
         release="v2", canary=2, waves=["5", "100%"], failure_budget="1", max_concurrent=12, node_minutes=15.0,
-        wave_soak_minutes=30.0, gate_on_window=False, sim_url=url, return_state=True, **common)), "rollout v2")
+        wave_soak_minutes=30.0, gate_on_window=False, sim_url=url, return_state=True,
+        force_reason=V2_FORCE_REASON, **common)), "rollout v2")
     for w in ro["waves"]:
         print(f"  wave {w['index']} {w['name']}: {w['status']}, {w['done']}/{w['stores']} stores, "
               f"{w['failures']} failed (budget {w['budget']})", flush=True)

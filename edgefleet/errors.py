@@ -16,6 +16,7 @@ without parsing messages:
     │   ├── InventoryError         the inventory has one or more problems (all collected)
     │   ├── ConfigRenderError      a Talos config or patch is invalid
     │   ├── ReleaseInputError      bad Packer variables, unknown or revoked release
+    │   │   └── ReleaseNotStable   a release not yet stable would reach non-canary stores
     │   ├── SecretsError           missing / undecryptable cluster secrets
     │   ├── UnknownRollout         no rollout with that id in the ledger
     │   ├── UnknownTrain           no release train with that id in the state store
@@ -45,7 +46,8 @@ without parsing messages:
         ├── LockHeld               another operation holds the store
         │   └── StoreSplit         ... and the store is split: a person must continue its repair
         ├── StateError             the ledger / state store refused an operation
-        │   └── IllegalTransition  a state change the state table does not allow
+        │   ├── IllegalTransition  a state change the state table does not allow
+        │   └── SchemaOutOfDate    the store's schema is behind (`edgefleet db upgrade`) or ahead of this edgefleet
         ├── NetworkSeedError       a node's nocloud-net seed cannot be fetched over HTTP
         ├── ScheduleError          the Prefect API is unreachable or refused a scheduling call
         │   └── SchedulerBusy      ... because its database was busy (transient)
@@ -125,6 +127,18 @@ class ConfigRenderError(InputError):
 
 class ReleaseInputError(InputError):
     """Bad release input: Packer variables, an unknown or revoked release."""
+
+
+class ReleaseNotStable(ReleaseInputError):
+    """A release that is not ``stable`` would reach stores outside the canary stage (a rollout,
+    a provision or a scheduled run). ``release``, ``state`` and ``stores`` (the non-canary ones)
+    say which; the message names the fix (a release train, or ``--force --reason TEXT``)."""
+
+    def __init__(self, message: str, *, release: str = "", state: str = "", stores: Sequence[str] = ()):
+        self.release = release
+        self.state = state
+        self.stores = tuple(stores)
+        super().__init__(message)
 
 
 class SecretsError(InputError):
@@ -256,6 +270,18 @@ class StateError(OperationFailed):
 
 class IllegalTransition(StateError):
     """A state change that ``edgefleet.rollout.states.TRANSITIONS`` does not allow."""
+
+
+class SchemaOutOfDate(StateError):
+    """The state store's schema revision is not this edgefleet's head: behind it (the message names
+    ``edgefleet db upgrade``) or ahead of it (written by a newer edgefleet). ``store`` (its URL without
+    password), ``revision`` (None: written before schema revisions existed) and ``head`` say which."""
+
+    def __init__(self, message: str, *, store: str = "", revision: str | None = None, head: str = ""):
+        self.store = store
+        self.revision = revision
+        self.head = head
+        super().__init__(message)
 
 
 class SeedError(InputError):

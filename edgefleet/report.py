@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -143,10 +143,11 @@ def _ts(text: str) -> datetime:
 
 def collect_report(engine: Engine, *, rollout_ids: Sequence[str] | None = None, now: datetime | None = None,
                    title: str = "edgefleet rollout report", max_events: int = DEFAULT_MAX_EVENTS,
-                   max_operations: int = 500) -> ReportData:
+                   max_operations: int = 500, stores: Collection[str] | None = None) -> ReportData:
     """Read operations, release changes and events from the ledger on ``engine``: every operation
-    (the most recent ``max_operations``) or only ``rollout_ids``. ``now`` is the generation time
-    shown on the page (default: the newest ledger time, so the same ledger gives the same page)."""
+    (the most recent ``max_operations``) or only ``rollout_ids``; with ``stores``, only those stores'
+    runs, release changes and events, and the operations that had any. ``now`` is the generation
+    time shown on the page (default: the newest ledger time, so the same ledger gives the same page)."""
     from edgefleet.rollout.ledger import Ledger
 
     if max_events < 0:
@@ -158,11 +159,14 @@ def collect_report(engine: Engine, *, rollout_ids: Sequence[str] | None = None, 
         records = ledger.rollouts(limit=max_operations)
     records.sort(key=lambda r: (r.created_at, r.id))
     selected = [r.id for r in records] if rollout_ids else None
+    chosen = set(stores) if stores is not None else None
 
     operations: list[OperationSummary] = []
     initial: dict[str, str | None] = {}
     for rec in records:
-        runs = ledger.runs(rec.id)
+        runs = [r for r in ledger.runs(rec.id) if chosen is None or r.store in chosen]
+        if chosen is not None and not runs:
+            continue
         counts: dict[str, int] = {}
         for run in runs:
             counts[run.status.value] = counts.get(run.status.value, 0) + 1
@@ -178,17 +182,17 @@ def collect_report(engine: Engine, *, rollout_ids: Sequence[str] | None = None, 
     raw_changes: list[dict[str, Any]] = []
     raw_events: list[dict[str, Any]] = []
     total = 0
-    for rid in (selected if selected is not None else [None]):
+    for rid in ([o.id for o in operations] if selected is not None else [None]):
         for kind in RELEASE_CHANGE_KINDS:
-            raw_changes += ledger.events(rid, kind=kind, limit=10_000_000)
-        raw_events += ledger.events(rid, limit=max_events)
-        total += ledger.count_events(rid)
+            raw_changes += ledger.events(rid, kind=kind, limit=10_000_000, stores=chosen)
+        raw_events += ledger.events(rid, limit=max_events, stores=chosen)
+        total += ledger.count_events(rid, stores=chosen)
     changes = sorted((ReleaseChange(_ts(e["ts"]), str(e["store"]), _release_of(e["detail"]), e["rollout"], e["kind"])
                       for e in raw_changes if e["store"]), key=lambda c: c.ts)
     raw_events.sort(key=lambda e: (_ts(e["ts"]), e["id"]))
     events = tuple(ReportEvent(_ts(e["ts"]), e["rollout"], e["store"], e["node"], e["kind"], e["reason"] or "")
                    for e in raw_events[:max_events])
-    current = {s: cur for s, (cur, _lkg) in ledger.store_releases().items()}
+    current = {s: cur for s, (cur, _lkg) in ledger.store_releases(chosen).items()}
     if now is None:
         stamps = [e.ts for e in events] + [o.updated_at for o in operations]
         now = max(stamps) if stamps else datetime(1970, 1, 1, tzinfo=UTC)

@@ -196,7 +196,8 @@ async def rollout(release: str, stores: list[str] | None = None, canary: int = 1
                   wave_soak_minutes: float = 30.0, gate_on_window: bool = True,
                   max_wait_hours: float = 12.0, seed_public_url: str | None = None, sim_url: str | None = None,
                   inventory: str | None = None,
-                  home: str | None = None, state_url: str | None = None) -> State[Any]:
+                  home: str | None = None, state_url: str | None = None, force_reason: str | None = None
+                  ) -> State[Any]:
     """Roll ``release`` out to ``stores`` (default: the whole fleet) as canary + waves.
 
     The parameters make one ``RolloutRequest`` (validated here, saved whole with the rollout): the
@@ -206,7 +207,10 @@ async def rollout(release: str, stores: list[str] | None = None, canary: int = 1
     ``gate_on_window``: first wait (at most ``max_wait_hours``) until every store of the run is inside
     its maintenance window and in no freeze, or skip the run (ends Cancelled with the reason, so
     scheduling again retries it). That is what a scheduled window-group run wants; a manual run
-    over stores in many time zones sets it false and lets the engine time each store."""
+    over stores in many time zones sets it false and lets the engine time each store.
+
+    A release that is not stable reaches only canary stores: the run fails at once (before any wait)
+    when it would put it on others, unless ``force_reason`` says why (recorded as ``release_forced``)."""
     fleet = _fleet(inventory)
     engine = open_state(state_url or load_settings().state_store_url)
     home_dir = Path(home) if home else load_settings().home
@@ -221,12 +225,14 @@ async def rollout(release: str, stores: list[str] | None = None, canary: int = 1
                            quorum_timeout_s=quorum_timeout_s, store_gate_timeout_s=gate_timeout_s, poll_s=poll_s,
                            soak=timedelta(seconds=soak_s), bmc_attempts=bmc_attempts,
                            reimage_attempts=reimage_attempts, seed_public_url=seed_public_url))
+    ops.check_request_reach(fleet, engine, request, endpoints.clock(), force_reason=force_reason)
     if gate_on_window:
         skip = await _await_window(fleet, list(request.stores or fleet.stores), endpoints,
                                    request.settings.node_duration, timedelta(hours=max_wait_hours))
         if skip is not None:
             return Cancelled(message=f"skipped: {skip}")
-    made = ops.record_rollout(fleet, engine, request, endpoints.clock(), operator="prefect")
+    made = ops.record_rollout(fleet, engine, request, endpoints.clock(), operator="prefect",
+                              force_reason=force_reason)
     if made.plan is not None:
         await acreate_markdown_artifact(markdown=_plan_markdown(made.plan), key=_artifact_key("plan", made.record.id),
                                        description=f"plan of rollout {made.record.id}")
@@ -266,9 +272,10 @@ async def provision_store(store: str, release: str, node_timeout_s: float = 1800
                           gate_timeout_s: float = 600.0, poll_s: float = 2.0, bmc_attempts: int = 4,
                           reimage_attempts: int = 3, seed_public_url: str | None = None,
                           sim_url: str | None = None, inventory: str | None = None, home: str | None = None,
-                          state_url: str | None = None) -> State[Any]:
+                          state_url: str | None = None, force_reason: str | None = None) -> State[Any]:
     """Provision ``store`` on ``release``: cluster secrets on first use, seeds, every node reimaged,
-    the cluster bootstrapped once and gated, recorded in the ledger."""
+    the cluster bootstrapped once and gated, recorded in the ledger. A release that is not stable
+    provisions only a canary store, unless ``force_reason`` (recorded as ``release_forced``)."""
     fleet = _fleet(inventory)
     engine = open_state(state_url or load_settings().state_store_url)
     home_dir = Path(home) if home else load_settings().home
@@ -277,7 +284,7 @@ async def provision_store(store: str, release: str, node_timeout_s: float = 1800
                          store_gate_timeout_s=gate_timeout_s, poll_s=poll_s, bmc_attempts=bmc_attempts,
                          reimage_attempts=reimage_attempts, seed_public_url=seed_public_url)
     made = ops.create_provision(fleet, engine, home_dir, store, release, endpoints.clock(), settings=settings,
-                                operator="prefect")
+                                operator="prefect", force_reason=force_reason)
     return await _drive(fleet, home_dir, engine, endpoints, made.record.id, settings)
 
 

@@ -1,5 +1,5 @@
 """The ``edgefleet`` command line: one sub-app per area (inventory, release, seed, rollout, schedule,
-talos, report, sim); this module wires them and maps ``EdgefleetError`` to a message and exit code
+talos, report, sim, db); this module wires them and maps ``EdgefleetError`` to a message and exit code
 (0 ok, 1 operation failed, 2 bad input). Commands that do not run a flow never import prefect."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import sys
 import typer
 from rich.markup import escape
 
+from edgefleet.cli import db as _db
 from edgefleet.cli import inventory as _inventory
 from edgefleet.cli import release as _release
 from edgefleet.cli import report as _report
@@ -33,6 +34,7 @@ app.add_typer(_seed.app, name="seed")
 app.add_typer(_sim.app, name="sim")
 app.add_typer(_schedule.app, name="schedule")
 app.add_typer(_rollout.app, name="rollout")
+app.add_typer(_db.app, name="db")
 app.command("rollback")(_rollout.rollback_cmd)
 app.command("provision")(_rollout.provision_cmd)
 app.command("report")(_report.report_cmd)

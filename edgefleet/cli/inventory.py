@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from edgefleet.cli._common import InventoryOpt, JsonOpt, console, print_json
+from edgefleet.cli._limit import LimitOpt, limit_stores
 from edgefleet.inventory.load import load_fleet
 
 app = typer.Typer(no_args_is_help=True, help="Validate, inspect, export and generate fleet inventories.")
@@ -73,17 +74,20 @@ def show(store: Annotated[str, typer.Argument(help="Store id")], inventory: Inve
 
 
 @app.command()
-def graph(inventory: InventoryOpt = Path("inventory"), json_out: JsonOpt = False) -> None:
-    """The fleet as a tree: country -> region -> ring -> stores."""
+def graph(inventory: InventoryOpt = Path("inventory"), limit: LimitOpt = None, json_out: JsonOpt = False) -> None:
+    """The fleet (or the stores --limit selects) as a tree: country -> region -> ring -> stores."""
     fleet = load_fleet(inventory)
+    chosen = limit_stores(fleet, limit)
+    stores = [fleet.stores[s] for s in chosen] if chosen is not None else list(fleet.stores.values())
     nested: dict[str, dict[str, dict[str, list[str]]]] = {}
-    for s in fleet.stores.values():
+    for s in stores:
         label = f"{s.id} ({len(s.nodes)} node{'s' if len(s.nodes) != 1 else ''}{', canary' if s.canary else ''})"
         nested.setdefault(s.country, {}).setdefault(s.region, {}).setdefault(s.ring, []).append(label)
     if json_out:
         print_json(nested)
         return
-    tree = Tree(f"[bold]{fleet.name}[/bold]: {len(fleet.stores)} stores, {fleet.node_count} nodes")
+    tree = Tree(f"[bold]{fleet.name}[/bold]: {len(stores)} stores, {sum(len(s.nodes) for s in stores)} nodes"
+                + (f" (--limit {escape(limit)})" if limit is not None else ""))
     for country in sorted(nested):
         ct = tree.add(f"[cyan]{country}[/cyan]")
         for region in sorted(nested[country]):

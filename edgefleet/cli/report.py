@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from edgefleet.cli._common import console, default_state_url
+from edgefleet.cli._common import InventoryOpt, console, default_state_url
+from edgefleet.cli._limit import LimitOpt, limit_stores
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Where to write the HTML page")]
 IdsArg = Annotated[list[str] | None, typer.Argument(help="Operation ids to report on (default: every operation)",
@@ -22,15 +23,22 @@ TitleOpt = Annotated[str, typer.Option("--title", help="The page title")]
 
 
 def report_cmd(rollout_ids: IdsArg = None, out: OutOpt = Path("out/report.html"), max_events: MaxEventsOpt = 1000,
-               title: TitleOpt = "edgefleet rollout report") -> None:
-    """Write an HTML report: operations, stores per release over time, failed stores, event log."""
+               title: TitleOpt = "edgefleet rollout report", limit: LimitOpt = None,
+               inventory: InventoryOpt = Path("inventory")) -> None:
+    """Write an HTML report: operations, stores per release over time, failed stores, event log
+    (with --limit, of the stores it selects only)."""
     from edgefleet.outpaths import check_output_file
     from edgefleet.report import collect_report, render_report, write_report
     from edgefleet.state.db import open_state
 
+    stores = None
+    if limit is not None:
+        from edgefleet.inventory.load import load_fleet
+
+        stores = limit_stores(load_fleet(inventory), limit, allow_empty=True)
     check_output_file(out, "--out", create_parents=True)
     data = collect_report(open_state(default_state_url()), rollout_ids=rollout_ids or None,
-                          now=datetime.now(UTC), title=title, max_events=max_events)
+                          now=datetime.now(UTC), title=title, max_events=max_events, stores=stores)
     path = write_report(out, render_report(data, max_events=max_events))
     shown = min(len(data.events), max_events)
     console.print(f"wrote {path}: {len(data.operations)} operation(s), {len(data.changes)} release change(s), "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
@@ -27,7 +28,8 @@ from edgefleet.cli._common import (
     parse_instant,
     print_json,
 )
-from edgefleet.errors import InputError, OperationFailed
+from edgefleet.cli._limit import LimitOpt, alias_pattern, limit_stores
+from edgefleet.errors import EdgefleetError, InputError, OperationFailed
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -44,7 +46,8 @@ SimOpt = Annotated[str | None, typer.Option("--sim", help="Run against the fleet
 ReleaseOpt = Annotated[str, typer.Option("--release", "-r", help="Release name from the catalog")]
 CanaryOpt = Annotated[int | None, typer.Option("--canary", min=0, help="Number of canary stores (from the "
                                                                        "canary ring/group)")]
-CanaryStoresOpt = Annotated[str | None, typer.Option("--canary-stores", help="Canary stores: a,b,c")]
+CanaryStoresOpt = Annotated[str | None, typer.Option("--canary-stores", help="Canary stores, as a pattern like "
+                                                                          "--limit's: a,b,c or canary:ring_canary")]
 WavesOpt = Annotated[str, typer.Option("--waves", help="Wave sizes after the canary, like 1,5,20%,100%")]
 GroupsOpt = Annotated[str | None, typer.Option("--wave-groups", help="Waves as inventory groups: g1,g2")]
 MaxOpt = Annotated[int, typer.Option("--max-concurrent", min=1, help="Stores at once, fleet-wide")]
@@ -75,8 +78,12 @@ BmcAttemptsOpt = Annotated[int, typer.Option("--bmc-attempts", min=1, help="Trie
                                                                            "transiently")]
 ReimageAttemptsOpt = Annotated[int, typer.Option("--reimage-attempts", min=1, help="Tries of a node's whole "
                                                                                    "reimage sequence")]
-StoresOpt = Annotated[list[str] | None, typer.Option("--store", help="Only this store (repeat for more); default: "
-                                                                     "every store of the inventory")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Put a release that is not stable yet on non-canary "
+                                                         "stores (needs --reason; recorded in the event log)")]
+ForceReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why --force is needed (recorded with the "
+                                                                     "event release_forced)")]
+StoresOpt = Annotated[list[str] | None, typer.Option("--store", help="Only this store (repeat for more): an alias "
+                                                                     "of --limit; default: every store")]
 
 
 def _engine() -> Engine:
@@ -104,28 +111,26 @@ def _budget(text: str) -> int | str:
     return int(text) if text.strip().isdigit() else text.strip()
 
 
-def _policy(canary: int | None, canary_stores: str | None, waves: str, wave_groups: str | None, max_concurrent: int,
+def _policy(canary: int | None, canary_stores: list[str] | None, waves: str, wave_groups: str | None,
+            max_concurrent: int,
             max_per_region: int | None, max_per_country: int | None, failure_budget: str,
             node_minutes: float) -> RolloutPolicy:
     from edgefleet.rollout.plan import RolloutPolicy
 
     if canary is not None and canary_stores:
         raise InputError("give --canary N or --canary-stores a,b, not both")
-    can: list[str] | int = [s.strip() for s in canary_stores.split(",") if s.strip()] if canary_stores else (
-        canary if canary is not None else 1)
+    can: list[str] | int = canary_stores if canary_stores else (canary if canary is not None else 1)
     return RolloutPolicy(canary=can, waves=_serial(waves), max_concurrent=max_concurrent,
                          wave_groups=[g.strip() for g in wave_groups.split(",") if g.strip()] if wave_groups else (),
                          max_per_region=max_per_region, max_per_country=max_per_country,
                          failure_budget=_budget(failure_budget), node_duration=timedelta(minutes=node_minutes))
 
 
-def _known_stores(fleet: Fleet, stores: list[str] | None) -> None:
-    """``--store``: every id must be a store of the inventory (InputError naming the unknown ones)."""
-    unknown = [s for s in stores or () if s not in fleet.stores]
-    if unknown:
-        some = ", ".join(sorted(fleet.stores)[:5]) + (", ..." if len(fleet.stores) > 5 else "")
-        raise InputError(f"--store {', '.join(unknown)}: no such store in the inventory {fleet.source or ''} "
-                         f"(its stores: {some}); check the id or the --inventory path")
+def _selected(fleet: Fleet, limit: str | None, store: list[str] | None, canary_stores: str | None
+              ) -> tuple[list[str] | None, list[str] | None]:
+    """``--limit`` (or its alias ``--store``) and ``--canary-stores``, both patterns, as store ids."""
+    return (limit_stores(fleet, limit, aliases={"--store": alias_pattern(store)}),
+            limit_stores(fleet, None, aliases={"--canary-stores": canary_stores}))
 
 
 def _seed_url(url: str | None) -> str | None:
@@ -157,6 +162,17 @@ async def _endpoints(fleet: Fleet, sim: str | None) -> Endpoints:
     from edgefleet.rollout.endpoints import from_inventory, from_simulator
 
     return await from_simulator(sim) if sim else from_inventory(fleet)
+
+
+def _force_reason(force: bool, reason: str | None) -> str | None:
+    """``--force --reason TEXT``: the reason a non-stable release may reach non-canary stores (None:
+    not forced). Either option alone is bad input."""
+    if force and (reason is None or not reason.strip()):
+        raise InputError("--force needs --reason TEXT: say why a release that is not stable must reach "
+                         "non-canary stores (it is recorded in the event log)")
+    if reason is not None and not force:
+        raise InputError("--reason goes with --force; without --force there is nothing to give a reason for")
+    return reason.strip() if force and reason is not None else None
 
 
 def _operator() -> str:
@@ -219,15 +235,18 @@ def _finish(engine: Engine, rec: RolloutRecord, json_out: bool) -> None:
 def plan(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), canary: CanaryOpt = None,
          canary_stores: CanaryStoresOpt = None, waves: WavesOpt = "1,5,20%,100%", wave_groups: GroupsOpt = None,
          max_concurrent: MaxOpt = 100, max_per_region: RegionOpt = None, max_per_country: CountryOpt = None,
-         failure_budget: BudgetOpt = "10%", node_minutes: NodeMinOpt = 20.0, store: StoresOpt = None,
+         failure_budget: BudgetOpt = "10%", node_minutes: NodeMinOpt = 20.0, limit: LimitOpt = None,
+         store: StoresOpt = None,
          now: Annotated[str | None, typer.Option("--now", help="Plan as of this instant (ISO 8601)")] = None,
          json_out: JsonOpt = False) -> None:
     """Show the plan: waves, stores, earliest start per store in UTC and local time."""
     from edgefleet.rollout import operations as ops
 
-    p = ops.plan(_fleet(inventory), _engine(), release,
-                 _policy(canary, canary_stores, waves, wave_groups, max_concurrent, max_per_region, max_per_country,
-                         failure_budget, node_minutes), parse_instant(now, "--now"), stores=store)
+    fleet = _fleet(inventory)
+    stores, canaries = _selected(fleet, limit, store, canary_stores)
+    p = ops.plan(fleet, _engine(), release,
+                 _policy(canary, canaries, waves, wave_groups, max_concurrent, max_per_region, max_per_country,
+                         failure_budget, node_minutes), parse_instant(now, "--now"), stores=stores)
     if json_out:
         print_json(p.to_dict())
         return
@@ -244,25 +263,28 @@ def start(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), cana
           max_concurrent: MaxOpt = 100, max_per_region: RegionOpt = None, max_per_country: CountryOpt = None,
           failure_budget: BudgetOpt = "10%", node_minutes: NodeMinOpt = 20.0, node_timeout: NodeTimeoutOpt = 1800.0,
           quorum_timeout: QuorumOpt = 600.0, gate_timeout: GateOpt = 600.0, soak: SoakOpt = 0.0, poll: PollOpt = 2.0,
-          bmc_attempts: BmcAttemptsOpt = 4, reimage_attempts: ReimageAttemptsOpt = 3, store: StoresOpt = None,
-          pre_hook: PreHookOpt = None, post_hook: PostHookOpt = None, seed_public_url: SeedUrlOpt = None,
+          bmc_attempts: BmcAttemptsOpt = 4, reimage_attempts: ReimageAttemptsOpt = 3, limit: LimitOpt = None,
+          store: StoresOpt = None, pre_hook: PreHookOpt = None, post_hook: PostHookOpt = None,
+          seed_public_url: SeedUrlOpt = None, force: ForceOpt = False, reason: ForceReasonOpt = None,
           sim: SimOpt = None, json_out: JsonOpt = False) -> None:
-    """Plan, record and run a rollout of RELEASE to its end (or a halt, or a pause)."""
+    """Plan, record and run a rollout of RELEASE to its end (or a halt, or a pause). A release that is
+    not stable reaches only canary stores, unless --force --reason TEXT."""
     from edgefleet.rollout import operations as ops
     from edgefleet.rollout.request import RolloutRequest
 
+    force_reason = _force_reason(force, reason)
     fleet, engine = _fleet(inventory), _engine()
-    _known_stores(fleet, store)
+    stores, canaries = _selected(fleet, limit, store, canary_stores)
     request = RolloutRequest.of(
-        "rollout", release, _policy(canary, canary_stores, waves, wave_groups, max_concurrent, max_per_region,
+        "rollout", release, _policy(canary, canaries, waves, wave_groups, max_concurrent, max_per_region,
                                     max_per_country, failure_budget, node_minutes),
         _settings(node_timeout, soak, poll, pre_hook, post_hook, seed_public_url, quorum_timeout=quorum_timeout,
                   gate_timeout=gate_timeout, bmc_attempts=bmc_attempts, reimage_attempts=reimage_attempts),
-        stores=store)
+        stores=stores)
 
     async def main() -> RolloutRecord:
         ep = await _endpoints(fleet, sim)
-        made = ops.record_rollout(fleet, engine, request, ep.clock(), operator=_operator())
+        made = ops.record_rollout(fleet, engine, request, ep.clock(), operator=_operator(), force_reason=force_reason)
         if not json_out:
             console.print(f"rollout [bold]{made.record.id}[/bold]: {sum(len(w.stores) for w in made.plan.waves)} "
                           f"stores in {len(made.plan.waves)} waves" if made.plan else made.record.id)
@@ -273,11 +295,16 @@ def start(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"), cana
 
 @app.command()
 def status(rollout_id: Annotated[str | None, typer.Argument(help="Rollout id (default: the latest)")] = None,
-           json_out: JsonOpt = False) -> None:
-    """A rollout's state: waves with progress, stores needing attention, counts."""
+           limit: LimitOpt = None, inventory: InventoryOpt = Path("inventory"), json_out: JsonOpt = False) -> None:
+    """A rollout's state: waves with progress, stores needing attention, counts (of the whole
+    rollout; --limit lists only the stores it selects)."""
     from edgefleet.rollout import operations as ops
 
     data = ops.status(_engine(), rollout_id)
+    if limit is not None:
+        chosen = set(limit_stores(_fleet(inventory), limit, allow_empty=True) or ())
+        data["stores"] = [s for s in data["stores"] if s["store"] in chosen]
+        data["split"] = [s for s in data.get("split", ()) if s["store"] in chosen]
     if json_out:
         print_json(data)
     else:
@@ -347,11 +374,13 @@ def rollback_cmd(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"
                  node_timeout: NodeTimeoutOpt = 1800.0, quorum_timeout: QuorumOpt = 600.0,
                  gate_timeout: GateOpt = 600.0, poll: PollOpt = 2.0, bmc_attempts: BmcAttemptsOpt = 4,
                  reimage_attempts: ReimageAttemptsOpt = 3, seed_public_url: SeedUrlOpt = None,
-                 sim: SimOpt = None, json_out: JsonOpt = False) -> None:
-    """Revoke RELEASE and bring every store on it back to its last known-good release."""
+                 limit: LimitOpt = None, sim: SimOpt = None, json_out: JsonOpt = False) -> None:
+    """Revoke RELEASE and bring every store on it back to its last known-good release (with --limit,
+    only the stores the pattern selects; the release is revoked all the same)."""
     from edgefleet.rollout import operations as ops
 
     fleet, engine = _fleet(inventory), _engine()
+    stores = limit_stores(fleet, limit)
     policy = _policy(None, None, "100%", None, max_concurrent, max_per_region, max_per_country, failure_budget,
                      node_minutes)
     settings = _settings(node_timeout, 0.0, poll, seed_public_url=seed_public_url, quorum_timeout=quorum_timeout,
@@ -360,7 +389,7 @@ def rollback_cmd(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"
     async def main() -> RolloutRecord:
         ep = await _endpoints(fleet, sim)
         made = ops.create_rollback(fleet, engine, release, ep.clock(), reason=reason or f"rollback by {_operator()}",
-                                   policy=policy, settings=settings, operator=_operator())
+                                   policy=policy, settings=settings, operator=_operator(), stores=stores)
         for sid, why in made.skipped:
             console.print(f"[yellow]not rolled back[/yellow] {sid}: {why}")
         return await ops.run(fleet, edgefleet_home(), engine, ep, made.record.id)  # the saved request's settings
@@ -368,22 +397,76 @@ def rollback_cmd(release: ReleaseOpt, inventory: InventoryOpt = Path("inventory"
     _finish(engine, asyncio.run(main()), json_out)
 
 
-def provision_cmd(store: Annotated[str, typer.Argument(help="Store id")], release: ReleaseOpt,
-                  inventory: InventoryOpt = Path("inventory"), node_timeout: NodeTimeoutOpt = 1800.0,
+def provision_cmd(release: ReleaseOpt, store: Annotated[str | None, typer.Argument(
+                      metavar="STORES", help="Store id, or a pattern of stores as --limit takes",
+                      show_default=False)] = None,
+                  inventory: InventoryOpt = Path("inventory"), limit: LimitOpt = None,
+                  max_concurrent: Annotated[int, typer.Option("--max-concurrent", min=1, help="Stores provisioned "
+                                                              "at once (default: one after another)")] = 1,
+                  node_timeout: NodeTimeoutOpt = 1800.0,
                   quorum_timeout: QuorumOpt = 600.0, gate_timeout: GateOpt = 600.0, poll: PollOpt = 2.0,
                   bmc_attempts: BmcAttemptsOpt = 4, reimage_attempts: ReimageAttemptsOpt = 3,
-                  seed_public_url: SeedUrlOpt = None, sim: SimOpt = None, json_out: JsonOpt = False) -> None:
-    """Provision a store on RELEASE: secrets on first use, seeds, reimage every node, bootstrap."""
+                  seed_public_url: SeedUrlOpt = None, force: ForceOpt = False, reason: ForceReasonOpt = None,
+                  sim: SimOpt = None, json_out: JsonOpt = False) -> None:
+    """Provision stores on RELEASE: secrets on first use, seeds, reimage every node, bootstrap. One
+    provision (one rollout id) per store; several stores go one after another, or --max-concurrent
+    at once. A release that is not stable provisions only canary stores, unless --force --reason TEXT."""
     from edgefleet.rollout import operations as ops
 
+    force_reason = _force_reason(force, reason)
     fleet, engine = _fleet(inventory), _engine()
+    stores = limit_stores(fleet, limit, aliases={"STORE": store})
+    if stores is None:
+        raise InputError("give the stores to provision: a store id, or --limit PATTERN (e.g. -l country_dk)")
     settings = _settings(node_timeout, 0.0, poll, seed_public_url=seed_public_url, quorum_timeout=quorum_timeout,
                          gate_timeout=gate_timeout, bmc_attempts=bmc_attempts, reimage_attempts=reimage_attempts)
 
-    async def main() -> RolloutRecord:
+    async def main() -> list[RolloutRecord | BaseException]:
         ep = await _endpoints(fleet, sim)
-        made = ops.create_provision(fleet, engine, edgefleet_home(), store, release, ep.clock(), settings=settings,
-                                    operator=_operator())
-        return await ops.run(fleet, edgefleet_home(), engine, ep, made.record.id, settings=settings)
+        gate = asyncio.Semaphore(max_concurrent)
 
-    _finish(engine, asyncio.run(main()), json_out)
+        async def one(sid: str) -> RolloutRecord:
+            async with gate:
+                made = ops.create_provision(fleet, engine, edgefleet_home(), sid, release, ep.clock(),
+                                            settings=settings, operator=_operator(), force_reason=force_reason)
+                if len(stores) > 1 and not json_out:
+                    console.print(f"provision [bold]{made.record.id}[/bold]: {sid}")
+                return await ops.run(fleet, edgefleet_home(), engine, ep, made.record.id, settings=settings)
+
+        return await asyncio.gather(*(one(s) for s in stores), return_exceptions=True)
+
+    results = asyncio.run(main())
+    if len(results) == 1:
+        if isinstance(results[0], BaseException):
+            raise results[0]
+        _finish(engine, results[0], json_out)
+        return
+    _finish_many(engine, dict(zip(stores, results, strict=True)), json_out)
+
+
+def _finish_many(engine: Engine, results: dict[str, RolloutRecord | BaseException], json_out: bool) -> None:
+    """The outcome of several provisions: one line (or JSON status) each, then OperationFailed (or,
+    when every failure was bad input, InputError) naming the stores that did not succeed."""
+    from edgefleet.rollout import operations as ops
+    from edgefleet.rollout.ledger import RolloutStatus
+
+    for err in results.values():
+        if isinstance(err, BaseException) and not isinstance(err, EdgefleetError):
+            raise err  # a bug, not an outcome
+    if json_out:
+        print_json({sid: ops.status(engine, r.id) if not isinstance(r, BaseException) else {"error": str(r)}
+                    for sid, r in results.items()})
+    failed: dict[str, str] = {}
+    for sid, r in results.items():
+        if isinstance(r, BaseException):
+            failed[sid] = str(r)
+        elif r.status is not RolloutStatus.succeeded:
+            failed[sid] = f"{r.id} is {r.status.value}: {r.reason}"
+        ok = "" if isinstance(r, BaseException) else f"{r.id} succeeded"
+        if not json_out:
+            console.print(f"{sid}: " + (f"[red]{escape(failed[sid])}[/red]" if sid in failed else ok))
+    if failed:
+        only_input = all(isinstance(results[s], InputError) for s in failed)
+        raise (InputError if only_input else OperationFailed)(
+            f"{len(failed)} of {len(results)} provisions did not succeed: "
+            + "; ".join(f"{s}: {why}" for s, why in failed.items()))

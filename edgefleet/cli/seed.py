@@ -25,6 +25,7 @@ from edgefleet.cli._common import (
     existing_catalog,
     print_json,
 )
+from edgefleet.cli._limit import LimitOpt, alias_pattern, limit_stores
 from edgefleet.errors import InputError
 from edgefleet.outpaths import check_output_dir
 from edgefleet.talos.config import ReleaseRef
@@ -42,8 +43,10 @@ def release_ref(name: str) -> ReleaseRef:
 def build(
     release: Annotated[str, typer.Option("--release", "-r", help="Release name from the catalog")],
     out: Annotated[Path, typer.Option("--out", help="Output directory: <out>/<store>/<node>.iso + index.json")],
-    store: Annotated[list[str] | None, typer.Option("--store", help="Store id (repeat for several)")] = None,
-    all_stores: Annotated[bool, typer.Option("--all", help="Every store of the inventory")] = False,
+    limit: LimitOpt = None,
+    store: Annotated[list[str] | None, typer.Option("--store", help="Store id (repeat for several): an alias of "
+                                                                    "--limit")] = None,
+    all_stores: Annotated[bool, typer.Option("--all", help="Every store of the inventory: --limit all")] = False,
     node: Annotated[str | None, typer.Option("--node", help="Only this node")] = None,
     talos_schema: Annotated[Path | None, typer.Option(
         "--talos-schema", envvar="EDGEFLEET_TALOS_SCHEMA",
@@ -51,16 +54,18 @@ def build(
     inventory: InventoryOpt = Path("inventory"),
     json_out: JsonOpt = False,
 ) -> None:
-    """Build (incrementally) the seed ISOs of the given stores, or of one node."""
+    """Build (incrementally) the seed ISOs of the stores --limit selects, or of one node."""
     from edgefleet.inventory.load import load_fleet
     from edgefleet.seeds.build import SeedEvent, build_seeds
     from edgefleet.talos.config import default_schema
 
-    if bool(store) == all_stores:
-        raise InputError("give either --store ID (one or more) or --all")
+    if limit is None and not store and not all_stores:
+        raise InputError("give the stores: --limit PATTERN (e.g. -l country_dk, -l all), or --store ID / --all")
     check_output_dir(out, "--out")  # before anything is generated (secrets included)
     fleet = load_fleet(inventory)
-    selected = list(fleet.stores.values()) if all_stores else [fleet.store(s) for s in dict.fromkeys(store or [])]
+    ids = limit_stores(fleet, limit, aliases={"--store": alias_pattern(store) if store else None,
+                                              "--all": "all" if all_stores else None}) or []
+    selected = [fleet.stores[s] for s in ids]
     ref = release_ref(release)
     schema = default_schema(talos_schema)
     total = sum(len(s.nodes) for s in selected) if node is None else 1
@@ -74,7 +79,7 @@ def build(
         elif done % 1000 == 0:
             err_console.print(f"{done}/{total} nodes checked", markup=False)
 
-    report = build_seeds(fleet, None if all_stores else list(dict.fromkeys(store or [])), node, ref,
+    report = build_seeds(fleet, None if len(ids) == len(fleet.stores) else ids, node, ref,
                          edgefleet_home(), out, now=datetime.now(UTC), progress=progress, schema=schema)
     if json_out:
         print_json({"release": ref.name, "talos_version": ref.talos_version,

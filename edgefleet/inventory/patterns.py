@@ -64,11 +64,20 @@ def _names(fleet: Fleet) -> dict[str, set[str]]:
     return names
 
 
-def _suggest(word: str, names: Iterable[str]) -> str:
+def _unknown(fleet: Fleet, names: Iterable[str], word: str, what: str) -> InputError:
+    """The error for a part that names nothing: where was looked, and close names (or, with none,
+    what names there are)."""
     known = sorted(names)
     near = [n for n in (f"{kind}_{word}" for kind in ("ring", "country", "region")) if n in known]
     near += [n for n in difflib.get_close_matches(word, known, n=3, cutoff=0.6) if n not in near]
-    return f"; did you mean {' or '.join(repr(n) for n in near[:3])}?" if near else ""
+    where = f"the inventory {fleet.source}" if fleet.source else "the inventory"
+    if near:
+        return InputError(f"{what} in {where}; did you mean {' or '.join(repr(n) for n in near[:3])}?")
+    kinds: dict[str, str] = {}  # one group of each kind (country_, region_, ring_, canary, ...)
+    for n in sorted(fleet.groups()):
+        kinds.setdefault(n.split("_")[0], n)
+    return InputError(f"{what} in {where} (its stores: {', '.join(list(fleet.stores)[:3])}, ...; groups: "
+                      f"{', '.join(sorted(kinds.values())[:5])}, ...); check the name or the inventory path")
 
 
 def _subscript(part: str, expr: str) -> tuple[str, tuple[int, int | None] | None]:
@@ -91,7 +100,7 @@ def _subscript(part: str, expr: str) -> tuple[str, tuple[int, int | None] | None
     return base, (first, last)
 
 
-def _match(part: str, expr: str, names: dict[str, set[str]], pattern: str) -> set[str]:
+def _match(part: str, expr: str, names: dict[str, set[str]], pattern: str, fleet: Fleet) -> set[str]:
     """The store ids one part (without its ``&``/``!`` and subscript) stands for."""
     if expr in _ROLE_GROUPS:
         raise InputError(f"{part!r} in pattern {pattern!r}: {expr!r} groups nodes by role in the Ansible "
@@ -104,14 +113,13 @@ def _match(part: str, expr: str, names: dict[str, set[str]], pattern: str) -> se
             raise InputError(f"{part!r} in pattern {pattern!r} is not a valid regular expression ({e})") from None
         hits = [n for n in names if regex.match(n)]
         if not hits:
-            raise InputError(f"{part!r} in pattern {pattern!r} matches no group or store in the inventory"
-                             + _suggest(expr.lstrip("~"), names))
+            raise _unknown(fleet, names, expr.lstrip("~"), f"{part!r} in pattern {pattern!r} matches no group or store")
         return set().union(*(names[n] for n in hits))
     if expr not in names:
-        hint = _suggest(expr, names)
         if ":" in expr:
-            hint += " (a pattern with ',' is split at ',' only, as Ansible does: use one separator)"
-        raise InputError(f"{part!r} in pattern {pattern!r}: no group or store {expr!r} in the inventory" + hint)
+            raise InputError(f"{part!r} in pattern {pattern!r}: a pattern with ',' is split at ',' only, as Ansible "
+                             "does: use one separator (a,b,&c or a:b:&c)")
+        raise _unknown(fleet, names, expr, f"{part!r} in pattern {pattern!r}: no group or store {expr!r}")
     return names[expr]
 
 
@@ -146,7 +154,7 @@ def select(fleet: Fleet, pattern: str) -> list[str]:
                              f"{part[0]!r}")
         expr, positions = _subscript(part, expr)
         try:
-            matched = _match(part, expr, names, pattern)
+            matched = _match(part, expr, names, pattern, fleet)
         except InputError as e:
             if positions is None:
                 raise

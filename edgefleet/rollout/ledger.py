@@ -37,7 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -426,7 +426,9 @@ class Ledger:
     # events
 
     def events(self, rollout: str | None = None, *, store: str | None = None, kind: str | None = None,
-               limit: int = 10_000) -> list[dict[str, Any]]:
+               limit: int = 10_000, stores: Collection[str] | None = None) -> list[dict[str, Any]]:
+        """Events in the order written, of ``rollout``, ``store`` (or any of ``stores``) and ``kind``
+        when given."""
         with session_scope(self.engine) as s:
             q = select(EventRow).order_by(EventRow.id)
             conds = []
@@ -434,6 +436,8 @@ class Ledger:
                 conds.append(EventRow.rollout == rollout)
             if store is not None:
                 conds.append(EventRow.store == store)
+            if stores is not None:
+                conds.append(EventRow.store.in_(list(stores)))
             if kind is not None:
                 conds.append(EventRow.kind == kind)
             if conds:
@@ -442,12 +446,15 @@ class Ledger:
                      "node": e.node, "kind": e.kind, "reason": e.reason, "detail": json.loads(e.detail or "{}")}
                     for e in s.scalars(q.limit(limit))]
 
-    def count_events(self, rollout: str | None = None) -> int:
-        """How many events the ledger holds (of ``rollout`` when given); the report says when it cuts."""
+    def count_events(self, rollout: str | None = None, *, stores: Collection[str] | None = None) -> int:
+        """How many events the ledger holds (of ``rollout``, of ``stores`` when given); the report
+        says when it cuts."""
         with session_scope(self.engine) as s:
             q = select(func.count()).select_from(EventRow)
             if rollout is not None:
                 q = q.where(EventRow.rollout == rollout)
+            if stores is not None:
+                q = q.where(EventRow.store.in_(list(stores)))
             return int(s.scalar(q) or 0)
 
     def event(self, now: datetime, kind: str, *, rollout: str | None = None, store: str | None = None,

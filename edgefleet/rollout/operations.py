@@ -5,7 +5,7 @@ these; each records the operation in the ledger first, then runs the executor on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 from edgefleet.errors import InputError, StateError
 from edgefleet.inventory.model import Fleet
 from edgefleet.releases.catalog import ReleaseCatalog, ReleaseState
+from edgefleet.releases.reach import check_reach, outside_reach
 from edgefleet.rollout.endpoints import Endpoints
 from edgefleet.rollout.executor import EngineSettings, execute
 from edgefleet.rollout.ledger import (
@@ -39,6 +40,7 @@ from edgefleet.rollout.states import RolloutEvent, RunEvent, SkipCause
 __all__ = [
     "Created",
     "abort",
+    "check_request_reach",
     "create_provision",
     "create_rollback",
     "create_rollout",
@@ -93,18 +95,20 @@ def create_rollout(fleet: Fleet, engine: Engine, release: str, policy: RolloutPo
                           operator=operator)
 
 
-def record_rollout(fleet: Fleet, engine: Engine, request: RolloutRequest, now: datetime, *, operator: str = ""
-                   ) -> Created:
+def record_rollout(fleet: Fleet, engine: Engine, request: RolloutRequest, now: datetime, *, operator: str = "",
+                   canary_stores: Collection[str] = (), force_reason: str | None = None) -> Created:
     """Plan ``request`` and record it (status planned): the request whole, its waves and one
-    planned row per store (wave, earliest start, from-release), which the executor consumes."""
-    if request.kind != "rollout":
-        raise InputError(f"record_rollout takes a rollout request, not a {request.kind}")
-    rel = ReleaseCatalog(engine).require_rollable(request.release)  # the release row, read once
+    planned row per store (wave, earliest start, from-release), which the executor consumes.
+
+    A release that is not stable may reach only canary stores (``edgefleet.releases.reach``;
+    ``canary_stores`` adds to the inventory's): ReleaseNotStable otherwise, unless ``force_reason``
+    is given, which is recorded as an event ``release_forced``."""
+    state, p = check_request_reach(fleet, engine, request, now, canary_stores=canary_stores,
+                                   force_reason=force_reason)
     ledger = Ledger(engine)
-    p = plan_rollout(fleet, request.release, request.policy(), now, current=_current(ledger),
-                     release_state=rel.state.value, stores=request.stores)
-    rid = new_rollout_id("rollout", now)
     planned = p.stores()
+    reached = [ps.store_id for ps in planned]
+    rid = new_rollout_id("rollout", now)
     rec = ledger.create_rollout(
         rollout_id=rid, kind=Kind.rollout, release=request.release, now=now, policy=request.to_json(),
         plan=_notes(p.skipped, p.unschedulable), operator=operator,
@@ -113,7 +117,35 @@ def record_rollout(fleet: Fleet, engine: Engine, request: RolloutRequest, now: d
         starts={ps.store_id: ps.start for ps in planned})
     for sid, why in p.unschedulable:
         ledger.event(now, "store_unschedulable", rollout=rid, store=sid, reason=why)
+    _record_forced(ledger, fleet, now, rid, request.release, state, reached, canary_stores=canary_stores,
+                   force_reason=force_reason, operator=operator)
     return Created(rec, p, p.skipped, request)
+
+
+def check_request_reach(fleet: Fleet, engine: Engine, request: RolloutRequest, now: datetime, *,
+                        canary_stores: Collection[str] = (), force_reason: str | None = None
+                        ) -> tuple[str, RolloutPlan]:
+    """The release's state and the plan of ``request`` now, after checking that the stores it would
+    put the release on are within the release's reach (``edgefleet.releases.reach.check_reach``).
+    Writes nothing: a scheduled run checks this before it waits for its window."""
+    if request.kind != "rollout":
+        raise InputError(f"record_rollout takes a rollout request, not a {request.kind}")
+    rel = ReleaseCatalog(engine).require_rollable(request.release)  # the release row, read once
+    p = plan_rollout(fleet, request.release, request.policy(), now, current=_current(Ledger(engine)),
+                     release_state=rel.state.value, stores=request.stores)
+    check_reach(fleet, request.release, rel.state.value, [ps.store_id for ps in p.stores()],
+                canary_stores=canary_stores, force_reason=force_reason)
+    return rel.state.value, p
+
+
+def _record_forced(ledger: Ledger, fleet: Fleet, now: datetime, rollout_id: str, release: str, state: str,
+                   stores: Sequence[str], *, canary_stores: Collection[str], force_reason: str | None,
+                   operator: str) -> None:
+    """The event ``release_forced`` when ``force_reason`` let ``release`` reach stores outside its reach."""
+    outside = outside_reach(fleet, state, stores, canary_stores=canary_stores)
+    if force_reason is not None and outside:
+        ledger.event(now, "release_forced", rollout=rollout_id, reason=force_reason,
+                     detail={"operator": operator, "release": release, "release_state": state, "stores": outside})
 
 
 def _notes(skipped: Sequence[tuple[str, str]], unschedulable: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
@@ -123,9 +155,10 @@ def _notes(skipped: Sequence[tuple[str, str]], unschedulable: Sequence[tuple[str
 
 def create_rollback(fleet: Fleet, engine: Engine, release: str, now: datetime, *, reason: str,
                     policy: RolloutPolicy | None = None, settings: EngineSettings | None = None,
-                    operator: str = "") -> Created:
-    """Revoke ``release`` and record a fleet rollback: every store wholly or partly on it goes back
-    to its last known-good release (one wave, the policy's caps and failure budget)."""
+                    operator: str = "", stores: Collection[str] | None = None) -> Created:
+    """Revoke ``release`` and record a fleet rollback: every store wholly or partly on it (of
+    ``stores`` when given) goes back to its last known-good release (one wave, the policy's caps
+    and failure budget)."""
     request = RolloutRequest.of("rollback", release, policy or RolloutPolicy(canary=0, waves=("100%",)), settings)
     catalog = ReleaseCatalog(engine)
     rel = catalog.get(release)
@@ -135,7 +168,10 @@ def create_rollback(fleet: Fleet, engine: Engine, release: str, now: datetime, *
     known = ledger.store_releases()
     runs: list[tuple[str, int, str | None, str]] = []
     skipped: list[tuple[str, str]] = []
+    chosen = set(stores) if stores is not None else None
     for sid in ledger.stores_on(release):
+        if chosen is not None and sid not in chosen:
+            continue
         if sid not in fleet.stores:
             skipped.append((sid, "not in the inventory any more"))
             continue
@@ -159,16 +195,19 @@ def create_rollback(fleet: Fleet, engine: Engine, release: str, now: datetime, *
 
 
 def create_provision(fleet: Fleet, engine: Engine, home: Path, store_id: str, release: str, now: datetime, *,
-                     settings: EngineSettings | None = None, operator: str = "") -> Created:
+                     settings: EngineSettings | None = None, operator: str = "", force_reason: str | None = None
+                     ) -> Created:
     """Record the provisioning of one store on ``release``: its secrets are created now when the
-    ledger has never seen the store (and refused missing otherwise)."""
+    ledger has never seen the store (and refused missing otherwise). A release that is not stable
+    may provision only a canary store, unless ``force_reason`` is given (event ``release_forced``)."""
     from edgefleet.secrets import ensure_secrets
 
     if store_id not in fleet.stores:
         raise InputError(f"no store {store_id!r} in the inventory {fleet.source or ''}".rstrip())
     request = RolloutRequest.build(kind="provision", release=release, stores=(store_id,),
                                    settings=settings or EngineSettings())
-    ReleaseCatalog(engine).require_rollable(release)
+    rel = ReleaseCatalog(engine).require_rollable(release)
+    check_reach(fleet, release, rel.state.value, (store_id,), force_reason=force_reason)
     ledger = Ledger(engine)
     seen = ledger.seen_store(store_id)
     # The CAs' validity starts at the real time, not the rollout's clock: real TLS stacks (and the
@@ -180,6 +219,8 @@ def create_provision(fleet: Fleet, engine: Engine, home: Path, store_id: str, re
                                 waves=[(0, "provision", 0)], runs=[(store_id, 0, None, release)],
                                 starts={store_id: now})
     ledger.write(stmt_run(rid, store_id, detail={"cluster_exists": seen}))
+    _record_forced(ledger, fleet, now, rid, release, rel.state.value, (store_id,), canary_stores=(),
+                   force_reason=force_reason, operator=operator)
     return Created(rec, None, (), request)
 
 

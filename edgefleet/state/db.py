@@ -1,7 +1,10 @@
 """The state store's engine, sessions and declarative ``Base``.
 
 ``open_state(url)`` returns an engine whose schema is at this edgefleet's head revision: a fresh
-store is created, an older one migrated (``edgefleet.state.migrate``, alembic). A SQLite URL (the
+store is created at head; a store behind head is refused (``SchemaOutOfDate``, naming
+``edgefleet db upgrade``), and so is one ahead of it (``edgefleet.state.migrate``, alembic).
+``upgrade_state(url)`` is that command: it migrates a store to head; ``state_schema(url)`` says
+where a store stands without creating or changing anything. A SQLite URL (the
 default, a file in EDGEFLEET_HOME) gets WAL journaling and a busy timeout so a CLI command and a
 running flow can share the file; any other URL (``postgresql+psycopg://...``) is passed to
 SQLAlchemy unchanged.
@@ -18,6 +21,7 @@ import importlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from edgefleet.errors import OutputPathError, StateError
-from edgefleet.state.migrate import migrate
+from edgefleet.state.migrate import Migrated, SchemaState, head_revision, migrate, schema_state, store_name
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -51,8 +55,8 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def create_state_engine(url: str) -> Engine:
-    """A new engine for ``url`` with the schema at head. Prefer ``open_state`` (cached per URL)."""
+def _new_engine(url: str) -> Engine:
+    """An engine for ``url`` (SQLite pragmas set, the table modules imported), schema untouched."""
     try:
         parsed = make_url(url)
     except ArgumentError as e:
@@ -80,20 +84,86 @@ def create_state_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
     for module in TABLE_MODULES:
         importlib.import_module(module)
+    return engine
+
+
+def _migrated(engine: Engine, *, upgrade: bool) -> Migrated:
     try:
-        migrate(engine, Base.metadata)
+        return migrate(engine, Base.metadata, upgrade=upgrade)
     except StateError:
         engine.dispose()
         raise
     except SQLAlchemyError as e:
         engine.dispose()
-        raise StateError(f"cannot create or migrate the tables of state store "
-                         f"{parsed.render_as_string(hide_password=True)}: {e}") from e
+        raise StateError(f"cannot create or migrate the tables of state store {store_name(engine)}: {e}") from e
+
+
+def create_state_engine(url: str) -> Engine:
+    """A new engine for ``url`` with the schema at head: a fresh store is created, one behind or
+    ahead of head refused (SchemaOutOfDate). Prefer ``open_state`` (cached per URL)."""
+    engine = _new_engine(url)
+    _migrated(engine, upgrade=False)
     return engine
 
 
+@dataclass(frozen=True, slots=True)
+class SchemaReport:
+    """Where a state store's schema stands (``edgefleet db status``), or what an upgrade did."""
+
+    store: str
+    """The store's URL, without its password."""
+    revision: str | None
+    """Its revision (before the upgrade, for an upgrade); None: none recorded."""
+    head: str
+    state: SchemaState
+    done: Migrated | None = None
+    """What ``upgrade_state`` did; None for a status."""
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"store": self.store, "revision": self.revision, "head": self.head, "state": self.state.value,
+                "done": self.done.value if self.done else None}
+
+
+def _sqlite_missing(url: str) -> bool:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return False  # _new_engine names a bad URL with the fix
+    db = parsed.database
+    return parsed.get_backend_name() == "sqlite" and db not in (None, "", ":memory:") and not Path(str(db)).exists()
+
+
+def state_schema(url: str) -> SchemaReport:
+    """Where the store at ``url`` stands against head; creates and changes nothing (a SQLite file
+    that does not exist is reported ``empty``, not created)."""
+    if _sqlite_missing(url):
+        return SchemaReport(make_url(url).render_as_string(hide_password=True), None, head_revision(),
+                            SchemaState.empty)
+    engine = _new_engine(url)
+    try:
+        revision, state = schema_state(engine, Base.metadata)
+        return SchemaReport(store_name(engine), revision, head_revision(), state)
+    except SQLAlchemyError as e:
+        raise StateError(f"cannot read the schema revision of state store {store_name(engine)}: {e}") from e
+    finally:
+        engine.dispose()
+
+
+def upgrade_state(url: str) -> SchemaReport:
+    """``edgefleet db upgrade``: bring the store at ``url`` to head (create it when fresh); a store
+    ahead of head is refused. Two processes upgrading one store at once migrate it once."""
+    before = state_schema(url)
+    engine = _new_engine(url)
+    try:
+        done = _migrated(engine, upgrade=True)
+    finally:
+        engine.dispose()
+    return SchemaReport(before.store, before.revision, head_revision(), before.state, done)
+
+
 def open_state(url: str) -> Engine:
-    """The engine for ``url`` (one per URL per process), migrated to head on first open."""
+    """The engine for ``url`` (one per URL per process), its schema checked on first open: created
+    at head when fresh, refused when behind or ahead (see ``create_state_engine``)."""
     with _engines_lock:
         engine = _engines.get(url)
         if engine is None:

@@ -26,6 +26,7 @@ from edgefleet.sim.scenario import parse_scenario
 from edgefleet.sim.server import running_server
 from edgefleet.sim.talos_serve import running_talos_api
 from edgefleet.state.db import create_state_engine, session_scope
+from tests.helpers import make_stable
 
 PASSWORD_ENV = "ROLLOUT_TEST_BMC_PASSWORD"
 PASSWORD = "rollout-bmc-pw-7f3a"
@@ -80,21 +81,26 @@ def ledger_url(home: Path) -> str:
     return f"sqlite:///{home / 'edgefleet.db'}"
 
 
-def release_home(tmp: Path, names: list[str]) -> tuple[Path, Engine]:
-    """``tmp/home`` with its SQLite ledger and the releases ``names`` built into its catalog."""
+def release_home(tmp: Path, names: list[str], *, stable: bool = True) -> tuple[Path, Engine]:
+    """``tmp/home`` with its SQLite ledger and the releases ``names`` built into its catalog (and
+    promoted to stable, unless ``stable`` is false: see ``build_releases``)."""
     home = tmp / "home"
     home.mkdir()
     engine = create_state_engine(ledger_url(home))
-    build_releases(home, tmp, ReleaseCatalog(engine), names)
+    build_releases(home, tmp, ReleaseCatalog(engine), names, stable=stable)
     return home, engine
 
 
-def build_releases(home: Path, tmp: Path, catalog: ReleaseCatalog, names: list[str]) -> None:
+def build_releases(home: Path, tmp: Path, catalog: ReleaseCatalog, names: list[str], *, stable: bool = True) -> None:
+    """Build ``names`` with the real Packer template; ``stable``: promote each to stable (these tests
+    roll releases out to whole fleets and are not about the release lifecycle)."""
     up = tmp / "upstream.iso"
     sha = write_fake_upstream(up, "v1.12.6")
     for name in names:
         build_release(ReleaseSpec(name=name, talos_version="v1.12.6", upstream_iso=str(up), upstream_sha256=sha,
                                   kernel_args=("talos.platform=nocloud",)), home=home, catalog=catalog)
+        if stable:
+            make_stable(catalog, name)
 
 
 async def get_json(url: str) -> Any:

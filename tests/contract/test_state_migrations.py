@@ -1,8 +1,8 @@
 """The state store's migrations on a real SQLite file and a real PostgreSQL server (started
 privately on 127.0.0.1): a fresh store is created and stamped at head, a store written before
-migrations existed is adopted (stamped at the baseline, then upgraded), the migrations and the
-table declarations agree, a revision from a newer edgefleet is refused, and two processes opening
-one store at once migrate it once."""
+migrations existed is refused until ``edgefleet db upgrade`` adopts it (stamped at the baseline,
+then upgraded), the migrations and the table declarations agree, a revision from a newer edgefleet
+is refused, and two processes opening one store at once create it once."""
 
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, inspect, text
 
-from edgefleet.errors import StateError
+from edgefleet.errors import SchemaOutOfDate, StateError
 from edgefleet.rollout import operations as ops
 from edgefleet.rollout.executor import EngineSettings
 from edgefleet.rollout.ledger import Ledger, RolloutStatus, RunStatus
-from edgefleet.state.db import TABLE_MODULES, Base, close_all, create_state_engine
+from edgefleet.state.db import TABLE_MODULES, Base, close_all, create_state_engine, upgrade_state
 from edgefleet.state.migrate import BASELINE, Migrated, head_revision, migrate, script_config
 from tests.contract.rollout_world import (
     PASSWORD,
@@ -170,7 +170,10 @@ def test_the_baseline_revision_is_the_schema_before_migrations(tmp_path: Path) -
 
 def test_a_store_from_before_migrations_is_adopted_and_keeps_its_rows(url: str) -> None:
     _legacy_store(url)
-    engine = create_state_engine(url)  # what every command does first: open_state
+    with pytest.raises(SchemaOutOfDate, match=r"written before schema revisions existed.*`edgefleet db upgrade`"):
+        create_state_engine(url)  # what every command does first: open_state
+    assert upgrade_state(url).done is Migrated.adopted  # edgefleet db upgrade
+    engine = create_state_engine(url)
     assert _revision(engine) == head_revision()
     assert _differences(engine) == []
     ledger = Ledger(engine)
@@ -294,6 +297,7 @@ def test_an_operation_interrupted_under_the_previous_schema_resumes_after_the_mi
             _make_legacy(home / "edgefleet.db")
             assert _revision(_raw(url)) is None
 
+            assert upgrade_state(url).done is Migrated.adopted  # edgefleet db upgrade
             migrated = create_state_engine(url)
             try:
                 assert _revision(migrated) == head_revision() and _differences(migrated) == []

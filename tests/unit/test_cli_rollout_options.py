@@ -48,7 +48,8 @@ def test_an_unknown_store_is_refused_by_name(tmp_path: Path, monkeypatch: pytest
     code, out = _run("rollout", "start", "--release", "v1", "-i", str(tmp_path / "inv"), "--store", "dk-0001",
                      "--store", "se-0404")
     assert code == 2, out
-    assert out.startswith("--store se-0404: no such store in the inventory") and "dk-0001, dk-0002" in out, out
+    assert out.startswith("--store: 'se-0404' in pattern 'dk-0001,se-0404': no group or store 'se-0404' in the "
+                          "inventory") and "its stores: dk-0001, dk-0002" in out, out
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--quorum-timeout", "0"), ("--bmc-attempts", "0"),

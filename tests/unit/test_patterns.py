@@ -74,7 +74,11 @@ def test_all_is_the_whole_fleet_in_inventory_order(fleet: Fleet) -> None:
 
 
 @pytest.mark.parametrize(("pattern", "says"), [
-    ("ring1", "'ring1' in pattern 'ring1': no group or store 'ring1' in the inventory; did you mean 'ring_ring1'?"),
+    ("ring1", f"'ring1' in pattern 'ring1': no group or store 'ring1' in the inventory {SAMPLE_INVENTORY}; did you "
+              "mean 'ring_ring1'?"),
+    ("zz-9", f"'zz-9' in pattern 'zz-9': no group or store 'zz-9' in the inventory {SAMPLE_INVENTORY} (its stores: "
+             "ae-001, ae-002, ca-001, ...; groups: canary, country_ae, pilot-stores, region_americas, ring_canary, "
+             "...); check the name or the inventory path"),
     ("country_dk:&ring1:!dk-003", "did you mean 'ring_ring1'"),
     ("dk-03", "did you mean 'dk-003'"),
     ("contry_dk", "did you mean 'country_dk'"),

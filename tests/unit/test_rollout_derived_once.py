@@ -21,6 +21,7 @@ from edgefleet.rollout.request import RolloutRequest
 from edgefleet.state.db import create_state_engine
 from tests.contract.rollout_world import make_inventory
 from tests.contract.test_catalog import _release
+from tests.helpers import make_stable
 
 NOW = datetime(2026, 11, 3, 21, 30, tzinfo=UTC)  # inside the inventory's 22:00-05:00 window (Copenhagen)
 
@@ -59,6 +60,7 @@ def test_recording_a_rollout_reads_the_release_and_current_releases_once(tmp_pat
 
     fleet = make_inventory(tmp_path / "inv")
     ReleaseCatalog(engine).add(_release(tmp_path, "v2"))
+    make_stable(ReleaseCatalog(engine), "v2")
     ledger = Ledger(engine)
     ledger.write(*stmt_store_release("dk-0001", "v1", "v1", NOW))
     policy = RolloutPolicy(canary=["dk-0002"], waves=(2, "100%"), max_concurrent=2,
@@ -84,6 +86,7 @@ def test_reading_a_rollout_record_does_not_load_the_plan_notes(tmp_path: Path, e
 
     fleet = make_inventory(tmp_path / "inv")
     ReleaseCatalog(engine).add(_release(tmp_path, "v2"))
+    make_stable(ReleaseCatalog(engine), "v2")
     made = ops.create_rollout(fleet, engine, "v2", RolloutPolicy(canary=0, waves=("100%",)), NOW)
     statements: list[str] = []
     event.listen(engine, "before_cursor_execute", lambda _c, _k, st, *_a: statements.append(st))

@@ -159,10 +159,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     engine = create_state_engine(state_url)
     try:
         catalog = ReleaseCatalog(engine)
-        build_releases(home, work, catalog, ["v1", "v2", "v3"])
-        for name in ("v1", "v2"):  # what a passed train would have made them
-            catalog.promote(name, ReleaseState.canary, now=START, note="test")
-            catalog.promote(name, ReleaseState.stable, now=START, note="test")
+        build_releases(home, work, catalog, ["v1", "v2"])  # stable: what a passed train made them
+        build_releases(home, work, catalog, ["v3"], stable=False)  # the train's, just built
+        assert {r.name: r.state for r in catalog.list()} == {"v1": ReleaseState.stable, "v2": ReleaseState.stable,
+                                                            "v3": ReleaseState.built}
     finally:
         engine.dispose()
     scenario = work / "scenario.yaml"

@@ -563,7 +563,7 @@ def test_train_three_stages_on_two_pools_with_a_worker_killed(world: World) -> N
         assert ReleaseCatalog(engine).get("v3").state is ReleaseState.stable
         assert {s: c for s, (c, _) in ledger.store_releases().items()} == {s: "v3" for s in world.fleet.stores}
         asyncio.run(ledger_matches_sim(world.sim_url, ledger, world.fleet))
-        children = {r.id: r for r in ledger.rollouts(limit=1000) if getattr(r, "train", None) == train}
+        children = {r.id: r for r in ledger.rollouts(limit=1000) if r.train == train}
     finally:
         engine.dispose()
 

@@ -582,5 +582,20 @@ def test_train_three_stages_on_two_pools_with_a_worker_killed(world: World) -> N
     for r in runs:
         region = next(t.split(":", 1)[1] for t in r.tags if t.startswith("edgefleet-region:"))
         assert r.work_pool_name == f"edgefleet-{region}", (r.name, r.work_pool_name)
+    ticks = _runs_tagged(world, "edgefleet")  # the deployments' tags: ticks and children alike
+    scheduled = [r for r in ticks if r.auto_scheduled]
+    assert scheduled and all(r.work_pool_name == "edgefleet-emea" for r in scheduled)
+    assert any(r.state is not None and r.state.is_completed() for r in scheduled)
+
+    # Each tick's artifact: where the train stands; the last one shows every stage passed.
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    key = f"train-{train}".lower()
+    artifacts = _api(world, lambda c: c.read_artifacts(
+        artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))))
+    assert artifacts, f"no tick artifact {key}"
+    last = max(artifacts, key=lambda a: a.created)
+    for i, name in enumerate(["canary", "ring1", "ring2"]):
+        assert f"| {i} {name} | passed |" in last.data, last.data
     print(f"train of {len(world.fleet.stores)} stores, 3 stages, {len(children)} children, "
           f"{len(runs)} child runs: {time.monotonic() - t0:.0f} s")

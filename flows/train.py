@@ -31,8 +31,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.schemas.objects import State
-from prefect.states import Cancelled, Completed
+from prefect.states import Cancelled, Completed, Failed
 
+from edgefleet.errors import EdgefleetError
+from edgefleet.inventory.model import Fleet
+from edgefleet.rollout.endpoints import Endpoints
 from edgefleet.rollout.ledger import FINISHED, Ledger, RolloutStatus
 from edgefleet.settings import load_settings
 from edgefleet.state.db import open_state
@@ -110,15 +113,35 @@ def _tick_markdown(train_id: str, release: str, status: str, stages: Sequence[St
     return "\n".join(lines) + "\n"
 
 
+async def _tick_one(fleet: Fleet, engine: Any, endpoints: Endpoints, train_id: str,
+                    params: Mapping[str, Any]) -> str:
+    """One train's tick and its artifact; its status afterwards."""
+    from edgefleet.trains import controller
+    from edgefleet.trains.store import TrainStore
+
+    trains = TrainStore(engine)
+    dispatcher = PrefectDispatcher(train_id, params)
+    now = endpoints.clock()
+    decision = await controller.tick(fleet, engine, train_id, now, dispatcher)
+    rec = trains.get(train_id)
+    await acreate_markdown_artifact(
+        markdown=_tick_markdown(train_id, rec.release, rec.status.value, trains.stages(train_id),
+                                trains.stores(train_id), decision.waiting, dispatcher.launched, now),
+        key=f"train-{train_id}".lower().replace("_", "-").replace(".", "-"),
+        description=f"train {train_id}: {rec.status.value}")
+    get_run_logger().info("train %s: %s; %d child run(s) created", train_id, rec.status.value,
+                          len(dispatcher.launched))
+    return rec.status.value
+
+
 @flow(name="train-tick", retries=0)
 async def train_tick(train_id: str | None = None, sim_url: str | None = None, inventory: str | None = None,
                      home: str | None = None, state_url: str | None = None) -> State[Any]:
     """Tick every active train (or ``train_id``): dispatch what is due now to the region
-    deployments, record what finished; a markdown artifact per train says where it stands."""
-    from edgefleet.trains.store import TrainStore
-
-    from edgefleet.trains import controller
+    deployments, record what finished; a markdown artifact per train says where it stands. A train
+    whose tick fails does not keep the others from theirs (the run ends Failed, naming it)."""
     from edgefleet.trains.model import ACTIVE
+    from edgefleet.trains.store import TrainStore
 
     logger = get_run_logger()
     fleet = _fleet(inventory)
@@ -128,17 +151,15 @@ async def train_tick(train_id: str | None = None, sim_url: str | None = None, in
     ids = [train_id] if train_id else [t.id for t in trains.list(limit=1000) if t.status in ACTIVE]
     params = {"sim_url": sim_url, "inventory": inventory, "home": home, "state_url": state_url}
     done: list[str] = []
+    failed: list[str] = []
     for tid in ids:
-        dispatcher = PrefectDispatcher(tid, params)
-        now = endpoints.clock()
-        decision = await controller.tick(fleet, engine, tid, now, dispatcher)
-        rec = trains.get(tid)
-        await acreate_markdown_artifact(
-            markdown=_tick_markdown(tid, rec.release, rec.status.value, trains.stages(tid), trains.stores(tid),
-                                    decision.waiting, dispatcher.launched, now),
-            key=f"train-{tid}".lower().replace("_", "-"), description=f"train {tid}: {rec.status.value}")
-        logger.info("train %s: %s; %d child run(s) created", tid, rec.status.value, len(dispatcher.launched))
-        done.append(f"{tid} {rec.status.value}")
+        try:
+            done.append(f"{tid} {await _tick_one(fleet, engine, endpoints, tid, params)}")
+        except EdgefleetError as e:
+            logger.error("train %s: tick failed: %s", tid, e)
+            failed.append(f"{tid}: {e}")
+    if failed:
+        return Failed(message="; ".join(failed))
     return Completed(message="; ".join(done) or "no active train")
 
 

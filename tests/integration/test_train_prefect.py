@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -516,6 +517,11 @@ def test_train_three_stages_on_two_pools_with_a_worker_killed(world: World) -> N
     from edgefleet.trains.model import StagePolicy, StageSpec, StageStatus, StoreState, TrainSpec, TrainStatus
     from edgefleet.trains.store import TrainStore
 
+    if importlib.util.find_spec("edgefleet.trains.controller") is None:
+        reason = "edgefleet.trains.controller is not written yet: train_tick has no controller to tick"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
     t0 = time.monotonic()
     _deploy(world, "--interval", str(TICK_S), "--tick-pool", pool_name("emea"), "--sim", world.sim_url)
     workers = world.ensure_workers()

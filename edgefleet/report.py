@@ -1,6 +1,7 @@
 """The rollout report: one self-contained HTML page (inline CSS, an inline SVG chart, no script)
-telling what the ledger says happened: a summary per operation, stores per release over time, the
-stores that failed or were rolled back, and the event log.
+telling what the ledger says happened: a summary per operation, the release trains with their
+stages, stores per release over time (each train's stages drawn below on the same time axis: run,
+then soak), the stores that failed or were rolled back, and the event log.
 
 Three parts, kept apart:
 
@@ -35,6 +36,7 @@ from markupsafe import Markup
 from edgefleet.atomic import write_atomic
 from edgefleet.errors import InputError, ReportError
 from edgefleet.redact import redact
+from edgefleet.trains.timeline import TrainSummary, collect_trains, expand_trains
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -132,6 +134,8 @@ class ReportData:
     """store -> its release before the first change shown (absent: on no release)."""
     current: Mapping[str, str | None] = field(default_factory=dict)
     """store -> current release from the ``store_release`` table (what the fleet is on now)."""
+    trains: tuple[TrainSummary, ...] = ()
+    """Release trains, oldest first (``edgefleet.trains.timeline``)."""
 
 
 # -- collecting (the only ledger reader) ------------------------------------------------------------
@@ -145,16 +149,20 @@ def collect_report(engine: Engine, *, rollout_ids: Sequence[str] | None = None, 
                    title: str = "edgefleet rollout report", max_events: int = DEFAULT_MAX_EVENTS,
                    max_operations: int = 500, stores: Collection[str] | None = None) -> ReportData:
     """Read operations, release changes and events from the ledger on ``engine``: every operation
-    (the most recent ``max_operations``) or only ``rollout_ids``; with ``stores``, only those stores'
-    runs, release changes and events, and the operations that had any. ``now`` is the generation
-    time shown on the page (default: the newest ledger time, so the same ledger gives the same page)."""
+    (the most recent ``max_operations``) or only ``rollout_ids`` (a train id among them stands for
+    the train's child rollouts and its own events); with ``stores``, only those stores' runs,
+    release changes and events, the operations that had any, and the trains that hold any (their
+    stages counting those stores). ``now`` is the generation time shown on the page (default: the
+    newest ledger time, so the same ledger gives the same page)."""
     from edgefleet.rollout.ledger import Ledger
 
     if max_events < 0:
         raise InputError(f"max_events must be 0 or more, not {max_events}")
     ledger = Ledger(engine)
+    named: list[str] = []
     if rollout_ids:
-        records = [ledger.rollout(rid) for rid in dict.fromkeys(rollout_ids)]  # StateError names unknown ids
+        ids, named = expand_trains(engine, list(dict.fromkeys(rollout_ids)))  # a train: its child rollouts
+        records = [ledger.rollout(rid) for rid in dict.fromkeys(ids)]  # StateError names unknown ids
     else:
         records = ledger.rollouts(limit=max_operations)
     records.sort(key=lambda r: (r.created_at, r.id))
@@ -182,7 +190,7 @@ def collect_report(engine: Engine, *, rollout_ids: Sequence[str] | None = None, 
     raw_changes: list[dict[str, Any]] = []
     raw_events: list[dict[str, Any]] = []
     total = 0
-    for rid in ([o.id for o in operations] if selected is not None else [None]):
+    for rid in ([*(o.id for o in operations), *named] if selected is not None else [None]):
         for kind in RELEASE_CHANGE_KINDS:
             raw_changes += ledger.events(rid, kind=kind, limit=10_000_000, stores=chosen)
         raw_events += ledger.events(rid, limit=max_events, stores=chosen)
@@ -193,11 +201,12 @@ def collect_report(engine: Engine, *, rollout_ids: Sequence[str] | None = None, 
     events = tuple(ReportEvent(_ts(e["ts"]), e["rollout"], e["store"], e["node"], e["kind"], e["reason"] or "")
                    for e in raw_events[:max_events])
     current = {s: cur for s, (cur, _lkg) in ledger.store_releases(chosen).items()}
+    trains = collect_trains(engine, rollout_ids=None if selected is None else [*selected, *named], stores=chosen)
     if now is None:
-        stamps = [e.ts for e in events] + [o.updated_at for o in operations]
+        stamps = [e.ts for e in events] + [o.updated_at for o in operations] + [t.updated_at for t in trains]
         now = max(stamps) if stamps else datetime(1970, 1, 1, tzinfo=UTC)
     return ReportData(title=title, generated_at=now, operations=tuple(operations), changes=tuple(changes),
-                      events=events, events_total=total, initial=initial, current=current)
+                      events=events, events_total=total, initial=initial, current=current, trains=trains)
 
 
 def _release_of(detail: Any) -> str | None:
@@ -270,7 +279,7 @@ def render_report(data: ReportData, *, max_events: int = DEFAULT_MAX_EVENTS) -> 
     return _templates().get_template("report.html.j2").render(
         title=data.title, generated=_when(data.generated_at), operations_count=len(data.operations),
         events_total=data.events_total, operations=[_operation_row(item) for item in _fold_provisions(data.operations)],
-        fleet_now=sorted(now.items()), chart=_chart_of(data),
+        fleet_now=sorted(now.items()), chart=_chart_of(data), trains=[_train_row(t) for t in data.trains],
         problems=[p for op in data.operations for p in op.problems], split=_split_rows(data), events=events)
 
 
@@ -281,6 +290,18 @@ def _split_rows(data: ReportData) -> list[dict[str, str]]:
 
     return [{"store": p.store, "rollout": p.rollout, "reason": p.reason, "command": repair_command(p.rollout)}
             for op in data.operations for p in op.problems if p.status == RunState.split_.value]
+
+
+def _train_row(t: TrainSummary) -> dict[str, Any]:
+    def when(dt: datetime | None) -> str:
+        return _when(dt) if dt is not None else "-"
+
+    return {"id": t.id, "release": t.release, "status": t.status, "reason": t.reason, "created": _when(t.created_at),
+            "problem": t.status in ("halted", "aborted", "rolling_back"),
+            "stages": [{"index": st.index, "name": st.name, "status": st.status, "stores": st.stores,
+                        "counts": sorted(st.counts.items()), "started": when(st.started_at),
+                        "finished": when(st.finished_at), "soak_until": when(st.soak_until), "reason": st.reason}
+                       for st in t.stages]}
 
 
 def _operation_row(item: OperationSummary | list[OperationSummary]) -> dict[str, Any]:
@@ -351,21 +372,58 @@ def _time_ticks(t0: datetime, t1: datetime, n: int = 6) -> list[datetime]:
 
 
 def _chart_of(data: ReportData) -> dict[str, Any] | None:
-    """The chart's coordinates, or None when no store changed release."""
+    """The chart's coordinates, or None when no store changed release and there is no train."""
     begin = [op.created_at for op in data.operations] + [ev.ts for ev in data.events[:1]]
     releases, points = release_timeline(data.initial, data.changes, start=min(begin) if begin else None)
     last = [ev.ts for ev in data.events[-1:]] + [op.updated_at for op in data.operations]
-    if not points or not releases:
+    if not releases:
+        points = []
+    if not points and not data.trains:
         return None
-    return _chart(releases, points, end=max([points[-1][0], *last]))
+    spans = [t for train in data.trains for t in train.times]
+    if data.trains:  # a stage still running is drawn up to now
+        spans.append(data.generated_at)
+    ends = [*last, *spans] if points else spans
+    return _chart(releases, points, start=min([*(t for t, _c in points[:1]), *spans]),
+                  end=max([*(t for t, _c in points[-1:]), *ends]), trains=data.trains, now=data.generated_at)
 
 
-def _chart(releases: Sequence[str], points: Sequence[tuple[datetime, dict[str, int]]], *,
-           end: datetime) -> dict[str, Any]:
-    t0, t1 = points[0][0], max(end, points[-1][0])
+_LANE = 40  # height of one train's lane below the chart
+_STAGE_FILLS = {"passed": "#009E73", "failed": "#D55E00"}  # Okabe-Ito, as the series; other stages blue
+
+
+def _lanes(trains: Sequence[TrainSummary], x: Any, y0: float, now: datetime) -> list[dict[str, Any]]:
+    """One lane per train: each stage's run (first store started to last store finished, or now)
+    and its soak (to ``soak_until``) as bars on the chart's time axis."""
+    lanes = []
+    for k, t in enumerate(trains):
+        y = y0 + _LANE * k
+        bars = []
+        for st in t.stages:
+            if st.started_at is None:
+                continue
+            end = st.finished_at or now
+            bars.append({"kind": "run", "name": st.name, "status": st.status, "x": f"{x(st.started_at):.1f}",
+                         "w": f"{max(2.0, x(end) - x(st.started_at)):.1f}", "wide": x(end) - x(st.started_at) > 48,
+                         "tx": f"{x(st.started_at) + 3:.1f}", "fill": _STAGE_FILLS.get(st.status, "#0072B2"),
+                         "title": f"{st.name}: {st.status}, {_when(st.started_at)} to "
+                                  f"{_when(st.finished_at) if st.finished_at else 'now'}"})
+            if st.finished_at is not None and st.soak_until is not None:
+                bars.append({"kind": "soak", "name": st.name, "status": st.status, "x": f"{x(st.finished_at):.1f}",
+                             "w": f"{max(2.0, x(st.soak_until) - x(st.finished_at)):.1f}", "wide": False,
+                             "tx": "", "fill": "#dcecf8",
+                             "title": f"{st.name}: soak until {_when(st.soak_until)}"})
+        lanes.append({"label": f"train {t.id}: {t.release}, {t.status}", "label_y": f"{y + 12:.1f}",
+                      "bar_y": f"{y + 17:.1f}", "text_y": f"{y + 28:.1f}", "bars": bars})
+    return lanes
+
+
+def _chart(releases: Sequence[str], points: Sequence[tuple[datetime, dict[str, int]]], *, start: datetime,
+           end: datetime, trains: Sequence[TrainSummary] = (), now: datetime | None = None) -> dict[str, Any]:
+    t0, t1 = start, end
     if t1 - t0 < timedelta(seconds=60):  # a single instant still needs a width to draw on
         t0, t1 = t0 - timedelta(seconds=30), t1 + timedelta(seconds=30)
-    top = max(1, max(max(c.values(), default=0) for _t, c in points))
+    top = max(1, max((max(c.values(), default=0) for _t, c in points), default=0))
     ystep = max(1, math.ceil(top / 8))
     ymax = math.ceil(top / ystep) * ystep
     pw, ph = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
@@ -380,7 +438,7 @@ def _chart(releases: Sequence[str], points: Sequence[tuple[datetime, dict[str, i
     multi_day = t0.date() != t1.date()
     fmt = "%m-%d %H:%M" if multi_day else "%H:%M:%S" if span < 600 else "%H:%M"
     series = []
-    for i, rel in enumerate(releases):
+    for i, rel in enumerate(releases if points else ()):
         (ts0, c0), rest = points[0], points[1:]
         d = [f"M{x(ts0):.1f},{y(c0[rel]):.1f}"] + [f"H{x(t):.1f}V{y(c[rel]):.1f}" for t, c in rest]
         d.append(f"H{x(t1):.1f}")
@@ -390,13 +448,16 @@ def _chart(releases: Sequence[str], points: Sequence[tuple[datetime, dict[str, i
                        # offset overlapping lines by a pixel per series so equal counts stay visible
                        "shift": f"{(i - (len(releases) - 1) / 2) * 1.5:.1f}",
                        "lx": _LEFT + 220 * (i % 4), "ly": _H + 22 * (i // 4) - 8})
-    return {"width": _W, "height": _H + 22 * math.ceil(len(releases) / 4), "left": _LEFT, "right": _W - _RIGHT,
-            "top": _TOP, "bottom": _TOP + ph, "x_label_x": f"{_LEFT + pw / 2:.1f}", "y_label_y": f"{_TOP + ph / 2:.1f}",
+    below = _H + 22 * math.ceil(len(series) / 4)
+    lanes = _lanes(trains, x, below + 8, now or t1)
+    return {"width": _W, "height": below + (_LANE * len(lanes) + 16 if lanes else 0), "left": _LEFT,
+            "right": _W - _RIGHT, "top": _TOP, "bottom": _TOP + ph, "x_label_x": f"{_LEFT + pw / 2:.1f}",
+            "y_label_y": f"{_TOP + ph / 2:.1f}",
             "dates": t0.strftime("%Y-%m-%d") + (" to " + t1.strftime("%Y-%m-%d") if multi_day else ""),
             "gridlines": [{"y": f"{y(v):.1f}", "label_y": f"{y(v) + 4:.1f}", "value": v}
                           for v in range(0, ymax + 1, ystep)],
             "ticks": [{"x": f"{x(t):.1f}", "label": t.strftime(fmt)} for t in _time_ticks(t0, t1)],
-            "series": series}
+            "series": series, "lanes": lanes, "lanes_top": below, "lanes_bottom": below + _LANE * len(lanes) + 8}
 
 
 # -- writing --------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from edgefleet.cli._common import InventoryOpt, console, default_state_url
 from edgefleet.cli._limit import LimitOpt, limit_stores
 
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Where to write the HTML page")]
-IdsArg = Annotated[list[str] | None, typer.Argument(help="Operation ids to report on (default: every operation)",
+IdsArg = Annotated[list[str] | None, typer.Argument(help="Operation or train ids to report on (a train: its child "
+                                                         "operations; default: every operation)",
                                                     show_default=False)]
 MaxEventsOpt = Annotated[int, typer.Option("--max-events", min=0, help="Rows of the event log before it is cut")]
 TitleOpt = Annotated[str, typer.Option("--title", help="The page title")]
@@ -25,8 +26,8 @@ TitleOpt = Annotated[str, typer.Option("--title", help="The page title")]
 def report_cmd(rollout_ids: IdsArg = None, out: OutOpt = Path("out/report.html"), max_events: MaxEventsOpt = 1000,
                title: TitleOpt = "edgefleet rollout report", limit: LimitOpt = None,
                inventory: InventoryOpt = Path("inventory")) -> None:
-    """Write an HTML report: operations, stores per release over time, failed stores, event log
-    (with --limit, of the stores it selects only)."""
+    """Write an HTML report: operations, release trains, stores per release over time, failed
+    stores, event log (with --limit, of the stores it selects only)."""
     from edgefleet.outpaths import check_output_file
     from edgefleet.report import collect_report, render_report, write_report
     from edgefleet.state.db import open_state

@@ -420,6 +420,8 @@ def provision_cmd(release: ReleaseOpt, store: Annotated[str | None, typer.Argume
         raise InputError("give the stores to provision: a store id, or --limit PATTERN (e.g. -l country_dk)")
     settings = _settings(node_timeout, 0.0, poll, seed_public_url=seed_public_url, quorum_timeout=quorum_timeout,
                          gate_timeout=gate_timeout, bmc_attempts=bmc_attempts, reimage_attempts=reimage_attempts)
+    # every store within the release's reach, or none is provisioned
+    ops.check_provision_reach(fleet, engine, release, stores, force_reason=force_reason)
 
     async def main() -> list[RolloutRecord | BaseException]:
         ep = await _endpoints(fleet, sim)

@@ -40,6 +40,7 @@ from edgefleet.rollout.states import RolloutEvent, RunEvent, SkipCause
 __all__ = [
     "Created",
     "abort",
+    "check_provision_reach",
     "check_request_reach",
     "create_provision",
     "create_rollback",
@@ -206,8 +207,7 @@ def create_provision(fleet: Fleet, engine: Engine, home: Path, store_id: str, re
         raise InputError(f"no store {store_id!r} in the inventory {fleet.source or ''}".rstrip())
     request = RolloutRequest.build(kind="provision", release=release, stores=(store_id,),
                                    settings=settings or EngineSettings())
-    rel = ReleaseCatalog(engine).require_rollable(release)
-    check_reach(fleet, release, rel.state.value, (store_id,), force_reason=force_reason)
+    state = check_provision_reach(fleet, engine, release, (store_id,), force_reason=force_reason)
     ledger = Ledger(engine)
     seen = ledger.seen_store(store_id)
     # The CAs' validity starts at the real time, not the rollout's clock: real TLS stacks (and the
@@ -219,9 +219,19 @@ def create_provision(fleet: Fleet, engine: Engine, home: Path, store_id: str, re
                                 waves=[(0, "provision", 0)], runs=[(store_id, 0, None, release)],
                                 starts={store_id: now})
     ledger.write(stmt_run(rid, store_id, detail={"cluster_exists": seen}))
-    _record_forced(ledger, fleet, now, rid, release, rel.state.value, (store_id,), canary_stores=(),
+    _record_forced(ledger, fleet, now, rid, release, state, (store_id,), canary_stores=(),
                    force_reason=force_reason, operator=operator)
     return Created(rec, None, (), request)
+
+
+def check_provision_reach(fleet: Fleet, engine: Engine, release: str, stores: Sequence[str], *,
+                          force_reason: str | None = None) -> str:
+    """The release's state, after checking that it may be provisioned on ``stores`` (refused: an
+    unknown or revoked release, or ReleaseNotStable naming the non-canary stores). Writes nothing:
+    ``provision`` of several stores checks them all before it provisions any."""
+    rel = ReleaseCatalog(engine).require_rollable(release)
+    check_reach(fleet, release, rel.state.value, stores, force_reason=force_reason)
+    return rel.state.value
 
 
 def saved_request(record: RolloutRecord, **override: Any) -> RolloutRequest:

@@ -190,9 +190,7 @@ class StoreRunner:
         except StoreRunFailed as f:
             return await self._after_failure(st, f)
         except Aborted:
-            await self._end(cursor, RunEvent.fail, "aborted mid-store: stopped after a finished node; the store may "
-                                                   "be on two releases")
-            return Outcome.failed
+            return await self._as_found(st, "aborted mid-store: stopped after a finished node", "aborted")
         lkg = run.to_release if st.rec.kind is not Kind.rollout else (st.from_release or None)
         await self._end(cursor, RunEvent.succeed, None, *stmt_store_release(store.id, run.to_release, lkg, ctx.now()),
                         stmt_event(ctx.now(), "store_succeeded", rollout=ctx.rollout_id, store=store.id,
@@ -250,9 +248,14 @@ class StoreRunner:
         return Outcome.rolled_back
 
     async def _unrepaired(self, st: _Store, why: str, failure: str) -> Outcome:
-        """The way back failed. Its nodes as they are now are recorded one by one; on one release
-        the store is ``failed`` and that release is its current one; on several (or unknown) it is
-        ``split``: no current release claimed, its lock kept until a person continues the repair."""
+        """The way back failed: the store is recorded as found (``_as_found``)."""
+        return await self._as_found(st, f"{why}; rolling back to {st.from_release} failed too: {failure}", failure)
+
+    async def _as_found(self, st: _Store, reason: str, failure: str) -> Outcome:
+        """The store left where it is (the way back failed, or an abort stopped it mid-store). Its
+        nodes as they are now are recorded one by one; on one release the store is ``failed`` and
+        that release is its current one; on several (or unknown) it is ``split``: no current release
+        claimed, its lock kept until a person continues the repair."""
         ctx, store, to = self.ctx, st.store, st.from_release
         snap = await ctx.store_api.snapshot(store, readyz=False)
         recorded = ctx.ledger.node_states(store.id)
@@ -265,7 +268,6 @@ class StoreRunner:
                 stmts += stmt_node(n.name, store.id, on[n.name], bool(seen and seen.ready), ctx.now())
         releases = set(on.values())
         lkg = ctx.ledger.store_releases([store.id]).get(store.id, (None, None))[1] or to
-        reason = f"{why}; rolling back to {to} failed too: {failure}"
         if len(releases) == 1 and None not in releases:
             (current,) = releases
             await self._end(st.cursor, RunEvent.fail, reason + (f" (all its nodes are on {current})"

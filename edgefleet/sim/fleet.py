@@ -49,6 +49,7 @@ from edgefleet.sim.oracle import (
     check_schedule,
     disruptive_boot_override,
 )
+from edgefleet.sim.oracle_trains import StoreFacts, TrainOracle
 from edgefleet.sim.passwords import resolve_passwords
 from edgefleet.sim.scenario import Scenario
 
@@ -94,6 +95,8 @@ class SimFleet:
         self.rebooting: set[str] = set()
         self.mid_reimage: dict[str, dict[str, str]] = {}  # store -> node -> operation
         self.control_planes_down = ControlPlaneDowns()
+        self.trains = TrainOracle(known_good=scenario.initial_release, canary_stores=[
+            s.id for s in fleet.stores.values() if s.canary or s.ring == "canary"])
         self._ca: dict[str, bytes | str] = {}
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
         self.event_seq = 0
@@ -200,6 +203,8 @@ class SimFleet:
         store's other control planes."""
         self._touch(ns, operation)
         self._schedule(ns, operation, action)
+        self._record(ns, self.trains.disrupt(ns.store.id, ns.name, action, self.clock.now(), self.train_facts),
+                     operation)
         if ns.is_control_plane:
             others = {o.name: self._facts(o) for o in self.store_nodes[ns.store.id]
                       if o is not ns and o.is_control_plane}
@@ -227,7 +232,8 @@ class SimFleet:
 
     # -- readiness ------------------------------------------------------------------------------
 
-    def readiness(self, ns: NodeState) -> tuple[bool, str]:
+    def readiness(self, ns: NodeState, *, flaps: bool = True) -> tuple[bool, str]:
+        """Whether ``ns`` is Ready and why; ``flaps=False``: a flapping node counts as Ready."""
         if ns.store.id in self.offline:
             return False, "the store is offline (scenario)"
         if ns.power != POWER_ON:
@@ -240,12 +246,24 @@ class SimFleet:
             return False, "kubelet never becomes ready (scenario never_ready)"
         if ns.name in self.never_ready_on.get(ns.release, ()):
             return False, f"kubelet never becomes ready on release {ns.release} (scenario never_ready_on)"
-        if ns.name in self.flapping:
+        if flaps and ns.name in self.flapping:
             period = self.scenario.flap_seconds
             phase = int(self.clock.now().timestamp() / period + _fraction(self.scenario.seed, ns.name) * 2)
             if phase % 2:
                 return False, "kubelet readiness is flapping (scenario flapping)"
         return True, "kubelet is posting ready status"
+
+    def train_facts(self, store_id: str, release: str) -> StoreFacts:
+        """The train oracle's view of a store (``edgefleet.sim.oracle_trains.StoreView``)."""
+        nodes = self.store_nodes[store_id]
+        return StoreFacts(settled=store_id not in self.mid_reimage and not any(ns.booting for ns in nodes),
+                          on_release=all(ns.release == release and self.readiness(ns, flaps=False)[0] for ns in nodes),
+                          nodes=tuple(ns.name for ns in nodes))
+
+    def came_up(self, ns: NodeState, installed: str | None, operation: str | None) -> None:
+        """``ns`` booted or read its seed (``installed``: the release its boot installed, if any)."""
+        self._record(ns, self.trains.came_up(ns.store.id, ns.name, installed, self.clock.now(), self.train_facts),
+                     operation)
 
     def store_up(self, store_id: str) -> bool:
         """Whether any control plane of the store serves the Kubernetes API."""
@@ -427,6 +445,7 @@ class SimFleet:
         self.rebooting.discard(ns.name)
         self.control_planes_down.booted(ns.name)
         self._changed(ns)
+        self.came_up(ns, release.release if release else None, operation)
         if release is None:
             self.boots["disk"] += 1
             ready, why = self.readiness(ns)
@@ -475,21 +494,3 @@ class SimFleet:
         for (op, store), n in self.operation_requests.items():
             out.setdefault(op, {})[store] = n
         return out
-
-    def report(self) -> dict[str, Any]:
-        ready = sum(1 for ns in self.nodes.values() if self.readiness(ns)[0])
-        releases = Counter(ns.release for ns in self.nodes.values())
-        return {
-            "clock": self.clock.now().isoformat(), "time_scale": self.clock.scale,
-            "stores": len(self.store_nodes), "nodes": len(self.nodes), "ready": ready,
-            "not_ready": len(self.nodes) - ready, "rebooting": len(self.rebooting),
-            "releases": dict(releases.most_common()), "boots": dict(self.boots),
-            "requests": dict(self.requests), "faults_injected": dict(self.faults),
-            "operation_requests": self.operation_request_counts(),
-            "media": {"downloads": self.fetcher.downloads, "bytes": self.fetcher.bytes,
-                      "images_parsed": self.fetcher.parses, "release_images_cached": len(self.fetcher.releases)},
-            "events": dict(self.event_counts),
-            "violations": {"total": sum(self.violation_counts.values()), "by_rule": dict(self.violation_counts),
-                           "list": [v.as_dict() for v in self.violations[:1000]]},
-            "scenario": self.scenario.dump(),
-        }

@@ -223,6 +223,7 @@ class NetSeedFetcher:
         ns.generation += 1
         if joined:
             self.backend.seed_read(ns)
+            self.sim.came_up(ns, release, ns.operation)  # installed from the config's installer image
         self.sim.event("seed_read", node=ns, detail={"source": "network", "url": url, "joined": joined,
                                                      "reason": reason, "release": release})
 

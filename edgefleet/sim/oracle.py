@@ -29,6 +29,10 @@ closed).
 ``concurrency_cap``
     more nodes rebooting (off or booting) at once than a scenario cap allows (global, per region,
     per country).
+
+Release trains: ``stage_order`` (no step on a later stage before the earlier one passed and
+soaked) and ``release_state`` (no non-stable release outside the canary stage), checked by
+``edgefleet.sim.oracle_trains.TrainOracle`` over the trains declared to the simulator.
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ __all__ = [
     "disruptive_boot_override",
 ]
 
-RULES = ("outside_window", "freeze", "control_planes_down", "concurrent_operations", "concurrency_cap")
+RULES = ("outside_window", "freeze", "control_planes_down", "concurrent_operations", "concurrency_cap",
+         "stage_order", "release_state")
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,3 +206,4 @@ def check_caps(caps: Caps, rebooting_total: int, rebooting_region: int, rebootin
         out.append(Finding("concurrency_cap", f"{rebooting_country} nodes rebooting at once in country {country}, "
                                               f"cap {caps.per_country}"))
     return out
+

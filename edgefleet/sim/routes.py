@@ -5,6 +5,7 @@ simulator's own API (``SimApi``: ``/sim/...``); the routes are listed in ``edgef
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -16,14 +17,35 @@ from starlette.routing import Route
 from edgefleet.errors import InputError
 from edgefleet.sim.fleet import SimFleet
 from edgefleet.sim.k8s import node_list, readyz
+from edgefleet.sim.oracle_trains import parse_train
 from edgefleet.sim.scenario import update_scenario
 
-__all__ = ["SimApi", "StoreApis", "json_bytes"]
+__all__ = ["SimApi", "StoreApis", "json_bytes", "sim_report"]
 
 
 def json_bytes(data: Any) -> bytes:
     """Compact JSON, as every simulator response carries it."""
     return json.dumps(data, separators=(",", ":"), default=str).encode()
+
+
+def sim_report(sim: SimFleet) -> dict[str, Any]:
+    """``/sim/report``: the fleet's summary, its faults, events and violations."""
+    ready = sum(1 for ns in sim.nodes.values() if sim.readiness(ns)[0])
+    releases = Counter(ns.release for ns in sim.nodes.values())
+    return {
+        "clock": sim.clock.now().isoformat(), "time_scale": sim.clock.scale,
+        "stores": len(sim.store_nodes), "nodes": len(sim.nodes), "ready": ready,
+        "not_ready": len(sim.nodes) - ready, "rebooting": len(sim.rebooting),
+        "releases": dict(releases.most_common()), "boots": dict(sim.boots),
+        "requests": dict(sim.requests), "faults_injected": dict(sim.faults),
+        "operation_requests": sim.operation_request_counts(),
+        "media": {"downloads": sim.fetcher.downloads, "bytes": sim.fetcher.bytes,
+                  "images_parsed": sim.fetcher.parses, "release_images_cached": len(sim.fetcher.releases)},
+        "events": dict(sim.event_counts),
+        "violations": {"total": sum(sim.violation_counts.values()), "by_rule": dict(sim.violation_counts),
+                       "list": [v.as_dict() for v in sim.violations[:1000]]},
+        "scenario": sim.scenario.dump(),
+    }
 
 
 class StoreApis:
@@ -80,8 +102,9 @@ class StoreApis:
 
 class SimApi:
     """The simulator's own API: endpoints, clock, state, events, violations, report, scenario,
-    network seeds. ``talos``: where the simulated Talos API listens (``endpoint``) and the CA PEM it
-    presents (``ca_pem``), listed by ``/sim/endpoints``."""
+    network seeds, the train oracle's trains and release states. ``talos``: where the simulated
+    Talos API listens (``endpoint``) and the CA PEM it presents (``ca_pem``), listed by
+    ``/sim/endpoints``."""
 
     def __init__(self, sim: SimFleet, talos: Mapping[str, str] | None = None):
         self.sim = sim
@@ -98,6 +121,9 @@ class SimApi:
             Route("/sim/operations", self.operations),
             Route("/sim/scenario", self.scenario, methods=["GET", "POST"]),
             Route("/sim/netseed", self.netseed, methods=["GET", "POST"]),
+            Route("/sim/oracle", self.oracle),
+            Route("/sim/oracle/train", self.oracle_train, methods=["POST"]),
+            Route("/sim/oracle/release", self.oracle_release, methods=["POST"]),
         ]
 
     async def endpoints(self, request: Request) -> Response:
@@ -164,7 +190,7 @@ class SimApi:
         return Response(json_bytes(self.sim.operation_request_counts()), media_type="application/json")
 
     async def report(self, request: Request) -> Response:
-        return Response(json_bytes(self.sim.report()), media_type="application/json")
+        return Response(json_bytes(sim_report(self.sim)), media_type="application/json")
 
     async def scenario(self, request: Request) -> Response:
         if request.method == "POST":
@@ -189,3 +215,36 @@ class SimApi:
                 return JSONResponse({"error": str(e)}, 400)
             return JSONResponse({"nodes": registered(self.sim), "fetching_again": again})
         return JSONResponse({"nodes": registered(self.sim)})
+
+    async def oracle(self, request: Request) -> Response:
+        sim = self.sim
+        return Response(json_bytes(sim.trains.view(sim.clock.now(), sim.train_facts)), media_type="application/json")
+
+    async def oracle_train(self, request: Request) -> Response:
+        """Declare a train (``edgefleet.sim.oracle_trains``: its stages in order, soak, failure budgets)."""
+        try:
+            train = parse_train(json.loads(await request.body()), self.sim.store_nodes)
+        except ValueError as e:
+            return JSONResponse({"error": f"not JSON: {e}"}, 400)
+        except InputError as e:
+            return JSONResponse({"error": str(e)}, 400)
+        self.sim.trains.declare(train, running={ns.release for ns in self.sim.nodes.values()})
+        self.sim.event("oracle_train", detail={"release": train.release,
+                                               "stages": [list(st.stores) for st in train.stages]})
+        return await self.oracle(request)
+
+    async def oracle_release(self, request: Request) -> Response:
+        """Tell the oracle a release's catalog state: ``{"release": R, "state": "stable"}``."""
+        try:
+            data = json.loads(await request.body())
+            if not isinstance(data, dict) or not isinstance(data.get("release"), str) or set(data) != {"release",
+                                                                                                        "state"}:
+                raise InputError(f'send {{"release": R, "state": "stable"}}, not {data!r}')
+            self.sim.trains.tell(data["release"], str(data["state"]), self.sim.clock.now(),
+                                 running={ns.release for ns in self.sim.nodes.values()})
+        except ValueError as e:
+            return JSONResponse({"error": f"not JSON: {e}"}, 400)
+        except InputError as e:
+            return JSONResponse({"error": str(e)}, 400)
+        self.sim.event("oracle_release", detail=data)
+        return await self.oracle(request)

@@ -18,6 +18,10 @@ Routes::
     /sim/scenario                     GET the scenario; POST a JSON object of changes
     /sim/netseed                      GET the registered nocloud-net URLs (redacted); POST {node: URL or null}
                                       (edgefleet.sim.netseed)
+    /sim/oracle                       the declared release trains (each stage's verdict now) and release states
+    /sim/oracle/train                 POST {"release", "stages": [[store, ...], ...], "soak_s"}: declare a train
+    /sim/oracle/release               POST {"release", "state"}: a release's catalog state from now on
+                                      (edgefleet.sim.oracle_trains)
 
 Server: Starlette on uvicorn (both come with prefect, so no new dependency): the BMC route is a
 plain ASGI endpoint (no per-request Request/Response objects on the hot path), the rest are

@@ -218,6 +218,7 @@ class SimTalosBackend:
         ns.joined, ns.reason = verdict.joined, verdict.reason
         if verdict.joined:
             ns.labels = dict(seed.node_labels)
+            self.sim.came_up(ns, None, ns.operation)  # on the release it had: the reset kept BOOT
         ns.generation += 1
         self.sim.event("seed_read", node=ns, detail={"joined": verdict.joined, "reason": verdict.reason})
 

@@ -1,10 +1,11 @@
 """Shared by the rollout engine's contract tests: a small fleet for the simulator, real releases
-built with the real Packer template, and the end-of-run ledger-versus-simulator check
-(``ledger_matches_sim``)."""
+built with the real Packer template, the end-of-run ledger-versus-simulator check
+(``ledger_matches_sim``), and the release-train declarations the simulator's oracle checks
+(``declare_train``, ``declare_spec``, ``assert_oracle_clean``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +27,7 @@ from edgefleet.sim.scenario import parse_scenario
 from edgefleet.sim.server import running_server
 from edgefleet.sim.talos_serve import running_talos_api
 from edgefleet.state.db import create_state_engine, session_scope
+from edgefleet.trains.model import TrainSpec
 from tests.helpers import make_stable
 
 PASSWORD_ENV = "ROLLOUT_TEST_BMC_PASSWORD"
@@ -108,6 +110,49 @@ async def get_json(url: str) -> Any:
         r = await c.get(url)
         r.raise_for_status()
         return r.json()
+
+
+async def declare_train(url: str, release: str, stages: Sequence[Sequence[str]] | Mapping[str, int],
+                        soak_s: float = 0, *, budgets: Sequence[int | str] | None = None,
+                        names: Sequence[str] | None = None) -> Any:
+    """Declare a release train to the simulator's oracle (``POST /sim/oracle/train``), so that its
+    rules ``stage_order`` and ``release_state`` watch it: ``stages`` are lists of store ids, the
+    canary stage first, or store -> stage index (what ``TrainStore.create`` takes); ``soak_s``: fleet
+    seconds after a stage's last store came up before the next stage may start; ``budgets``: per
+    stage, the stores that may fail (a count or ``N%``; default 0). Returns ``/sim/oracle``."""
+    if isinstance(stages, Mapping):
+        lists: list[list[str]] = [[] for _ in range(max(stages.values(), default=-1) + 1)]
+        for store, index in sorted(stages.items()):
+            lists[index].append(store)
+        stages = [lst for lst in lists if lst]
+    body = [{"stores": list(stores), **({"name": names[i]} if names else {}),
+             **({"failure_budget": budgets[i]} if budgets else {})} for i, stores in enumerate(stages)]
+    async with httpx.AsyncClient(trust_env=False, timeout=10) as c:
+        r = await c.post(f"{url}/sim/oracle/train", json={"release": release, "stages": body, "soak_s": soak_s})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+async def declare_spec(url: str, spec: TrainSpec, assignments: Mapping[str, int]) -> Any:
+    """``declare_train`` for a train as recorded: its stages' names, soaks and failure budgets from
+    ``spec``, its stores from ``assignments`` (store -> stage index). Stages left empty are skipped,
+    and with them their soak (the next stage waits for the soak of the last non-empty one)."""
+    stages: list[dict[str, Any]] = []
+    for i, st in enumerate(spec.stages):
+        stores = sorted(s for s, k in assignments.items() if k == i)
+        if stores:
+            stages.append({"name": st.name, "stores": stores, "soak_s": st.policy.soak.total_seconds(),
+                           "failure_budget": st.policy.failure_budget})
+    async with httpx.AsyncClient(trust_env=False, timeout=10) as c:
+        r = await c.post(f"{url}/sim/oracle/train", json={"release": spec.release, "stages": stages})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+async def assert_oracle_clean(url: str) -> None:
+    """No rule of the simulator's oracle (the train rules included) was broken."""
+    v = await get_json(f"{url}/sim/violations")
+    assert v["total"] == 0, f"the simulator's oracle found violations: {v['by_rule']}: {v['violations'][:5]}"
 
 
 SPLIT = "split"  # the store-run state of a store that could not be repaired (it runs two releases)

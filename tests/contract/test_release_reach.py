@@ -126,6 +126,14 @@ def test_provision_of_a_non_canary_store_on_a_built_release_is_refused_before_an
     assert Ledger(_engine(home)).rollouts() == []
 
 
+def test_provision_of_a_pattern_is_refused_whole_when_one_store_is_outside_the_reach(home: Path) -> None:
+    """dk-002 (a canary) and dk-001 (not): neither is provisioned, the message names dk-001."""
+    before = _files(home)
+    code, text = run_cli(["provision", "dk-001,dk-002", "--release", "v2", *INV], home)
+    assert code == 2 and "1 non-canary store (dk-001)" in text and "Traceback" not in text, text
+    assert _files(home) == before and Ledger(_engine(home)).rollouts() == []
+
+
 @pytest.mark.clock  # the store's secrets are minted on the real clock
 def test_provision_of_a_canary_store_or_a_forced_one_is_allowed(home: Path) -> None:
     engine = _engine(home)

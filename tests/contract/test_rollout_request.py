@@ -70,7 +70,7 @@ def test_start_saves_its_timeouts_and_stores_and_resume_overrides_them(tmp_path:
             ("dk-0002", RunStatus.succeeded), ("dk-0003", RunStatus.succeeded)]
         assert all(r.earliest_start is not None for r in ledger.runs(rec.id))  # the planned rows
         saved = ops.saved_request(rec)
-        assert saved.stores == ("dk-0003", "dk-0002") and saved.canary == 0
+        assert saved.stores == ("dk-0002", "dk-0003") and saved.canary == 0  # --store is a pattern: inventory order
         s = saved.settings
         assert (s.node_ready_timeout_s, s.quorum_timeout_s, s.store_gate_timeout_s, s.soak.total_seconds(),
                 s.bmc_attempts, s.reimage_attempts, s.poll_s) == (43.0, 41.0, 42.0, 1.0, 5, 2, 0.05)

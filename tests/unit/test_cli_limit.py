@@ -33,10 +33,7 @@ NOW = "2026-12-07T00:00:00Z"
 def home(tmp_path: Path) -> Path:
     """A home whose state store holds release v1 (stable) and no rollout."""
     h = tmp_path / "home"
-    record_release(h, "v1")
-    catalog = ReleaseCatalog(open_state(f"sqlite:///{h / 'edgefleet.db'}"))
-    for state in (ReleaseState.canary, ReleaseState.stable):
-        catalog.promote("v1", state, now=datetime.now(UTC))
+    record_release(h, "v1")  # stable
     close_all()
     return h
 
@@ -108,6 +105,19 @@ def test_acting_commands_refuse_a_typo_before_acting(home: Path, args: list[str]
     assert Ledger(engine).rollouts(10) == []
     assert ReleaseCatalog(engine).get("v1").state is ReleaseState.stable  # rollback did not revoke it
     assert not (home / "secrets").exists()  # provision generated nothing
+    close_all()
+
+
+@pytest.mark.timeout(60)
+def test_provision_of_several_stores_checks_the_release_reach_of_all_first(home: Path) -> None:
+    """A release that is not stable yet, on canary stores and one that is not: refused before the
+    first store is provisioned (the canary ones come first in inventory order)."""
+    record_release(home, "v0", stable=False)  # built: canary stores only
+    code, text = run_cli(["provision", "-r", "v0", "-l", "ring_canary,us-001", *INV], home)
+    assert code == 2 and "release v0 is built, not stable" in text and "(us-001)" in text, text
+    engine = open_state(f"sqlite:///{home / 'edgefleet.db'}")
+    assert Ledger(engine).rollouts(10) == []
+    assert not (home / "secrets").exists()
     close_all()
 
 

@@ -537,6 +537,12 @@ def test_train_three_stages_on_two_pools_with_a_worker_killed(world: World) -> N
             settings=SETTINGS.to_json())
         assignments = {sid: names.index(st.ring) for sid, st in world.fleet.stores.items()}
         train = trains.create(spec, assignments, names, _sim_now(world), operator="test").id
+        # The simulator's oracle learns the train: its stage order and release state rules hold from now on.
+        declared = httpx.post(f"{world.sim_url}/sim/oracle/train", trust_env=False, json={
+            "release": "v3", "soak_s": SOAK.total_seconds(),
+            "stages": [{"name": n, "stores": sorted(s for s, i in assignments.items() if i == k), "failure_budget": 0}
+                       for k, n in enumerate(names)]})
+        assert declared.status_code == 200, declared.text
 
         killed: list[int] = []
         deadline = time.monotonic() + TRAIN_WAIT_S

@@ -260,6 +260,23 @@ class Ledger:
             rows = s.scalars(select(RolloutRow).order_by(RolloutRow.created_at.desc()).limit(limit))
             return [_rollout(r) for r in rows]
 
+    def train_rollouts(self, train: str) -> list[RolloutRecord]:
+        """The child operations of release train ``train``, oldest first."""
+        with session_scope(self.engine) as s:
+            rows = s.scalars(select(RolloutRow).where(RolloutRow.train == train)
+                             .order_by(RolloutRow.created_at, RolloutRow.id))
+            return [_rollout(r) for r in rows]
+
+    def train_runs(self, train: str) -> dict[str, dict[str, StoreRunRecord]]:
+        """The store runs of release train ``train``'s child operations: rollout -> store -> run."""
+        out: dict[str, dict[str, StoreRunRecord]] = {}
+        with session_scope(self.engine) as s:
+            rows = s.scalars(select(StoreRunRow).join(RolloutRow, RolloutRow.id == StoreRunRow.rollout)
+                             .where(RolloutRow.train == train))
+            for r in rows:
+                out.setdefault(r.rollout, {})[r.store] = _run(r)
+        return out
+
     def plan_notes(self, rollout_id: str) -> dict[str, Any]:
         """What the plan said beside its rows (skipped and unschedulable stores)."""
         with session_scope(self.engine) as s:
@@ -412,6 +429,18 @@ class Ledger:
         with session_scope(self.engine) as s:
             row = s.get(StoreLockRow, store)
             return row.holder if row is not None else None
+
+    def lock_holders(self, stores: Iterable[str]) -> dict[str, str]:
+        """store -> holder, for those of ``stores`` someone holds."""
+        wanted = list(stores)
+        out: dict[str, str] = {}
+        with session_scope(self.engine) as s:
+            for i in range(0, len(wanted), 500):  # bounded IN lists
+                for store, holder in s.execute(select(StoreLockRow.store, StoreLockRow.holder)
+                                               .where(StoreLockRow.store.in_(wanted[i:i + 500]))):
+                    if holder is not None:
+                        out[store] = holder
+        return out
 
     def locks_held_by(self, holder: str) -> list[str]:
         with session_scope(self.engine) as s:

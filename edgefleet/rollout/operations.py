@@ -97,9 +97,11 @@ def create_rollout(fleet: Fleet, engine: Engine, release: str, policy: RolloutPo
 
 
 def record_rollout(fleet: Fleet, engine: Engine, request: RolloutRequest, now: datetime, *, operator: str = "",
-                   canary_stores: Collection[str] = (), force_reason: str | None = None) -> Created:
+                   canary_stores: Collection[str] = (), force_reason: str | None = None,
+                   train: str | None = None) -> Created:
     """Plan ``request`` and record it (status planned): the request whole, its waves and one
-    planned row per store (wave, earliest start, from-release), which the executor consumes.
+    planned row per store (wave, earliest start, from-release), which the executor consumes;
+    ``train``: the release train it is a child of (``edgefleet.trains``).
 
     A release that is not stable may reach only canary stores (``edgefleet.releases.reach``;
     ``canary_stores`` adds to the inventory's): ReleaseNotStable otherwise, unless ``force_reason``
@@ -115,7 +117,7 @@ def record_rollout(fleet: Fleet, engine: Engine, request: RolloutRequest, now: d
         plan=_notes(p.skipped, p.unschedulable), operator=operator,
         waves=[(w.index, w.name, w.failure_budget) for w in p.waves],
         runs=[(ps.store_id, ps.wave, ps.from_release, request.release) for ps in planned],
-        starts={ps.store_id: ps.start for ps in planned})
+        starts={ps.store_id: ps.start for ps in planned}, train=train)
     for sid, why in p.unschedulable:
         ledger.event(now, "store_unschedulable", rollout=rid, store=sid, reason=why)
     _record_forced(ledger, fleet, now, rid, request.release, state, reached, canary_stores=canary_stores,

@@ -134,6 +134,8 @@ class StoreProgress:
     """For a dispatched store: its child operation shows a fresh heartbeat or has not started yet
     (False: its runner died; the next tick resumes it)."""
     finished_at: datetime | None = None
+    returning: bool = False
+    """Its latest child operation is a rollback (``train abort --rollback``), not a rollout."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,12 @@ class TrainSnapshot:
     current: Mapping[str, str | None] = field(default_factory=dict)
     """Each store's current release per the ledger."""
     last_known_good: Mapping[str, str | None] = field(default_factory=dict)
+    pause_requested: bool = False
+    """A person asked the train to pause (``train pause``): nothing more is started."""
+    abort_requested: bool = False
+    """A person asked the train to stop (``train abort``)."""
+    rollback_requested: bool = False
+    """... and to bring its stores back to their last known-good release (``--rollback``)."""
 
 
 @dataclass(frozen=True)

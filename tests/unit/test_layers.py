@@ -33,6 +33,8 @@ PURE_CORE = (
     "edgefleet.seeds.render",
     "edgefleet.talos.config",
     "edgefleet.health.cluster",
+    "edgefleet.trains.model",
+    "edgefleet.trains.decide",
 )
 # Third-party ones: the standard library imports socket or subprocess for its own needs (the
 # contract checks that edgefleet's pure modules do not).

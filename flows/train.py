@@ -22,6 +22,7 @@ tick hands the parameters it was given on to the children.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -39,11 +40,13 @@ from edgefleet.rollout.endpoints import Endpoints
 from edgefleet.rollout.ledger import FINISHED, Ledger, RolloutStatus
 from edgefleet.settings import load_settings
 from edgefleet.state.db import open_state
-from edgefleet.trains.model import StageProgress, StoreProgress, Wait
+from edgefleet.trains.controller import STALE_AFTER, tick
+from edgefleet.trains.model import ACTIVE, StageProgress, StoreProgress, Wait
 from edgefleet.trains.prefect_deploy import PrefectDispatcher
+from edgefleet.trains.store import TrainStore
 from flows.rollout import _drive, _endpoints, _fleet
 
-STALE_AFTER_S = 30.0
+STALE_AFTER_S = STALE_AFTER.total_seconds()
 
 
 def _live_elsewhere(heartbeat_at: datetime | None, stale_after: timedelta) -> timedelta | None:
@@ -113,16 +116,14 @@ def _tick_markdown(train_id: str, release: str, status: str, stages: Sequence[St
     return "\n".join(lines) + "\n"
 
 
-async def _tick_one(fleet: Fleet, engine: Any, endpoints: Endpoints, train_id: str,
-                    params: Mapping[str, Any]) -> str:
-    """One train's tick and its artifact; its status afterwards."""
-    from edgefleet.trains import controller
-    from edgefleet.trains.store import TrainStore
-
+async def _tick_one(fleet: Fleet, engine: Any, home: Path, endpoints: Endpoints, train_id: str,
+                    params: Mapping[str, Any], stale_after: timedelta) -> str:
+    """One train's tick and its artifact; its status afterwards. The tick is synchronous (it reads
+    and writes the state store and launches children through the Prefect API): it runs in a thread."""
     trains = TrainStore(engine)
     dispatcher = PrefectDispatcher(train_id, params)
     now = endpoints.clock()
-    decision = await controller.tick(fleet, engine, train_id, now, dispatcher)
+    decision = await asyncio.to_thread(tick, engine, fleet, home, train_id, now, dispatcher, stale_after=stale_after)
     rec = trains.get(train_id)
     await acreate_markdown_artifact(
         markdown=_tick_markdown(train_id, rec.release, rec.status.value, trains.stages(train_id),
@@ -135,26 +136,31 @@ async def _tick_one(fleet: Fleet, engine: Any, endpoints: Endpoints, train_id: s
 
 
 @flow(name="train-tick", retries=0)
-async def train_tick(train_id: str | None = None, sim_url: str | None = None, inventory: str | None = None,
-                     home: str | None = None, state_url: str | None = None) -> State[Any]:
+async def train_tick(train_id: str | None = None, stale_after_s: float = STALE_AFTER_S, sim_url: str | None = None,
+                     inventory: str | None = None, home: str | None = None,
+                     state_url: str | None = None) -> State[Any]:
     """Tick every active train (or ``train_id``): dispatch what is due now to the region
-    deployments, record what finished; a markdown artifact per train says where it stands. A train
-    whose tick fails does not keep the others from theirs (the run ends Failed, naming it)."""
-    from edgefleet.trains.model import ACTIVE
-    from edgefleet.trains.store import TrainStore
+    deployments, resume children whose runner died, record what finished; a markdown artifact per
+    train says where it stands. A train whose tick fails does not keep the others from theirs (the
+    run ends Failed, naming it).
 
+    ``stale_after_s``: a running child whose heartbeat is older than this (wall time) lost its
+    runner and is launched again; its new run uses the same bound to judge it."""
     logger = get_run_logger()
     fleet = _fleet(inventory)
     engine = open_state(state_url or load_settings().state_store_url)
+    home_dir = Path(home) if home else load_settings().home
     endpoints = await _endpoints(fleet, sim_url)
     trains = TrainStore(engine)
     ids = [train_id] if train_id else [t.id for t in trains.list(limit=1000) if t.status in ACTIVE]
-    params = {"sim_url": sim_url, "inventory": inventory, "home": home, "state_url": state_url}
+    params = {"sim_url": sim_url, "inventory": inventory, "home": home, "state_url": state_url,
+              "stale_after_s": stale_after_s}
     done: list[str] = []
     failed: list[str] = []
     for tid in ids:
         try:
-            done.append(f"{tid} {await _tick_one(fleet, engine, endpoints, tid, params)}")
+            status = await _tick_one(fleet, engine, home_dir, endpoints, tid, params, timedelta(seconds=stale_after_s))
+            done.append(f"{tid} {status}")
         except EdgefleetError as e:
             logger.error("train %s: tick failed: %s", tid, e)
             failed.append(f"{tid}: {e}")

@@ -19,10 +19,11 @@ Every deployment pulls its code with ``set_working_directory`` to ``{{ $EDGEFLEE
 the worker at run time, as ``flows/prefect.yaml`` does: each worker machine has the checkout where
 its own ``EDGEFLEET_REPO`` says.
 
-``PrefectDispatcher.launch(rollout_id, region)`` creates a run of that region's deployment and
-returns at once (``run_deployment(..., timeout=0)``): the tick does not wait for its children; the
-next tick reads their outcome from the ledger. Each run is tagged with the train, the region and
-the rollout, so ``prefect flow-run ls`` and the UI find every child of a train.
+``PrefectDispatcher.launch(rollout_id, region)`` (the controller's ``Dispatcher``) creates a run of
+that region's deployment and returns at once (``run_deployment(..., timeout=0)``): the tick does not
+wait for its children; the next tick reads their outcome from the ledger. Each run is tagged with
+the train, the region and the rollout, so ``prefect flow-run ls`` and the UI find every child of a
+train.
 """
 
 from __future__ import annotations
@@ -210,16 +211,20 @@ class PrefectDispatcher:
     parameters: Mapping[str, Any] = field(default_factory=dict)
     launched: dict[str, str] = field(default_factory=dict)
 
-    async def launch(self, rollout_id: str, region: str) -> None:
-        """Create a run of ``rollout-<region>`` for ``rollout_id`` and return without waiting for it."""
-        from prefect.deployments import arun_deployment
+    def launch(self, rollout_id: str, region: str) -> None:
+        """Create a run of ``rollout-<region>`` for ``rollout_id`` and return without waiting for it
+        (``edgefleet.trains.controller.Dispatcher``). Synchronous, as the controller's tick is: call
+        it from a thread, not from inside an event loop (the tick flow runs the tick in a thread)."""
+        from prefect.client.schemas.objects import FlowRun
+        from prefect.deployments import run_deployment
 
         params = {"rollout_id": rollout_id, **{k: v for k, v in self.parameters.items() if v is not None}}
         try:
-            run = await arun_deployment(
-                operation_deployment(region), parameters=params, timeout=0,
-                flow_run_name=f"{rollout_id}-{uuid.uuid4().hex[:6]}",
-                tags=run_tags(self.train_id, region, rollout_id))
+            # _sync: the synchronous variant whatever the calling thread (prefect's async_dispatch)
+            run = run_deployment(operation_deployment(region), parameters=params, timeout=0,  # type: ignore[call-arg]
+                                 flow_run_name=f"{rollout_id}-{uuid.uuid4().hex[:6]}",
+                                 tags=run_tags(self.train_id, region, rollout_id), _sync=True)
+            assert isinstance(run, FlowRun)
         except Exception as e:
             raise _api_error(f"train {self.train_id}: launching {rollout_id} on {operation_deployment(region)}",
                              e) from e

@@ -237,7 +237,7 @@ def _launch(world: World, train_id: str, rollout_id: str, region: str) -> str:
 
     dispatcher = PrefectDispatcher(train_id, world.params())
     with temporary_settings(updates={PREFECT_API_URL: world.server.api_url}):
-        asyncio.run(dispatcher.launch(rollout_id, region))
+        dispatcher.launch(rollout_id, region)
     return dispatcher.launched[rollout_id]
 
 
@@ -523,7 +523,8 @@ def test_train_three_stages_on_two_pools_with_a_worker_killed(world: World) -> N
             pytest.fail(reason)
         pytest.skip(reason)
     t0 = time.monotonic()
-    _deploy(world, "--interval", str(TICK_S), "--tick-pool", pool_name("emea"), "--sim", world.sim_url)
+    _deploy(world, "--interval", str(TICK_S), "--tick-pool", pool_name("emea"), "--sim", world.sim_url,
+            "--param", f"stale_after_s={STALE_AFTER_S}")
     workers = world.ensure_workers()
     _jump(world, _next_instant(_sim_now(world), 1, 5))  # both regions' windows open for the next six hours
     engine = create_state_engine(world.state_url)

@@ -92,6 +92,7 @@ class World:
     state_url: str
     sim_url: str
     worker_env: dict[str, str]
+    sim: subprocess.Popen[str]
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def ensure_workers(self) -> dict[str, subprocess.Popen[bytes]]:
@@ -179,7 +180,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
               f"{time.monotonic() - t1:.0f} s")
         worker_env = {"EDGEFLEET_REPO": str(REPO), "EDGEFLEET_INVENTORY": str(inventory),
                       "EDGEFLEET_STATE_URL": state_url, "EDGEFLEET_HOME": str(home), PASSWORD_ENV: PASSWORD}
-        yield World(server, work, home, inventory, fleet, state_url, url, worker_env)
+        yield World(server, work, home, inventory, fleet, state_url, url, worker_env, sim)
     finally:
         if server is not None:
             server.stop()  # workers first, then the server
@@ -467,7 +468,11 @@ TRAIN_WAIT_S = 420.0  # bound on the whole train, fleet-time jumps included
 
 
 def _sim_now(world: World) -> datetime:
-    return datetime.fromisoformat(httpx.get(f"{world.sim_url}/sim/clock", trust_env=False).json()["now"])
+    try:
+        return datetime.fromisoformat(httpx.get(f"{world.sim_url}/sim/clock", trust_env=False).json()["now"])
+    except httpx.TransportError as e:
+        raise AssertionError(f"the simulator does not answer ({e}); its process: returncode {world.sim.poll()}; "
+                             f"its log: {(world.work / 'sim.log').read_text()[-3000:]}") from e
 
 
 def _jump(world: World, to: datetime) -> None:
@@ -535,7 +540,7 @@ def test_train_three_stages_on_two_pools_with_a_worker_killed(world: World) -> N
         names = ["canary", "ring1", "ring2"]
         spec = TrainSpec(release="v3", stages=tuple(
             StageSpec(n, f"ring_{n}", StagePolicy(failure_budget=0, soak=SOAK)) for n in names),
-            settings=SETTINGS.to_json())
+            settings=SETTINGS.to_json())  # a child works on one store at a time: the kill lands mid-child
         assignments = {sid: names.index(st.ring) for sid, st in world.fleet.stores.items()}
         train = trains.create(spec, assignments, names, _sim_now(world), operator="test").id
         # The simulator's oracle learns the train: its stage order and release state rules hold from now on.

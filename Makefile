@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-DEB_PACKAGES := packer genisoimage xorriso cloud-image-utils postgresql faketime
+DEB_PACKAGES := packer genisoimage xorriso cloud-image-utils postgresql faketime chromium prometheus
 
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export DO_NOT_TRACK := 1

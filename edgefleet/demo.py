@@ -2,16 +2,16 @@
 temporary API server), SQLite, and the local fleet simulator on 127.0.0.1. Nothing else is touched.
 
 1. validate the sample inventory;
-2. build releases v1 and v2 with Packer (Prefect flow ``build_release``); promote v1, the base
+2. build releases v1, v2 and v3 with Packer (Prefect flow ``build_release``); promote v1, the base
    release, to stable explicitly (only a stable release reaches stores outside the canary stage);
 3. start the fleet simulator (every BMC, Kubernetes API and Talos API of the 25 stores), its clock
    set to a Sunday evening outside the freezes and time running 3,600x faster;
 4. provision every store on v1 (flow ``provision_store``, one run per store, eight at a time);
-5. roll v2 out as canary + waves (flow ``rollout``, forced with a reason: v2 is only built) while
-   one node never becomes Ready: its store is reimaged back to v1 automatically and the wave's
-   failure budget holds;
-6. roll v2 back across the fleet (flow ``rollback``): revoked, every store back on v1;
-7. print a summary and write ``out/report.html``.
+5. a week of release trains (``edgefleet.demo_trains``): v2 to the canaries on Monday night, a soak,
+   ring 1 on Tuesday night, the rest on Wednesday night with one store rolled back by the engine;
+   v2 promoted to stable by its canary stage; then a bad v3 halted at its canary stage and rolled
+   back (``train abort --rollback``), v3 revoked;
+6. print a summary and write ``out/report.html`` (both trains on its timeline).
 
 Everything is written under ``out/`` (started afresh on every run). The flows run against a local
 Prefect server that the demo starts first and stops at the end (``edgefleet.prefect_server``: a
@@ -38,6 +38,7 @@ from typing import Any
 
 import httpx
 
+from edgefleet import demo_trains
 from edgefleet.cli import app
 from edgefleet.errors import EdgefleetError, ServiceStartError
 from edgefleet.prefect_server import local_prefect_server, start_timeout
@@ -45,12 +46,10 @@ from edgefleet.prefect_server import local_prefect_server, start_timeout
 OUT = Path("out/demo")
 REPORT = Path("out/report.html")
 TALOS_VERSION = "v1.12.6"
-CLOCK = "2026-11-01T21:00:00+00:00"  # a Sunday evening: European windows open, three weeks before Black Friday
+CLOCK = "2026-10-04T21:00:00+00:00"  # a Sunday evening: European windows open; the trains end weeks before Black Friday
 TIME_SCALE = 3600.0  # a simulated hour per second
 PROVISION_AT_ONCE = 8  # provision_store flow runs at a time
-FAILING_NODE = "us-003-w1"  # a worker that never becomes Ready (from the moment the scenario says so)
 DEMO_PASSWORD = "demo-only-bmc-password"  # the simulated BMCs' password, from EDGEFLEET_BMC_PASSWORD
-V2_FORCE_REASON = "demo: one rollout of canary + waves of a release that is not stable yet"
 SIM_START_TIMEOUT_S = 120.0  # the simulator answers in 2-5 s; room for a loaded machine
 
 
@@ -167,8 +166,8 @@ def _demo() -> None:
 
 
 def _story(t0: float, home: Path, state_url: str) -> None:
-    """The demo's steps: inventory, two releases, the simulated fleet provisioned, rolled out and
-    back, then the report and the summary."""
+    """The demo's steps: inventory, three releases, the simulated fleet provisioned, a week of
+    release trains, then the report and the summary."""
     _step("validate the sample inventory", "inventory", "validate", "inventory")
     _step("the fleet by country, region and ring", "inventory", "graph", "-i", "inventory")
 
@@ -185,20 +184,26 @@ def _story(t0: float, home: Path, state_url: str) -> None:
     with _simulator(home) as url:
         _title(f"fleet simulator on {url}: clock {CLOCK}, {TIME_SCALE:.0f}x")
         _provision_fleet(rollout_flows, url, common)
-        _roll_out_and_back(rollout_flows, url, common)
-        violations = _sim(url, "/sim/violations")
-        sim_now = datetime.fromisoformat(_sim(url, "/sim/clock")["now"])
+        from edgefleet.state.db import open_state
 
-    _step("the release catalog after the rollback", "release", "list")
+        engine = open_state(state_url)
+        demo_trains.week_of_v2(_step, _title, _sim, url, engine)
+        demo_trains.bad_release(_step, _title, _sim, url, engine)
+        violations = _sim(url, "/sim/violations")
+        sim_now = demo_trains.sim_now(_sim, url)
+
+    _step("the release catalog after both trains", "release", "list")
+    _step("the trains", "train", "list")
     _summary(t0, home, state_url, violations, sim_now)
 
 
 def _build_releases(build: ModuleType, upstream: Path) -> None:
-    """Releases v1 and v2 built with Packer by the build_release flow, then the catalog."""
+    """Releases v1, v2 and v3 built with Packer by the build_release flow, then the catalog."""
     from edgefleet.releases.upstream import sha256_file
 
     digest = sha256_file(upstream)
-    for name, ext in (("v1", "siderolabs/iscsi-tools"), ("v2", "siderolabs/util-linux-tools")):
+    for name, ext in (("v1", "siderolabs/iscsi-tools"), ("v2", "siderolabs/util-linux-tools"),
+                      ("v3", "siderolabs/qemu-guest-agent")):
         _title(f"build release {name} with Packer (Prefect flow build_release on the local server)")
         rel = _check(build.build_release(name=name, talos_version=TALOS_VERSION, upstream_iso=str(upstream),
                                          upstream_sha256=digest, kernel_args=["talos.platform=nocloud"],
@@ -240,52 +245,36 @@ def _provision_fleet(rollout_flows: ModuleType, url: str, common: dict[str, Any]
           flush=True)
 
 
-def _roll_out_and_back(rollout_flows: ModuleType, url: str, common: dict[str, Any]) -> None:
-    """v2 rolled out with a node that never becomes Ready (the rollout flow), then rolled back."""
-    _title(f"roll v2 out: canary + waves; {FAILING_NODE} never becomes Ready (simulator scenario); v2 is only "
-           f"built, so the run is forced (--force --reason, recorded as the event release_forced)")
-    _sim(url, "/sim/scenario", {"never_ready": [FAILING_NODE]})
-    ro = _check(asyncio.run(rollout_flows.rollout(
-        release="v2", canary=2, waves=["5", "100%"], failure_budget="1", max_concurrent=12, node_minutes=15.0,
-        wave_soak_minutes=30.0, gate_on_window=False, sim_url=url, return_state=True,
-        force_reason=V2_FORCE_REASON, **common)), "rollout v2")
-    for w in ro["waves"]:
-        print(f"  wave {w['index']} {w['name']}: {w['status']}, {w['done']}/{w['stores']} stores, "
-              f"{w['failures']} failed (budget {w['budget']})", flush=True)
-    for s in ro["stores"]:
-        if s["status"] != "succeeded":
-            print(f"  {s['store']}: {s['status']}: {s['reason']}", flush=True)
-
-    _title("roll v2 back across the fleet (flow rollback): v2 revoked, every store back on v1")
-    _sim(url, "/sim/scenario", {"never_ready": []})
-    rb = _check(asyncio.run(rollout_flows.rollback(release="v2", reason="demo: bad release", max_concurrent=12,
-                                                   node_minutes=15.0, sim_url=url, return_state=True,
-                                                   **common)), "rollback v2")
-    print(f"  rollback {rb['rollout']['id']}: {rb['rollout']['status']} ({rb['rollout']['reason']})", flush=True)
-
-
 def _summary(t0: float, home: Path, state_url: str, violations: dict[str, Any], sim_now: datetime) -> None:
     """The HTML report, the stores per release and the simulator's violations; exit 1 unless the
-    fleet is back on v1 with no violation."""
+    fleet ended as the story says (every store on v2 but the one the engine rolled back to v1, v2
+    stable, v3 revoked) with no violation."""
+    from edgefleet.releases.catalog import ReleaseCatalog
     from edgefleet.report import collect_report, render_report, write_report
-    from edgefleet.rollout.ledger import Ledger
     from edgefleet.state.db import open_state
 
     engine = open_state(state_url)
     write_report(REPORT, render_report(collect_report(engine, now=sim_now.astimezone(UTC))))
-    on: dict[str | None, int] = {}
-    for _s, (current, _lkg) in Ledger(engine).store_releases().items():
-        on[current] = on.get(current, 0) + 1
+    on = demo_trains.stores_per_release(engine)
     _title("summary")
-    print(f"stores per release: {on}", flush=True)
-    print(f"simulator safety violations: {violations['total']}", flush=True)
+    print("stores per release: " + "; ".join(f"{r}: {len(s)} ({', '.join(s) if len(s) < 4 else '...'})"
+                                             for r, s in on.items()), flush=True)
+    print(f"simulator violations (safety and the trains' stage order and release state): {violations['total']}",
+          flush=True)
     for v in violations["violations"][:10]:
         print(f"  {v['time']} {v['store']} {v['node']}: {v['rule']} ({v['operation']}): {v['detail']}", flush=True)
     print(f"report: {REPORT}; ledger: {home / 'edgefleet.db'}; simulator log: {OUT / 'sim.log'}", flush=True)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s", flush=True)
-    if violations["total"] or set(on) != {"v1"}:
-        print("demo FAILED: the fleet should be back on v1 with no safety violation", file=sys.stderr, flush=True)
+    end = demo_trains.expected_end()
+    catalog = ReleaseCatalog(engine)
+    states = {r: catalog.get(r).state.value for r in ("v1", "v2", "v3")}
+    ok = (violations["total"] == 0 and on.get(end["base"]) == [end["rolled_back_store"]]
+          and set(on) == {end["base"], end["release"]} and states == {"v1": "stable", "v2": "stable", "v3": "revoked"})
+    if not ok:
+        print(f"demo FAILED: expected every store on v2 but {end['rolled_back_store']} (on v1), v2 stable, v3 "
+              f"revoked and no violation; releases: {states}", file=sys.stderr, flush=True)
         raise SystemExit(1)
+
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,6 @@
-"""The ``edgefleet`` command line: one sub-app per area (inventory, release, seed, rollout, schedule,
-talos, report, sim, db); this module wires them and maps ``EdgefleetError`` to a message and exit code
-(0 ok, 1 operation failed, 2 bad input). Commands that do not run a flow never import prefect."""
+"""The ``edgefleet`` command line: one sub-app per area (inventory, release, seed, rollout, train,
+schedule, talos, report, sim, db); this module wires them and maps ``EdgefleetError`` to a message and
+exit code (0 ok, 1 operation failed, 2 bad input). Commands that do not run a flow never import prefect."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from edgefleet.cli import schedule as _schedule
 from edgefleet.cli import seed as _seed
 from edgefleet.cli import sim as _sim
 from edgefleet.cli import talos as _talos
+from edgefleet.cli import train as _train
 from edgefleet.cli._common import err_console
 from edgefleet.errors import EdgefleetError
 
@@ -34,6 +35,7 @@ app.add_typer(_seed.app, name="seed")
 app.add_typer(_sim.app, name="sim")
 app.add_typer(_schedule.app, name="schedule")
 app.add_typer(_rollout.app, name="rollout")
+app.add_typer(_train.app, name="train")
 app.add_typer(_db.app, name="db")
 app.command("rollback")(_rollout.rollback_cmd)
 app.command("provision")(_rollout.provision_cmd)

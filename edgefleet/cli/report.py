@@ -19,15 +19,18 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Where to write the HT
 IdsArg = Annotated[list[str] | None, typer.Argument(help="Operation or train ids to report on (a train: its child "
                                                          "operations; default: every operation)",
                                                     show_default=False)]
-MaxEventsOpt = Annotated[int, typer.Option("--max-events", min=0, help="Rows of the event log before it is cut")]
+MaxEventsOpt = Annotated[int | None, typer.Option("--max-events", min=0, show_default=False,
+                                                  help="Keep only the newest N events in the log (default: every "
+                                                       "event, newest first, in pages)")]
 TitleOpt = Annotated[str, typer.Option("--title", help="The page title")]
 
 
-def report_cmd(rollout_ids: IdsArg = None, out: OutOpt = Path("out/report.html"), max_events: MaxEventsOpt = 1000,
+def report_cmd(rollout_ids: IdsArg = None, out: OutOpt = Path("out/report.html"), max_events: MaxEventsOpt = None,
                title: TitleOpt = "edgefleet rollout report", limit: LimitOpt = None,
                inventory: InventoryOpt = Path("inventory")) -> None:
-    """Write an HTML report: operations, release trains, stores per release over time, failed
-    stores, event log (with --limit, of the stores it selects only)."""
+    """Write an HTML report: a headline (stores per release now, active trains, stores needing
+    attention), operations, release trains, stores per release over time, failed stores, the event
+    log newest first in pages (with --limit, of the stores it selects only)."""
     from edgefleet.outpaths import check_output_file
     from edgefleet.report import collect_report, render_report, write_report
     from edgefleet.state.db import open_state
@@ -38,9 +41,10 @@ def report_cmd(rollout_ids: IdsArg = None, out: OutOpt = Path("out/report.html")
 
         stores = limit_stores(load_fleet(inventory), limit, allow_empty=True)
     check_output_file(out, "--out", create_parents=True)
+    now = datetime.now(UTC)
     data = collect_report(open_state(default_state_url()), rollout_ids=rollout_ids or None,
-                          now=datetime.now(UTC), title=title, max_events=max_events, stores=stores)
+                          now=now, title=title, max_events=max_events, stores=stores, wall=now)
     path = write_report(out, render_report(data, max_events=max_events))
-    shown = min(len(data.events), max_events)
+    shown = len(data.events)
     console.print(f"wrote {path}: {len(data.operations)} operation(s), {len(data.changes)} release change(s), "
                   f"{shown} of {data.events_total} event(s)")

@@ -7,16 +7,33 @@ talks to the server ``PREFECT_API_URL`` names; prefect is imported only when it 
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from edgefleet.cli._common import InventoryOpt, JsonOpt, console, print_json
-from edgefleet.cli.schedule import parse_params
+from edgefleet.errors import InputError
 
 __all__ = ["deploy_cmd"]
+
+
+def _tick_params(items: list[str] | None, sim: str | None) -> dict[str, Any]:
+    """``--param KEY=VALUE`` (VALUE read as JSON when it is JSON, else a string) and ``--sim URL``."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise InputError(f"--param {item!r}: write KEY=VALUE with KEY a train_tick parameter, e.g. state_url=...")
+        try:
+            out[key.strip()] = json.loads(text)
+        except ValueError:
+            out[key.strip()] = text
+    if sim is not None:
+        out["sim_url"] = sim.rstrip("/")
+    return out
 
 
 def deploy_cmd(inventory: InventoryOpt = Path("inventory"),
@@ -39,7 +56,7 @@ def deploy_cmd(inventory: InventoryOpt = Path("inventory"),
     fleet = load_fleet(inventory)
     regions = regions_of(fleet)
     done = asyncio.run(deploy_trains(regions, repo=repo.resolve(), interval=timedelta(seconds=interval),
-                                     tick_pool=tick_pool, tick_parameters=parse_params(param, sim)))
+                                     tick_pool=tick_pool, tick_parameters=_tick_params(param, sim)))
     if json_out:
         print_json({"regions": regions, **done.to_json()})
         return

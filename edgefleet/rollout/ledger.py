@@ -455,11 +455,14 @@ class Ledger:
     # events
 
     def events(self, rollout: str | None = None, *, store: str | None = None, kind: str | None = None,
-               limit: int = 10_000, stores: Collection[str] | None = None) -> list[dict[str, Any]]:
-        """Events in the order written, of ``rollout``, ``store`` (or any of ``stores``) and ``kind``
-        when given."""
+               limit: int | None = 10_000, stores: Collection[str] | None = None,
+               newest_first: bool = False) -> list[dict[str, Any]]:
+        """Events in the order written (with ``newest_first``: newest time first, so ``limit``
+        keeps the newest), of ``rollout``, ``store`` (or any of ``stores``) and ``kind`` when
+        given; ``limit`` None: all of them."""
         with session_scope(self.engine) as s:
-            q = select(EventRow).order_by(EventRow.id)
+            q = select(EventRow).order_by(*((EventRow.ts.desc(), EventRow.id.desc()) if newest_first
+                                            else (EventRow.id,)))
             conds = []
             if rollout is not None:
                 conds.append(EventRow.rollout == rollout)

@@ -33,6 +33,7 @@ from edgefleet.rollout.ledger import (
     stmt_advance,
     stmt_run,
 )
+from edgefleet.rollout.liveness import EXECUTOR_STALE_AFTER, executor_live
 from edgefleet.rollout.plan import RolloutPlan, RolloutPolicy, budget_allowed, plan_rollout
 from edgefleet.rollout.request import OVERRIDABLE, RolloutRequest
 from edgefleet.rollout.states import RolloutEvent, RunEvent, SkipCause
@@ -283,7 +284,7 @@ async def resume(fleet: Fleet, home: Path, engine: Engine, endpoints: Endpoints,
                          settings=settings)
 
 
-def abort(engine: Engine, rollout_id: str, now: datetime, *, stale_after: timedelta = timedelta(seconds=60)
+def abort(engine: Engine, rollout_id: str, now: datetime, *, stale_after: timedelta = EXECUTOR_STALE_AFTER
           ) -> RolloutRecord:
     """Ask a running rollout to stop starting stores (running ones finish their current node). A
     rollout with no live executor (never started, paused, or its heartbeat is stale) is marked
@@ -294,9 +295,7 @@ def abort(engine: Engine, rollout_id: str, now: datetime, *, stale_after: timede
         raise StateError(f"rollout {rollout_id} is already {rec.status.value}")
     ledger.set_rollout(rollout_id, now, abort_requested=True)
     ledger.event(now, "abort_requested", rollout=rollout_id)
-    live = (rec.status is RolloutStatus.running and rec.heartbeat_at is not None
-            and datetime.now(rec.heartbeat_at.tzinfo) - rec.heartbeat_at < stale_after)
-    if not live:
+    if not executor_live(rec, datetime.now(UTC), stale_after):
         stmts = []
         for r in ledger.runs(rollout_id):
             cursor = RunCursor(rollout_id, r.store, r.status)

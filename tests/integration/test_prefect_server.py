@@ -7,12 +7,13 @@ the rollout flow's parameters deployed with ``from_source``, one ``prefect worke
 
 * a build_release run scheduled a few seconds ahead is run by the worker; the release shows up in
   the catalog and the run as Completed through the API;
-* ``edgefleet schedule rollout`` over stores in seven time zones creates one run per window group;
-  due groups start inside every member's local window; a freeze declared after scheduling is seen
-  at run time; a group whose window is hours away stays scheduled until ``schedule cancel``;
-  scheduling again creates nothing new;
+* one scheduled run per window group over stores in seven time zones (what ``schedule rollout``
+  created before it became an alias of ``train start``; ``schedule list``/``cancel`` still manage
+  such runs): due groups start inside every member's local window; a freeze declared after
+  scheduling is seen at run time; a group whose window is hours away stays scheduled until
+  ``schedule cancel``; scheduling again creates nothing new;
 * 30 window groups are scheduled, listed and cancelled (the small version of bench_schedule);
-* ``edgefleet schedule rollout --sim`` over six stores in six time zones: the worker runs the real
+* window-group runs with ``sim_url`` over six stores in six time zones: the worker runs the real
   ``rollout`` deployment against a fleet simulator process (real time, maintenance windows enforced
   by its oracle); every run Completed at or after its group's start, every store on the new release
   in the ledger and the simulator, each reimage inside the store's local window, no violation.
@@ -189,6 +190,24 @@ def _cli(*args: str) -> Any:
     return result
 
 
+def _schedule_groups(release: str, deployment: str, inventory: Path, after: datetime, *, dry_run: bool = False,
+                     extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One scheduled run of ``deployment`` per window group, at the group's next allowed start (what
+    ``schedule rollout`` did before it started release trains): the groups as JSON, each with its run."""
+    from edgefleet.schedule.groups import plan_schedule
+    from edgefleet.schedule.prefect_schedule import RunRequest, create_runs
+
+    ready = [gs for gs in plan_schedule(load_fleet(inventory), after, min_duration=timedelta(minutes=20))
+             if gs.start is not None]
+    if dry_run:
+        return [{**gs.to_json(), "run": None} for gs in ready]
+    runs = {r.group: r for r in create_runs([
+        RunRequest(deployment, release, gs.group.id, gs.start, {"release": release, "stores": list(gs.group.stores),
+                                                                  **(extra or {})}, stores=gs.group.stores)
+        for gs in ready if gs.start is not None])}
+    return [{**gs.to_json(), "run": runs[gs.group.id].to_json()} for gs in ready]
+
+
 def _add_release(state_url: str, tmp: Path, name: str) -> None:
     art = tmp / f"{name}.iso"
     art.write_bytes(b"image" * 100)
@@ -243,19 +262,13 @@ def test_schedule_rollout_cli_in_seven_time_zones(stack: Stack) -> None:
     stores.append(_store(9, "syd-1", "Australia/Sydney", "AU",
                          _window_around("Australia/Sydney", now, timedelta(hours=6), timedelta(hours=1))))
     _write_inventory(stack.inventory, stores)
-    from_ = (now + timedelta(seconds=5)).isoformat()
-    args = ["rollout", "--release", release, "--deployment", PROBE, "--from", from_, "-i", str(stack.inventory),
-            "--json"]
+    from_ = now + timedelta(seconds=5)
 
-    dry = _cli(*args, "--dry-run")
-    assert dry.exit_code == 0, dry.output
-    planned = json.loads(dry.stdout)["groups"]
+    planned = _schedule_groups(release, PROBE, stack.inventory, from_, dry_run=True)
     assert len(planned) == 7 and all(g["run"] is None for g in planned)
-    assert _cli("list", "--release", release, "--json").stdout.strip() == "[]"  # dry run created nothing
+    assert _cli("list", "--release", release, "--json").stdout.strip() == "[]"  # nothing created yet
 
-    result = _cli(*args)
-    assert result.exit_code == 0, result.output
-    groups = json.loads(result.stdout)["groups"]
+    groups = _schedule_groups(release, PROBE, stack.inventory, from_)
     assert sorted(g["id"] for g in groups) == sorted(g["id"] for g in planned)
     assert all(g["run"]["created"] and g["run"]["state"] == "SCHEDULED" for g in groups)
     by_store = {s: g for g in groups for s in g["stores"]}
@@ -296,9 +309,7 @@ def test_schedule_rollout_cli_in_seven_time_zones(stack: Stack) -> None:
 
     # Scheduling again: stores with a scheduled or completed run are not scheduled twice; the skipped
     # Oslo store gets a new run after its freeze.
-    again = _cli(*args)
-    assert again.exit_code == 0, again.output
-    again_by_store = {s: g for g in json.loads(again.stdout)["groups"] for s in g["stores"]}
+    again_by_store = {s: g for g in _schedule_groups(release, PROBE, stack.inventory, from_) for s in g["stores"]}
     assert sorted(again_by_store) == sorted(by_store)
     for sid, g in again_by_store.items():
         assert g["run"]["created"] is (sid == "osl-1"), (sid, g["run"])
@@ -353,7 +364,7 @@ def test_rollout_deployment_from_prefect_yaml(stack: Stack) -> None:
     stack.server.prefect("--no-prompt", "deploy", "--prefect-file", "flows/prefect.yaml", "--name", "rollout")
     out = stack.server.prefect("deployment", "inspect", "rollout/rollout").stdout
     assert "'entrypoint': 'flows/rollout.py:rollout'" in out
-    assert "'release'" in out and "'stores'" in out  # the parameters `edgefleet schedule rollout` passes
+    assert "'release'" in out and "'stores'" in out  # the parameters a window-group run passes
 
 
 
@@ -473,11 +484,8 @@ def test_scheduled_rollout_runs_on_the_worker_against_the_simulator_in_six_time_
         assert not any(in_window(s, sim_now) for s in fleet.stores.values())
         jumped_seq = httpx.get(f"{url}/sim/events?kind=clock_set", trust_env=False).json()["events"][-1]["seq"]
 
-        args = ["rollout", "--release", "v2", "--sim", url, "--param", "poll_s=0.2", "--param", "node_timeout_s=60",
-                "--param", "gate_timeout_s=60", "-i", str(stack.inventory), "--json"]
-        result = _cli(*args)
-        assert result.exit_code == 0, result.output
-        groups = json.loads(result.stdout)["groups"]
+        extra = {"sim_url": url, "poll_s": 0.2, "node_timeout_s": 60, "gate_timeout_s": 60}
+        groups = _schedule_groups("v2", "rollout/rollout", stack.inventory, datetime.now(UTC), extra=extra)
         assert sorted(s for g in groups for s in g["stores"]) == sorted(fleet.stores)
         assert len(groups) == 6  # one zone each
         start_of = {g["stores"][0]: datetime.fromisoformat(g["start_utc"]) for g in groups}
@@ -520,15 +528,8 @@ def test_scheduled_rollout_runs_on_the_worker_against_the_simulator_in_six_time_
             assert any(e["operation"] == rollout_of[sid] for e in steps), (sid, steps)
 
         # Scheduling again creates nothing new: every store has its completed run.
-        again = _cli(*args)
-        assert again.exit_code == 0, again.output
-        assert sorted((g["run"]["id"], g["run"]["created"]) for g in json.loads(again.stdout)["groups"]) == sorted(
-            (i, False) for i in run_ids)
-        # ... also with other parameters: the runs are kept as they were, and the command says so.
-        other = _cli(*args, "--param", "soak_s=1")
-        assert other.exit_code == 0, other.output
-        assert all(not g["run"]["created"] for g in json.loads(other.stdout)["groups"])
-        assert sorted(re.findall(r"kept run (\S+) .* scheduled with soak_s=null", other.stderr)) == sorted(run_ids)
+        again = _schedule_groups("v2", "rollout/rollout", stack.inventory, datetime.now(UTC), extra=extra)
+        assert sorted((g["run"]["id"], g["run"]["created"]) for g in again) == sorted((i, False) for i in run_ids)
         print(f"simulated rollout: provisioned {provisioned_s:.0f} s after start, "
               f"whole test {time.monotonic() - t_begin:.0f} s")
     finally:

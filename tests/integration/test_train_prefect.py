@@ -193,19 +193,14 @@ def _deploy(world: World, *args: str) -> dict[str, Any]:
     """``edgefleet train deploy`` against the world's server, as a person runs it from the checkout."""
     import json
 
-    import typer
+    from edgefleet.cli import app
 
-    from edgefleet.cli.train_deploy import deploy_cmd
-
-    app = typer.Typer()
-    app.command("deploy")(deploy_cmd)
-    app.command("noop")(lambda: None)  # two commands: typer keeps "deploy" as a subcommand name
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(REPO)
         for k, v in world.server.env().items():
             if k.startswith("PREFECT_"):
                 mp.setenv(k, v)
-        result = CliRunner().invoke(app, ["deploy", "-i", str(world.inventory), "--json", *args])
+        result = CliRunner().invoke(app, ["train", "deploy", "-i", str(world.inventory), "--json", *args])
     if result.exception and not isinstance(result.exception, SystemExit):
         raise result.exception
     assert result.exit_code == 0, result.output

@@ -35,6 +35,7 @@ PURE_CORE = (
     "edgefleet.health.cluster",
     "edgefleet.trains.model",
     "edgefleet.trains.decide",
+    "edgefleet.trains.stages",
 )
 # Third-party ones: the standard library imports socket or subprocess for its own needs (the
 # contract checks that edgefleet's pure modules do not).

@@ -115,7 +115,9 @@ def series(p: Page) -> dict[str, int]:
 def self_contained(page: str) -> None:
     low = page.lower()
     assert "<script" not in low and "<link" not in low and "<iframe" not in low and "<img" not in low
-    assert not re.search(r"\b(src|href)\s*=", low)
+    assert not re.search(r"\bsrc\s*=", low)
+    # links only to places on the page itself (anchors), never to anything outside it
+    assert re.findall(r"\bhref\s*=\s*\"?([^\s\">]*)", low) == re.findall(r"\bhref=\"(#[a-z0-9_.:-]+)\"", low)
     assert "@import" not in low and "url(" not in low
 
 
@@ -174,8 +176,8 @@ def test_render_has_summary_chart_problems_and_log() -> None:
     assert op[:4] == ["ro-1", "rollout", "v2", "succeeded"] and "rolled_back: 1" in op[5]
     assert "1 wave 1: passed, 2 store(s), 1 failed, budget 1" in op[6]
     assert p.rows["problems"][1] == ["ro-1", "s3", "rolled_back", "v1", "v2", "node s3-n1 not Ready"]
-    assert [r[5] for r in p.rows["events"][1:]] == [f"why {i}" for i in range(5)]
-    assert "Showing the first" not in page
+    assert [r[5] for r in p.rows["events"][1:]] == [f"why {i}" for i in reversed(range(5))]  # newest first
+    assert "older ones are left out" not in page
     assert render_report(_data()) == page  # pure: same data, same page
 
 
@@ -218,8 +220,8 @@ def test_render_escapes_and_scrubs_every_string() -> None:
 
 def test_event_log_is_cut_with_a_note() -> None:
     p = parse(render_report(_data(events_total=12), max_events=3))
-    assert len(p.rows["events"]) == 1 + 3
-    assert "Showing the first 3 of 12 events" in " ".join(p.text)
+    assert [r[5] for r in p.rows["events"][1:]] == ["why 4", "why 3", "why 2"]  # the newest kept
+    assert "The log shows the newest 3 of 12 events; the 9 older ones are left out" in " ".join(p.text)
     empty = render_report(_data(changes=(), initial={}, events=(), events_total=0, operations=()))
     pe = parse(empty)
     assert series(pe) == {} and "<svg" not in empty
@@ -321,7 +323,8 @@ def test_collected_ledger_renders_what_store_release_holds(engine: Engine) -> No
     log = p.rows["events"][1:]
     assert len(log) == data.events_total == ledger.count_events() == len(ledger.events())
     times = [r[0] for r in log]
-    assert times == sorted(times) and times != [r[0] for r in _by_id(ledger)]  # ordered by time, not by id
+    assert times == sorted(times, reverse=True)  # newest first
+    assert times[::-1] != [r[0] for r in _by_id(ledger)]  # ordered by time, not by id
     assert [r[0] for r in p.rows["operations"][1:]] == ["4 provisionings pr-s1 pr-s2 pr-s3 pr-s4", "ro-v2", "rb-v2"]
     ro = next(r for r in p.rows["operations"][1:] if r[0] == ids["ro"])
     assert ro[3] == "failed" and "rolled_back: 2" in ro[5] and "failed: 1" in ro[5]
@@ -332,7 +335,8 @@ def test_collected_ledger_renders_what_store_release_holds(engine: Engine) -> No
 
     cut = render_report(collect_report(engine, max_events=7), max_events=7)
     pc = parse(cut)
-    assert len(pc.rows["events"]) == 1 + 7 and f"first 7 of {data.events_total} events" in " ".join(pc.text)
+    assert [r[0] for r in pc.rows["events"][1:]] == times[:7]  # the newest seven
+    assert f"the newest 7 of {data.events_total} events" in " ".join(pc.text)
 
 
 def _by_id(ledger: Ledger) -> list[list[str]]:

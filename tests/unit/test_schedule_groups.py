@@ -4,13 +4,7 @@ days in Copenhagen and New York, and hypothesis properties over generated fleets
 from __future__ import annotations
 
 import itertools
-import json
-import os
-import shutil
-import subprocess
-import sys
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,8 +15,6 @@ from hypothesis import strategies as st
 from edgefleet.errors import InputError
 from edgefleet.inventory.load import load_fleet
 from edgefleet.inventory.model import Fleet
-from edgefleet.releases.catalog import Release, ReleaseCatalog, ReleaseState
-from edgefleet.releases.upstream import sha256_file
 from edgefleet.schedule.groups import (
     FreezeVerdict,
     freeze_decision,
@@ -32,7 +24,6 @@ from edgefleet.schedule.groups import (
     upcoming_starts,
 )
 from edgefleet.schedule.windows import freeze_at, in_window, window_at
-from edgefleet.state.db import create_state_engine
 from tests.helpers import SAMPLE_INVENTORY
 
 CPH = ZoneInfo("Europe/Copenhagen")
@@ -318,115 +309,3 @@ def test_freeze_decision_wait_lands_on_an_allowed_instant(fleet: Fleet, now: dat
         assert freeze_decision(fleet, stores, d.until).verdict is FreezeVerdict.go
     else:
         assert d.until is None and "reschedule" in d.reason
-
-
-# --- the CLI's dry run (no Prefect server, no prefect import) -----------------------------------------
-
-def _catalog_with(url: str, tmp: Path, name: str) -> None:
-    art = tmp / f"{name}.iso"
-    art.write_bytes(b"image" * 10)
-    t = datetime(2026, 11, 1, tzinfo=UTC)
-    engine = create_state_engine(url)
-    try:
-        ReleaseCatalog(engine).add(Release(
-            name=name, artifact_path=art, sha256=sha256_file(art), size=art.stat().st_size, talos_version="v1.12.6",
-            kubernetes_version="1.35.0", installer_image="ghcr.io/siderolabs/installer:v1.12.6", extensions=(),
-            kernel_args=("talos.platform=nocloud",), upstream_sha256="a" * 64, template_hash="b" * 64,
-            build_seconds=1.0, state=ReleaseState.built, created_at=t, state_changed_at=t))
-    finally:
-        engine.dispose()
-
-
-DRY_RUN = """
-import json, sys
-from typer.testing import CliRunner
-from edgefleet.cli.schedule import app
-r = CliRunner().invoke(app, sys.argv[1:])
-print(json.dumps({"code": r.exit_code, "stdout": r.stdout, "stderr": r.stderr,
-                  "error": repr(r.exception) if r.exception and not isinstance(r.exception, SystemExit) else None,
-                  "prefect": any(m == "prefect" or m.startswith("prefect.") for m in sys.modules)}))
-"""
-
-
-def _dry(tmp: Path, *args: str) -> dict[str, Any]:
-    env = {**os.environ, "EDGEFLEET_STATE_URL": f"sqlite:///{tmp / 'state.db'}", "EDGEFLEET_HOME": str(tmp / "home"),
-           "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-c", DRY_RUN, *args], capture_output=True, text=True, env=env,
-                          timeout=120, check=True)
-    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return out
-
-
-def test_cli_dry_run_groups_the_sample_fleet_without_importing_prefect(tmp_path: Path) -> None:
-    _catalog_with(f"sqlite:///{tmp_path / 'state.db'}", tmp_path, "r1")
-    common = ["rollout", "--release", "r1", "--dry-run", "-i", str(SAMPLE_INVENTORY), "--from", "2026-11-03T12:00:00Z"]
-    r = _dry(tmp_path, *common, "--json")
-    assert r["code"] == 0 and r["error"] is None, r
-    assert r["prefect"] is False
-    doc = json.loads(r["stdout"])
-    fleet = load_fleet(SAMPLE_INVENTORY)
-    assert sorted(s for g in doc["groups"] for s in g["stores"]) == sorted(fleet.stores)
-    assert all(g["run"] is None and g["start_utc"] >= "2026-11-03T12:00:00+00:00" for g in doc["groups"])
-    one = doc["groups"][0]["id"]
-    r = _dry(tmp_path, *common, "--group", one, "--json")
-    assert [g["id"] for g in json.loads(r["stdout"])["groups"]] == [one]
-    r = _dry(tmp_path, *common, "--stores", "dk-001,us-001", "--json")
-    assert sorted(s for g in json.loads(r["stdout"])["groups"] for s in g["stores"]) == ["dk-001", "us-001"]
-    r = _dry(tmp_path, *common)  # the table
-    assert r["code"] == 0 and "dry run" in r["stdout"] and one in r["stdout"] and r["stderr"] == ""
-
-
-@pytest.mark.parametrize(("args", "message"), [
-    (["--release", "nope"], "unknown release 'nope'"),
-    (["--release", "r1", "--stores", "dk-001", "--group", "x"], "not both"),
-    (["--release", "r1", "--stores", "zz-999"], "stores not in inventory"),
-    (["--release", "r1", "--group", "zz"], "unknown window group"),
-    (["--release", "r1", "--from", "2026-11-03T12:00:00"], "no UTC offset"),
-    (["--release", "r1", "--from", "soon"], "is not ISO 8601"),
-    (["--release", "r1", "--sim", "127.0.0.1:8700"], "is not a simulator URL"),
-    (["--release", "r1", "--param", "poll_s"], "write KEY=VALUE"),
-    (["--release", "r1", "--param", "stores=[\"dk-001\"]"], "the scheduler sets release and stores itself"),
-    (["--release", "r1", "--sim", "http://127.0.0.1:8700", "--param", "sim_url=x"], "not both"),
-])
-def test_cli_bad_input_is_refused_with_a_reason(tmp_path: Path, args: list[str], message: str) -> None:
-    _catalog_with(f"sqlite:///{tmp_path / 'state.db'}", tmp_path, "r1")
-    r = _dry(tmp_path, "rollout", *args, "--dry-run", "-i", str(SAMPLE_INVENTORY))
-    assert r["error"] is not None and message in r["error"], r
-
-
-def test_cli_sim_and_params_reach_every_run_without_prefect(tmp_path: Path) -> None:
-    _catalog_with(f"sqlite:///{tmp_path / 'state.db'}", tmp_path, "r1")
-    common = ["rollout", "--release", "r1", "--dry-run", "-i", str(SAMPLE_INVENTORY), "--from", "2026-11-03T12:00:00Z",
-              "--sim", "http://127.0.0.1:8700/", "--param", "poll_s=0.2", "--param", "canary_stores=[\"dk-001\"]",
-              "--param", "failure_budget=5%", "--param", "gate_on_window=false"]
-    r = _dry(tmp_path, *common, "--json")
-    assert r["code"] == 0 and r["error"] is None and r["prefect"] is False, r
-    assert json.loads(r["stdout"])["parameters"] == {"poll_s": 0.2, "canary_stores": ["dk-001"],
-                                                     "failure_budget": "5%", "gate_on_window": False,
-                                                     "sim_url": "http://127.0.0.1:8700"}
-    r = _dry(tmp_path, *common)  # the table says so too
-    assert r["code"] == 0 and 'sim_url="http://127.0.0.1:8700"' in r["stdout"] and "poll_s=0.2" in r["stdout"], r
-
-
-def test_parse_params_reads_json_values_and_refuses_duplicates() -> None:
-    from edgefleet.cli.schedule import parse_params
-
-    assert parse_params(None) == {}
-    assert parse_params(["a=1", "b=x y", "c=", "d=null", "e={\"k\": 1}"]) == {"a": 1, "b": "x y", "c": "", "d": None,
-                                                                          "e": {"k": 1}}
-    with pytest.raises(InputError, match=r"--param a given twice"):
-        parse_params(["a=1", "a=2"])
-    with pytest.raises(InputError, match=r"write KEY=VALUE"):
-        parse_params(["not a name=1"])
-    with pytest.raises(InputError, match=r"not a simulator URL"):
-        parse_params([], "ftp://127.0.0.1")
-
-
-def test_cli_reports_unschedulable_groups_and_exits_1(tmp_path: Path) -> None:
-    _catalog_with(f"sqlite:///{tmp_path / 'state.db'}", tmp_path, "r1")
-    inv = tmp_path / "inv"
-    shutil.copytree(SAMPLE_INVENTORY, inv)
-    fleet_yml = inv / "fleet.yml"
-    fleet_yml.write_text(fleet_yml.read_text().replace("    end: 2026-11-30\n", "    end: 2027-06-30\n", 1))
-    r = _dry(tmp_path, "rollout", "--release", "r1", "--dry-run", "-i", str(inv), "--from", "2026-11-24T00:00:00Z")
-    assert r["code"] == 1 and "unschedulable" in r["stderr"] and "black-friday" in r["stderr"], r

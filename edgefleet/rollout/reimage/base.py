@@ -37,7 +37,7 @@ from edgefleet.rollout.gates import (
 )
 from edgefleet.rollout.journal import RunCursor, stmt_event, stmt_run
 from edgefleet.rollout.states import Phase, Stage, Step
-from edgefleet.schedule.windows import next_allowed_start
+from edgefleet.schedule.windows import next_allowed_start, window_at
 
 __all__ = ["NodeTask", "Reimager", "WindowGuard", "wait_node"]
 
@@ -87,6 +87,19 @@ class WindowGuard:
         if start is None or start > t + timedelta(seconds=1):
             raise WindowClosed(f"the maintenance window of store {self.store.id} closes (or a freeze begins) "
                                f"within {margin}")
+
+    async def wait_next_window(self, duration: timedelta) -> bool:
+        """After ``check`` refused a step: wait for the end of the window occurrence we are in, then
+        ``wait_open``. What is left of this occurrence only shrinks, so a step refused in it would be
+        refused again (a store would start, eject and start again until the window shut)."""
+        now = self.ctx.now()
+        current = window_at(self.store, now)
+        if current is not None:
+            wait_s = self.ctx.endpoints.real_seconds((current[1] - now).total_seconds())
+            if wait_s > self.ctx.settings.window_wait_max_s:
+                return False
+            await self.ctx.sleep(wait_s + 0.01)
+        return await self.wait_open(duration)
 
     async def wait_open(self, duration: timedelta) -> bool:
         """Wait until ``[now, now + duration)`` fits a window outside freezes; False past the bound."""

@@ -32,7 +32,7 @@ async def _disrupt(ctx: EngineContext, r: Reimager, task: NodeTask, guard: Windo
             await r.abandon(task)
             await ctx.event("window_closing", store=task.store.id, node=task.node.name,
                             reason="the window closes before the reset: media ejected, waiting for the next window")
-            if not await guard.wait_open(ctx.settings.node_duration):
+            if not await guard.wait_next_window(ctx.settings.node_duration):
                 raise ReimageFailed(f"the maintenance window closed before node {task.node.name} was reset and did "
                                     "not reopen") from None
 

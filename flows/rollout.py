@@ -36,7 +36,7 @@ from edgefleet.inventory.load import load_fleet
 from edgefleet.inventory.model import Fleet
 from edgefleet.rollout import operations as ops
 from edgefleet.rollout.endpoints import Endpoints, from_inventory, from_simulator
-from edgefleet.rollout.ledger import RolloutRecord, RolloutStatus
+from edgefleet.rollout.ledger import Ledger, RolloutRecord, RolloutStatus
 from edgefleet.rollout.plan import RolloutPlan, RolloutPolicy
 from edgefleet.rollout.request import RolloutRequest
 from edgefleet.rollout.settings import EngineSettings
@@ -127,12 +127,14 @@ async def _watch_progress(engine: Any, rollout_id: str) -> None:
 
 @task(name="execute", retries=0, cache_policy=NO_CACHE, persist_result=False)
 async def _execute(fleet: Fleet, home: Path, engine: Any, endpoints: Endpoints, rollout_id: str,
-                   settings: EngineSettings | None, decision: str | None = None) -> RolloutRecord:
+                   settings: EngineSettings | None, decision: str | None = None, resume: bool = False
+                   ) -> RolloutRecord:
     """Run (or continue) one recorded operation to its end, a halt or a pause: the whole engine in
-    one task (see the module docstring)."""
+    one task (see the module docstring). ``resume``: continue one whose runner died (its saved
+    settings, its locks taken over by the same rollout id)."""
     watcher = asyncio.create_task(_watch_progress(engine, rollout_id))
     try:
-        if decision is None:
+        if decision is None and not resume:
             return await ops.run(fleet, home, engine, endpoints, rollout_id, settings=settings)
         return await ops.resume(fleet, home, engine, endpoints, rollout_id, decision=decision)
     finally:
@@ -142,10 +144,14 @@ async def _execute(fleet: Fleet, home: Path, engine: Any, endpoints: Endpoints, 
 
 
 async def _drive(fleet: Fleet, home: Path, engine: Any, endpoints: Endpoints, rollout_id: str,
-                 settings: EngineSettings | None) -> State[Any]:
-    """Execute; on a pause, wait for a person's decision (Prefect pause with input) and go on."""
+                 settings: EngineSettings | None, *, resume: bool = False) -> State[Any]:
+    """Execute; on a pause, wait for a person's decision (Prefect pause with input) and go on.
+    ``resume``: the operation ran before (see ``_execute``); one that is paused waits for the
+    decision at once."""
     logger = get_run_logger()
-    rec = await _execute(fleet, home, engine, endpoints, rollout_id, settings)
+    rec = Ledger(engine).rollout(rollout_id)
+    if not (resume and rec.status is RolloutStatus.paused):
+        rec = await _execute(fleet, home, engine, endpoints, rollout_id, settings, resume=resume)
     while rec.status is RolloutStatus.paused:
         logger.warning("rollout %s paused: %s; waiting for a decision (approve or reject)", rollout_id, rec.reason)
         answer = await apause_flow_run(wait_for_input=WaveAnswer, timeout=PAUSE_TIMEOUT_S,

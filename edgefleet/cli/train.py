@@ -48,6 +48,7 @@ from edgefleet.cli.rollout import (
     SeedUrlOpt,
     SimOpt,
 )
+from edgefleet.cli.train_deploy import deploy_cmd
 from edgefleet.errors import InputError, OperationFailed
 
 if TYPE_CHECKING:
@@ -389,3 +390,4 @@ def run(train_id: IdArg, inventory: InventoryOpt = Path("inventory"), sim: SimOp
 
 
 app.command("start")(start)
+app.command("deploy")(deploy_cmd)

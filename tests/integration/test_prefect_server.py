@@ -388,15 +388,15 @@ def _sim_store(i: int, sid: str, tz: str, country: str, window: dict[str, Any]) 
                            "username": "admin", "password_env": PASSWORD_ENV}}}]}
 
 
-def _start_simulator(inventory: Path, home: Path, clock: datetime, scenario: Path, log: Path
-                     ) -> tuple[subprocess.Popen[str], str]:
+def _start_simulator(inventory: Path, home: Path, clock: datetime, scenario: Path, log: Path, *,
+                     time_scale: float = 1.0) -> tuple[subprocess.Popen[str], str]:
     """``edgefleet sim serve`` as its own process (BMCs, Kubernetes and Talos APIs on 127.0.0.1); its URL."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EDGEFLEET_", "PREFECT_"))}
     env.update({PASSWORD_ENV: PASSWORD, "PYTHONPATH": str(REPO)})
     with log.open("w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "edgefleet.cli", "sim", "serve", "-i", str(inventory),
-                                 "--port", "0", "--talos-port", "0", "--time-scale", "1", "--clock", clock.isoformat(),
-                                 "--home", str(home), "--scenario", str(scenario)],
+                                 "--port", "0", "--talos-port", "0", "--time-scale", str(time_scale),
+                                 "--clock", clock.isoformat(), "--home", str(home), "--scenario", str(scenario)],
                                 env=env, stdout=subprocess.PIPE, stderr=err, text=True, cwd=REPO)
     assert proc.stdout is not None
     line = proc.stdout.readline()  # the first line names the URL (or the process ended)

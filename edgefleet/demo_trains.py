@@ -116,14 +116,14 @@ def bad_release(step: Step, title: Callable[[str], None], sim: Sim, url: str, en
          "--sim", url, *TRAIN_OPTIONS)
     train_id = _newest_train(engine, "v3")
     _declare(sim, url, engine, train_id)
-    step("run it: the canary stage goes past its failure budget and the train halts",
-         "train", "run", train_id, "--sim", url, "--poll", "0.5")
+    step("run it: the canary stage goes past its failure budget and the train halts (exit 1)",
+         "train", "run", train_id, "--sim", url, "--poll", "0.5", expect_failure=True)
     _expect(engine, train_id, TrainStatus.halted)
     _stages(engine, train_id)
     step("abort the train and roll its stores back (v3 is revoked)", "train", "abort", train_id, "--rollback",
          "--yes")
-    step("carry the rollback out: the canaries go back to v2 in their next windows", "train", "run", train_id,
-         "--sim", url, "--poll", "0.5")
+    step("carry the rollback out: the canaries go back to v2 in their next windows (the train ends aborted: "
+         "exit 1)", "train", "run", train_id, "--sim", url, "--poll", "0.5", expect_failure=True)
     _expect(engine, train_id, TrainStatus.aborted)
     _stages(engine, train_id)
 

@@ -61,8 +61,7 @@ bench: setup
 
 # The long runs of the crash and fault tests (EDGEFLEET_SOAK=1: 1,000 stores, 50 kill -9s, ...); not in `make test`.
 soak: setup
-	EDGEFLEET_SOAK=1 $(VENV)/bin/pytest -q -s tests/contract/test_rollout_crash.py tests/contract/test_fault_storm.py \
-		tests/integration/test_train_prefect.py
+	EDGEFLEET_SOAK=1 $(VENV)/bin/pytest -q -s tests/contract/test_rollout_crash.py tests/contract/test_fault_storm.py
 
 clean:
 	rm -rf out .prefect .edgefleet .pytest_cache .mypy_cache .ruff_cache

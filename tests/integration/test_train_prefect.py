@@ -507,10 +507,6 @@ def _idle_target(world: World, trains: Any, train_id: str, now: datetime) -> dat
     return min(later) + timedelta(minutes=1) if later and len(later) == len(targets) else None
 
 
-@pytest.mark.skipif(os.environ.get("EDGEFLEET_SOAK") != "1",
-                    reason="about 5 minutes, and not yet reliable: in 4 of 5 runs on a loaded machine the "
-                           "simulator process was sent SIGTERM mid-train by something not yet found; runs in "
-                           "`make soak` (EDGEFLEET_SOAK=1)")
 def test_train_three_stages_on_two_pools_with_a_worker_killed(world: World) -> None:
     """A train of v3 (built) over 50 stores in ten zones: canary, ring1, ring2 (the inventory's rings),
     a 24 h soak after each stage. Ticks come from the ``train-tick`` schedule on the emea pool; the

@@ -25,7 +25,7 @@ Two workers (children spread over two processes) need a dispatcher that hands ch
 processes: the Prefect work pools (``train-tick`` and ``rollout-<region>`` deployments). This
 benchmark does not measure it and says so in its output.
 
-    python -m bench.bench_train [--stores 3400] [--time-scale 3600] [--tick 0.25] [--max-concurrent 500]
+    python -m bench.bench_train [--stores 3400] [--time-scale 1200] [--tick 0.25] [--max-concurrent 500]
 """
 
 from __future__ import annotations
@@ -249,9 +249,9 @@ def outcome(state: str, train_id: str) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Knobs:
     stores: int = 3400
-    time_scale: float = 3600.0
+    time_scale: float = 1200.0
     tick_s: float = 0.25
-    engine_poll_s: float = 0.2
+    engine_poll_s: float = 0.1
     max_concurrent: int = 500
 
     def real_s(self, fleet_s: float) -> float:
@@ -323,6 +323,14 @@ def _violation_count(v: Any) -> int:
     return len(v) if isinstance(v, list) else -1
 
 
+def _by_rule(v: Any) -> str:
+    rules = v.get("by_rule") if isinstance(v, dict) else None
+    if not rules:
+        return ""
+    first = (v.get("violations") or [{}])[0]
+    return f": {rules}, first {json.dumps(first)[:300]}"
+
+
 def rows_of(r: dict[str, Any], k: Knobs) -> list[dict[str, object]]:
     got, bound = r["outcome"], r["bound"]
     start = datetime.fromisoformat(got["created_at"])
@@ -342,7 +350,8 @@ def rows_of(r: dict[str, Any], k: Knobs) -> list[dict[str, object]]:
                     f"window-bound lower bound ({stage_text})",
          "edgefleet": round(fleet_h, 2), "baseline": round(bound_h, 2), "ratio": f"{ratio:.3f}x",
          "goal": f"<= {GOAL}x", "met": ratio <= GOAL and got["status"] == "succeeded"},
-        {"measure": f"simulator violations (oracle + train rules); train {got['status']}; stores "
+        {"measure": f"simulator violations (oracle + train rules{_by_rule(r['violations'])}); train {got['status']}; "
+                    "stores "
                     f"{', '.join(f'{n} {s}' for s, n in sorted(states.items()))}; nodes on {RELEASE}: "
                     f"{on_target}/{r['nodes']}",
          "edgefleet": violations, "goal": "0", "met": violations == 0 and on_target == r["nodes"]},
@@ -355,7 +364,7 @@ def rows_of(r: dict[str, Any], k: Knobs) -> list[dict[str, object]]:
     ]
 
 
-def run(stores: int = 3400, time_scale: float = 3600.0, tick: float = 0.25, max_concurrent: int = 500,
+def run(stores: int = 3400, time_scale: float = 1200.0, tick: float = 0.25, max_concurrent: int = 500,
         result: str = "train") -> list[dict[str, object]]:
     k = Knobs(stores=stores, time_scale=time_scale, tick_s=tick, max_concurrent=max_concurrent)
     with workdir("bench-train-") as tmp:
@@ -380,7 +389,7 @@ def run(stores: int = 3400, time_scale: float = 3600.0, tick: float = 0.25, max_
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.bench_train", description=__doc__.split("\n\n")[0])
     p.add_argument("--stores", type=int, default=3400)
-    p.add_argument("--time-scale", type=float, default=3600.0, help="simulated seconds per real second")
+    p.add_argument("--time-scale", type=float, default=1200.0, help="simulated seconds per real second")
     p.add_argument("--tick", type=float, default=0.25, help="real seconds between the controller's ticks")
     p.add_argument("--max-concurrent", type=int, default=500, help="the train's global cap on stores at once")
     p.add_argument("--result", default="train", help="the results file (bench/results/NAME.json)")

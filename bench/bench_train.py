@@ -298,6 +298,9 @@ def train_world(k: Knobs, work: Path) -> dict[str, Any]:
         print(f"train: {train_id} started at {sim.now():%a %Y-%m-%d %H:%M} UTC (fleet time); `edgefleet "
               f"train run` ticking every {k.tick_s:g} s, clock x{k.time_scale:g}", flush=True)
         code, wall, cpu, rss = measured(run_cmd, env, work / "train-run.log", timeout_s=6 * 3600)
+        if sim.proc.poll() is not None:  # its stores' failures would be the simulator's absence
+            raise RuntimeError(f"the simulator exited during the train (exit code {sim.proc.returncode}; "
+                               f"its log: {work / 'sim.log'}): no figure of this run is meaningful")
         got = outcome(state, train_id)
         violations = sim.call("/sim/violations")
         report = sim.call("/sim/report")

@@ -14,6 +14,7 @@ from bench import (
     bench_scale,
     bench_schedule,
     bench_seeds,
+    bench_train,
 )
 from bench.common import render_table
 
@@ -28,6 +29,8 @@ BENCHES: dict[str, Callable[[], object]] = {
     "rollout-boot30": lambda: bench_rollout.run(boot_real=30.0, poll=3.75, flow=False, result="rollout-boot30"),
     "ansible": bench_ansible.run,
     "scale": bench_scale.run,
+    # A release train in the stores' real windows over a simulated fortnight (python -m bench.bench_train).
+    "train": bench_train.run,
 }
 
 

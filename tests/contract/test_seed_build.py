@@ -180,9 +180,9 @@ def test_secrets_missing_for_a_store_with_seeds(sample_copy: Path, tmp_path: Pat
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (("--store", "zz-999"), "no store 'zz-999'"),
-    ((), "give either --store ID"),
-    (("--store", "dk-003", "--all"), "give either --store ID"),
+    (("--store", "zz-999"), "no group or store 'zz-999'"),
+    ((), "give the stores: --limit PATTERN"),
+    (("--store", "dk-003", "--all"), "give one store selector, not --store and --all"),
     (("--store", "dk-003", "--node", "dk-001-n1"), "no node 'dk-001-n1' in store dk-003"),
 ])
 def test_bad_arguments_exit_2_and_write_nothing(sample_copy: Path, tmp_path: Path, env: dict[str, str],

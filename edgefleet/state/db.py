@@ -27,8 +27,9 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from edgefleet.errors import OutputPathError, StateError
 from edgefleet.state.migrate import Migrated, SchemaState, head_revision, migrate, schema_state, store_name
@@ -133,6 +134,10 @@ def _sqlite_missing(url: str) -> bool:
     return parsed.get_backend_name() == "sqlite" and db not in (None, "", ":memory:") and not Path(str(db)).exists()
 
 
+def _locked(e: BaseException) -> bool:
+    return isinstance(e, OperationalError) and "database is locked" in str(e)
+
+
 def state_schema(url: str) -> SchemaReport:
     """Where the store at ``url`` stands against head; creates and changes nothing (a SQLite file
     that does not exist is reported ``empty``, not created)."""
@@ -141,7 +146,11 @@ def state_schema(url: str) -> SchemaReport:
                             SchemaState.empty)
     engine = _new_engine(url)
     try:
-        revision, state = schema_state(engine, Base.metadata)
+        # Another process may be migrating this SQLite store right now: its write lock can make this
+        # read fail at once ("database is locked") instead of waiting; read again for a while.
+        revision, state = Retrying(stop=stop_after_delay(SQLITE_BUSY_TIMEOUT_MS / 1000), reraise=True,
+                                   wait=wait_exponential(multiplier=0.05, max=1.0),
+                                   retry=retry_if_exception(_locked))(schema_state, engine, Base.metadata)
         return SchemaReport(store_name(engine), revision, head_revision(), state)
     except SQLAlchemyError as e:
         raise StateError(f"cannot read the schema revision of state store {store_name(engine)}: {e}") from e

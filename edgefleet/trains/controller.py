@@ -65,7 +65,7 @@ from edgefleet.trains.model import (
     TrainSnapshot,
     TrainStatus,
 )
-from edgefleet.trains.store import TrainRecord, TrainStore
+from edgefleet.trains.store import TrainRecord, TrainStore, spec_settings
 
 __all__ = [
     "STALE_AFTER",
@@ -98,7 +98,7 @@ class Dispatcher(Protocol):
 
 def engine_settings(record: TrainRecord) -> EngineSettings:
     """The engine settings the train's children run with (the defaults when none were given)."""
-    return EngineSettings.from_json(dict(record.spec.settings)) if record.spec.settings else EngineSettings()
+    return spec_settings(record.spec)
 
 
 # -- the snapshot ---------------------------------------------------------------------------------------

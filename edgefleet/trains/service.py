@@ -27,7 +27,6 @@ from edgefleet.errors import InputError, LockHeld, ReleaseInputError, StateError
 from edgefleet.inventory.model import Fleet
 from edgefleet.releases.catalog import ReleaseCatalog, ReleaseState
 from edgefleet.rollout.ledger import Ledger
-from edgefleet.rollout.settings import EngineSettings
 from edgefleet.schedule.windows import next_allowed_start
 from edgefleet.trains.model import (
     ACTIVE,
@@ -40,7 +39,7 @@ from edgefleet.trains.model import (
     Wait,
 )
 from edgefleet.trains.stages import Assignment, PlannedStage, assign, plan_stages
-from edgefleet.trains.store import TrainRecord, TrainStore
+from edgefleet.trains.store import TrainRecord, TrainStore, spec_settings
 
 __all__ = ["Started", "abort", "approve", "node_duration", "pause", "resume", "start", "status"]
 
@@ -49,7 +48,7 @@ _WINDOW_HORIZON = timedelta(days=60)
 
 def node_duration(spec: TrainSpec) -> timedelta:
     """What one node needs of a store's window: the train's engine settings' ``node_duration``."""
-    return (EngineSettings.from_json(dict(spec.settings)) if spec.settings else EngineSettings()).node_duration
+    return spec_settings(spec).node_duration
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from edgefleet.errors import LockHeld, StateError, UnknownTrain
 from edgefleet.rollout.journal import dumps, event_values
 from edgefleet.rollout.ledger import EventRow, new_rollout_id
+from edgefleet.rollout.settings import EngineSettings
 from edgefleet.state.db import Base, session_scope
 from edgefleet.trains.model import (
     ACTIVE,
@@ -106,6 +107,11 @@ def spec_json(spec: TrainSpec) -> dict[str, Any]:
                                    "max_per_region": st.policy.max_per_region,
                                    "max_per_country": st.policy.max_per_country}}
                        for st in spec.stages]}
+
+
+def spec_settings(spec: TrainSpec) -> EngineSettings:
+    """The engine settings the train's children run with (the defaults when none were given)."""
+    return EngineSettings.from_json(dict(spec.settings)) if spec.settings else EngineSettings()
 
 
 def parse_spec(data: Mapping[str, Any]) -> TrainSpec:

@@ -21,6 +21,7 @@ without parsing messages:
     │   ├── UnknownRollout         no rollout with that id in the ledger
     │   ├── UnknownTrain           no release train with that id in the state store
     │   ├── OutputPathError        an output path is a file, under a file, or not writable
+    │   ├── NodeOperationRefused   a day-2 node operation that would be unsafe or names no such node
     │   └── SeedError              a NoCloud seed ISO cannot be built or read back
     └── OperationFailed            exit 1: the world did not do what we asked
         ├── ToolMissing            an outside program (packer, xorriso, ...) is not installed
@@ -42,6 +43,8 @@ without parsing messages:
         ├── StoreRunFailed         a store could not be brought to a release (``reason``, ``inconclusive``)
         │   ├── GateFailed         a health gate (node, quorum, store, hook) said no
         │   └── ReimageFailed      a node's reimage could not be carried out
+        ├── DrainBlocked           a node's drain gave up: a disruption budget keeps a pod on it
+        ├── QuorumAtRisk           a node operation would cost the store its etcd quorum as it is now
         ├── WindowClosed           the maintenance window closes (or a freeze begins) before a step
         ├── LockHeld               another operation holds the store
         │   └── StoreSplit         ... and the store is split: a person must continue its repair
@@ -159,6 +162,11 @@ class OutputPathError(InputError):
     process cannot write. Raised before anything is written."""
 
 
+class NodeOperationRefused(InputError):
+    """A day-2 node operation refused before anything was touched: the node is not in the
+    inventory, the last control plane, a MAC already used by another node (message: which)."""
+
+
 class OperationFailed(EdgefleetError):
     """An operation against the outside world failed. Exit code 1."""
 
@@ -253,6 +261,21 @@ class WindowClosed(OperationFailed):
     """The maintenance window would close (or a freeze begin) before the next disruptive step."""
 
     transient = True
+
+
+class DrainBlocked(OperationFailed):
+    """A node's drain gave up after its retries: the message names the pod and the disruption
+    budget that keeps it (``pod``, ``budget``), and what to do."""
+
+    def __init__(self, message: str, *, pod: str = "", budget: str = ""):
+        self.pod = pod
+        self.budget = budget
+        super().__init__(message)
+
+
+class QuorumAtRisk(OperationFailed):
+    """A node operation would leave the store's etcd without quorum given which members are up
+    now (a control plane down): wait until they are healthy, or repair the one that is down."""
 
 
 class LockHeld(OperationFailed):

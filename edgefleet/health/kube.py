@@ -46,6 +46,7 @@ __all__ = [
     "fetch_cluster",
     "parse_snapshot",
     "read_snapshot",
+    "tls_context",
 ]
 
 PemSource = str | Path | bytes  # a file path, or the PEM itself
@@ -176,6 +177,12 @@ def _ssl_contexts(access: ClusterAccess, keys: KeyLoader) -> tuple[ssl.SSLContex
         raise KubeApiError(f"cannot load the cluster CA or client certificate: {e}",
                            endpoint=access.endpoint.rstrip("/")) from None
     return ctx, diag
+
+
+def tls_context(access: ClusterAccess, keys: KeyLoader) -> ssl.SSLContext:
+    """The TLS context for ``access`` (its CA, its client certificate): for other clients of a
+    store's API than ``KubeApiClient`` (a drain's writes)."""
+    return _ssl_contexts(access, keys)[0]
 
 
 # OpenSSL reasons of a TLS alert by which a server refuses the client certificate (TLS 1.3 sends it

@@ -52,6 +52,7 @@ from edgefleet.sim.oracle import (
 from edgefleet.sim.oracle_trains import StoreFacts, TrainOracle
 from edgefleet.sim.passwords import resolve_passwords
 from edgefleet.sim.scenario import Scenario, check_names
+from edgefleet.sim.workloads import Workloads
 
 # NodeState, ActionError and the BMC's values live in sim/node.py, SimClock in sim/clock.py,
 # resolve_passwords in sim/passwords.py and Violation in sim/oracle.py; the simulator's modules
@@ -107,6 +108,10 @@ class SimFleet:
         # BMC requests per (operation, store), by the X-Edgefleet-Operation header: proves which
         # operations reached a store's BMCs at all (a refused operation must reach none).
         self.operation_requests: Counter[tuple[str, str]] = Counter()
+        # Requests per (node, kind) that targeted one node: its BMC ("bmc POST"), the Talos API
+        # ("talos Reset") and the Kubernetes API's node writes ("k8s cordon", "k8s evict"): proves
+        # which nodes an operation touched at all (``node_request_counts``).
+        self.node_requests: Counter[tuple[str, str]] = Counter()
         self.faults: Counter[str] = Counter()
         self.boots = Counter[str]()
         self._timers: set[asyncio.TimerHandle] = set()
@@ -119,6 +124,12 @@ class SimFleet:
         self.net_seed_retry: Callable[[NodeState], bool] = lambda _ns: False
         check_names(scenario, self.nodes, self.fleet.stores)
         self._apply_scenario_sets()
+        for name in (*scenario.new_nodes, *scenario.replaced_nodes):  # racked, never installed
+            ns = self.nodes[name]
+            ns.power, ns.joined, ns.reason = POWER_OFF, False, "blank disk: never installed"
+        self.workloads = Workloads({sid: [(ns.name, ns.is_control_plane) for ns in nodes]
+                                    for sid, nodes in self.store_nodes.items()}, scenario.strict_pdbs,
+                                   ready=lambda n: self.readiness(self.nodes[n], flaps=False)[0])
 
     # -- scenario -----------------------------------------------------------------------------
 
@@ -185,6 +196,10 @@ class SimFleet:
             if len(self.violations) < MAX_VIOLATIONS:
                 self.violations.append(v)
             self.event("violation", node=ns, operation=operation, detail=v.as_dict())
+
+    def record_finding(self, ns: NodeState, rule: str, detail: str) -> None:
+        """Record a violation of ``rule`` found outside the BMC actions (the Talos API's wiring)."""
+        self._record(ns, [Finding(rule, detail)], ns.operation)
 
     def _touch(self, ns: NodeState, operation: str | None) -> None:
         """Oracle: another operation mid-reimage in this store?"""
@@ -489,6 +504,13 @@ class SimFleet:
                 "boot": {"target": ns.boot_target, "enabled": ns.boot_enabled},
                 "media": {k: {"image": m.url, "sha256": m.sha256, "kind": m.kind} for k, m in ns.media.items()},
                 "seed_instance_id": ns.seed_instance_id, "operation": ns.operation}
+
+    def node_request_counts(self) -> dict[str, dict[str, int]]:
+        """node -> request kind -> how many requests targeted that node."""
+        out: dict[str, dict[str, int]] = {}
+        for (node, kind), n in sorted(self.node_requests.items()):
+            out.setdefault(node, {})[kind] = n
+        return out
 
     def operation_request_counts(self) -> dict[str, dict[str, int]]:
         """operation id -> store -> BMC requests that carried it (any method, faults included)."""

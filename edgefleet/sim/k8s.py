@@ -3,8 +3,12 @@
 A store's API is up while one of its control planes is powered on, booted and joined (and the
 store is not offline in the scenario); otherwise every path answers 503, as a load balancer in
 front of a dead API server would (connection refused cannot be simulated per store on one port).
-The NodeList has the real shape (``metadata.name``/``labels``, ``status.conditions`` with the
-``Ready`` condition, ``status.addresses``, ``status.nodeInfo.osImage``/``kubeletVersion``). Nodes
+Node writes and drains: ``PATCH .../nodes/NAME`` (a merge patch; ``spec.unschedulable`` is what
+it changes: cordon), ``GET .../pods?fieldSelector=spec.nodeName=NAME`` and ``POST
+.../namespaces/NS/pods/NAME/eviction`` (the Eviction API, PodDisruptionBudgets as
+``edgefleet.sim.workloads`` keeps them). The NodeList has the real shape (``metadata.name``/
+``labels``, ``status.conditions`` with the ``Ready`` condition, ``status.addresses``,
+``status.nodeInfo.osImage``/``kubeletVersion``). Nodes
 stay listed while down, NotReady, as a real cluster keeps their Node objects. Client
 certificates are not checked.
 """
@@ -16,7 +20,7 @@ from typing import Any
 
 from edgefleet.sim.fleet import NodeState, SimFleet
 
-__all__ = ["node_list", "node_object", "readyz"]
+__all__ = ["node_list", "node_object", "pod_list", "readyz"]
 
 _UUID_NS = uuid.UUID("0b7f8c52-31a4-4b1e-8a4e-6a8f3f2d9c11")
 
@@ -26,7 +30,7 @@ def node_object(sim: SimFleet, ns: NodeState, now: str) -> dict[str, Any]:
     return {
         "metadata": {"name": ns.name, "uid": str(uuid.uuid5(_UUID_NS, ns.name)), "labels": ns.node_labels(),
                      "resourceVersion": str(ns.generation)},
-        "spec": {},
+        "spec": {"unschedulable": True} if ns.name in sim.workloads.stores[ns.store.id].cordoned else {},
         "status": {
             "conditions": [{"type": "Ready", "status": "True" if ready else "False",
                             "reason": "KubeletReady" if ready else "KubeletNotReady", "message": why,
@@ -52,3 +56,9 @@ def readyz(sim: SimFleet, store_id: str) -> tuple[int, str]:
         return 200, "ok"
     why = "store offline" if store_id in sim.offline else "no control plane is up"
     return 503, f"[-]etcd failed: {why}\nreadyz check failed\n"
+
+
+def pod_list(sim: SimFleet, store_id: str, node: str | None) -> dict[str, Any]:
+    items = [p.as_object() for p in sim.workloads.pods(store_id, node)]
+    return {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": str(sim.event_seq)},
+            "items": items}

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from edgefleet.errors import InputError
 from edgefleet.sim.fleet import SimFleet
-from edgefleet.sim.k8s import node_list, readyz
+from edgefleet.sim.k8s import node_list, node_object, pod_list, readyz
 from edgefleet.sim.oracle_trains import parse_train
 from edgefleet.sim.scenario import update_scenario
 
@@ -39,6 +39,7 @@ def sim_report(sim: SimFleet) -> dict[str, Any]:
         "releases": dict(releases.most_common()), "boots": dict(sim.boots),
         "requests": dict(sim.requests), "faults_injected": dict(sim.faults),
         "operation_requests": sim.operation_request_counts(),
+        "node_requests": sim.node_request_counts(),
         "media": {"downloads": sim.fetcher.downloads, "bytes": sim.fetcher.bytes,
                   "images_parsed": sim.fetcher.parses, "release_images_cached": len(sim.fetcher.releases)},
         "events": dict(sim.event_counts),
@@ -58,6 +59,9 @@ class StoreApis:
         return [
             Route("/k8s/{store}/readyz", self.k8s_readyz),
             Route("/k8s/{store}/api/v1/nodes", self.k8s_nodes),
+            Route("/k8s/{store}/api/v1/nodes/{node}", self.k8s_node, methods=["GET", "PATCH"]),
+            Route("/k8s/{store}/api/v1/pods", self.k8s_pods),
+            Route("/k8s/{store}/api/v1/namespaces/{ns}/pods/{pod}/eviction", self.k8s_evict, methods=["POST"]),
             Route("/probes/{store}/{name}", self.store_probe),
         ]
 
@@ -68,6 +72,63 @@ class StoreApis:
             return PlainTextResponse(f"no store {sid}\n", 404)
         code, text = readyz(self.sim, sid)
         return PlainTextResponse(text, code)
+
+    def _unavailable(self, sid: str) -> Response | None:
+        if sid not in self.sim.store_nodes:
+            return JSONResponse(_k8s_status(404, "NotFound", f"no store {sid}"), 404)
+        if not self.sim.store_up(sid):
+            return JSONResponse(_k8s_status(503, "ServiceUnavailable", readyz(self.sim, sid)[1].strip()), 503)
+        return None
+
+    async def k8s_node(self, request: Request) -> Response:
+        """One Node; PATCH (a merge patch) sets ``spec.unschedulable`` (cordon / uncordon)."""
+        sid, name = request.path_params["store"], request.path_params["node"]
+        self.sim.requests[f"k8s node {request.method}"] += 1
+        if (down := self._unavailable(sid)) is not None:
+            return down
+        ns = self.sim.nodes.get(name)
+        if ns is None or ns.store.id != sid:
+            return JSONResponse(_k8s_status(404, "NotFound", f'nodes "{name}" not found'), 404)
+        if request.method == "PATCH":
+            try:
+                spec = json.loads(await request.body()).get("spec", {})
+                flag = spec.get("unschedulable")
+            except (ValueError, AttributeError) as e:
+                return JSONResponse(_k8s_status(400, "BadRequest", f"not a merge patch: {e}"), 400)
+            if flag is not None:
+                if not isinstance(flag, bool):
+                    return JSONResponse(_k8s_status(422, "Invalid", "spec.unschedulable: must be a boolean"), 422)
+                self.sim.node_requests[(name, "k8s cordon" if flag else "k8s uncordon")] += 1
+                self.sim.workloads.cordon(sid, name, flag)
+                self.sim.event("k8s_cordon", node=ns, detail={"unschedulable": flag})
+        now = self.sim.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")
+        return Response(json_bytes(node_object(self.sim, ns, now)), media_type="application/json")
+
+    async def k8s_pods(self, request: Request) -> Response:
+        """The store's pods; ``fieldSelector=spec.nodeName=NAME`` narrows them to one node."""
+        sid = request.path_params["store"]
+        self.sim.requests["k8s pods"] += 1
+        if (down := self._unavailable(sid)) is not None:
+            return down
+        sel = request.query_params.get("fieldSelector", "")
+        node = sel.removeprefix("spec.nodeName=") if sel.startswith("spec.nodeName=") else None
+        if sel and node is None:
+            return JSONResponse(_k8s_status(400, "BadRequest", f"field selector {sel!r} is not supported here"), 400)
+        return Response(json_bytes(pod_list(self.sim, sid, node)), media_type="application/json")
+
+    async def k8s_evict(self, request: Request) -> Response:
+        """The Eviction API: 201, or 429 when the pod's disruption budget forbids it."""
+        sid, pod = request.path_params["store"], request.path_params["pod"]
+        self.sim.requests["k8s eviction"] += 1
+        if (down := self._unavailable(sid)) is not None:
+            return down
+        target = next((p for p in self.sim.workloads.pods(sid) if p.name == pod), None)
+        if target is not None:
+            self.sim.node_requests[(target.node, "k8s evict")] += 1
+        code, body = self.sim.workloads.evict(sid, pod, [ns.name for ns in self.sim.store_nodes[sid]])
+        self.sim.event("k8s_eviction", store=sid, node=self.sim.nodes[target.node] if target else None,
+                       detail={"pod": pod, "code": code})
+        return JSONResponse(body, code)
 
     async def store_probe(self, request: Request) -> Response:
         """The store's custom HTTP probes (inventory ``probes``): a store's systems answer while its
@@ -98,6 +159,11 @@ class StoreApis:
                                  "message": "internal error (simulated burst)", "reason": "InternalError",
                                  "code": 500}, 500)
         return Response(json_bytes(node_list(self.sim, sid)), media_type="application/json")
+
+
+def _k8s_status(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason,
+            "code": code}
 
 
 class SimApi:

@@ -20,6 +20,10 @@ A scenario file is YAML; every key is optional::
     flapping: [se-0001-n1]        # nodes whose readiness flips every flap_seconds (simulated)
     flap_seconds: 60
     offline_stores: [no-0003]     # the store's Kubernetes API and BMCs answer 503
+    strict_pdbs: [dk-0002]        # the store's PodDisruptionBudget allows no disruption (drain blocks)
+    new_nodes: [dk-0001-w3]       # machines racked but never installed: off, blank disk, no etcd member
+    replaced_nodes: [dk-0001-n2]  # new hardware in a dead node's place: as new_nodes, but the old
+                                  # machine's etcd member (a control plane's) is still registered, down
     caps: {global: 500, per_region: 100, per_country: 50}  # max nodes rebooting at once
     enforce_maintenance: true     # record reimages outside windows / inside freezes as violations
     initial_release: r2026.10     # what every node runs when the simulator starts
@@ -99,6 +103,9 @@ class Scenario(_Model):
     flapping: list[str] = Field(default_factory=list)
     flap_seconds: float = Field(default=60.0, gt=0)
     offline_stores: list[str] = Field(default_factory=list)
+    strict_pdbs: list[str] = Field(default_factory=list)
+    new_nodes: list[str] = Field(default_factory=list)
+    replaced_nodes: list[str] = Field(default_factory=list)
     caps: Caps = Field(default_factory=Caps)
     enforce_maintenance: bool = True
     initial_release: str = "initial"
@@ -138,8 +145,8 @@ def check_names(scenario: Scenario, nodes: Collection[str], stores: Collection[s
     have (a typo would otherwise make a fault that never happens, and a test that cannot fail)."""
     named_nodes = {*scenario.never_ready, *scenario.flapping, *scenario.slow_boot.nodes,
                    *(n for ns in scenario.never_ready_on.values() for n in ns),
-                   *(b.node for b in scenario.bmc_bursts)}
-    named_stores = {*scenario.offline_stores, *(b.store for b in scenario.k8s_bursts)}
+                   *(b.node for b in scenario.bmc_bursts), *scenario.new_nodes, *scenario.replaced_nodes}
+    named_stores = {*scenario.offline_stores, *(b.store for b in scenario.k8s_bursts), *scenario.strict_pdbs}
     bad = [f"node {n!r}" for n in sorted(named_nodes - set(nodes))]
     bad += [f"store {s!r}" for s in sorted(named_stores - set(stores))]
     if bad:

@@ -6,6 +6,9 @@ Routes::
     /bmc/<node>/redfish/v1/...        Redfish (edgefleet.sim.redfish), with the scenario's faults
     /k8s/<store>/readyz               200 "ok" / 503
     /k8s/<store>/api/v1/nodes         NodeList / 503
+    /k8s/<store>/api/v1/nodes/<node>  Node; PATCH spec.unschedulable (cordon)
+    /k8s/<store>/api/v1/pods          PodList (?fieldSelector=spec.nodeName=<node>)
+    /k8s/<store>/api/v1/namespaces/<ns>/pods/<pod>/eviction   POST: 201 / 429 (disruption budget)
     /probes/<store>/<probe name>      the store's custom HTTP probes: their expected status / 503
     /sim/endpoints                    {"nodes": {node: bmc base URL}, "stores": {store: k8s base URL}} and,
                                       when the Talos API is served, "talos": {"endpoint", "ca_pem"}
@@ -114,6 +117,7 @@ class BmcEndpoint:
             return
         method = scope["method"]
         sim.requests[f"bmc {method}"] += 1
+        sim.node_requests[(ns.name, f"bmc {method}")] += 1
         op = next((v for k, v in scope["headers"] if k == _OPERATION_HEADER), None)
         if op:
             sim.operation_requests[(op.decode("latin-1"), ns.store.id)] += 1

@@ -26,6 +26,9 @@ closed).
     operation A (operations are named by the ``X-Edgefleet-Operation`` request header; requests
     without it are not attributed). A node is mid-reimage from its operation's first disruptive
     request until its media are ejected (and no boot or boot override is pending);
+``stale_etcd_member``
+    a control plane installed on replacement hardware joined etcd while the dead machine's member
+    of the same name was still registered (it must be removed first, from a healthy control plane);
 ``concurrency_cap``
     more nodes rebooting (off or booting) at once than a scenario cap allows (global, per region,
     per country).
@@ -61,7 +64,7 @@ __all__ = [
 ]
 
 RULES = ("outside_window", "freeze", "control_planes_down", "concurrent_operations", "concurrency_cap",
-         "stage_order", "release_state")
+         "stage_order", "release_state", "stale_etcd_member")
 
 
 @dataclass(frozen=True, slots=True)

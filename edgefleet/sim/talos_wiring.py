@@ -47,6 +47,13 @@ class SimTalosBackend:
         self.members: dict[str, set[str]] = {
             sid: {ns.name for ns in nodes if ns.is_control_plane and ns.joined}
             for sid, nodes in sim.store_nodes.items()}
+        # the dead machines' members, still registered (scenario ``replaced_nodes``), per store
+        self.stale: dict[str, set[str]] = {sid: set() for sid in sim.store_nodes}
+        for name in sim.scenario.replaced_nodes:
+            ns = sim.nodes[name]
+            if ns.is_control_plane:
+                self.members[ns.store.id].add(name)
+                self.stale[ns.store.id].add(name)
         self.wiped: set[str] = set()
         # edgefleet.sim.netseed: called for a wiped node that booted without seed media; True when
         # it fetches the node's seed over the network (and calls ``seed_read`` once it joined).
@@ -151,6 +158,18 @@ class SimTalosBackend:
         self.sync()
         return sorted(m for m in self.members[store_id] if self._up(self._ns(m)))
 
+    def etcd_roster(self, store_id: str) -> Mapping[str, bool]:
+        self.sync()
+        return {m: self._up(self._ns(m)) for m in sorted(self.members[store_id])}
+
+    def etcd_remove(self, store_id: str, member: str) -> None:
+        self.members[store_id].discard(member)
+        self.stale[store_id].discard(member)
+        self.sim.event("etcd_member_removed", node=self._ns(member))
+
+    def note_call(self, node: str, method: str) -> None:
+        self.sim.node_requests[(node, f"talos {method}")] += 1
+
     def formed(self, store_id: str) -> bool:
         """Whether the store's etcd has a member that is up (the Kubernetes API can serve)."""
         self.sync()
@@ -194,6 +213,12 @@ class SimTalosBackend:
     def _booted(self, ns: NodeState, detail: Mapping[str, object]) -> None:
         store = ns.store.id
         if detail.get("source") == "media":
+            if ns.name in self.stale[store] and ns.joined:
+                self.sim.record_finding(ns, "stale_etcd_member",
+                                        f"{ns.name} joined etcd while the dead machine's member {ns.name} was still "
+                                        "registered: remove it first (EtcdRemoveMemberByID from a healthy control "
+                                        "plane)")
+                self.stale[store].discard(ns.name)
             self.members[store].discard(ns.name)  # reinstalled: empty etcd data directory
             self.wiped.discard(ns.name)
         elif ns.name in self.wiped:

@@ -18,6 +18,7 @@ store, a certificate without a Talos role, and a role below the method's:
     Version, ServiceList, EtcdMemberList   os:reader, os:operator, os:admin
     Reboot                                 os:operator, os:admin
     Bootstrap, Reset                       os:admin
+    EtcdRemoveMemberByID, EtcdLeaveCluster os:admin (upstream machined's role table)
 
 Node behaviour (``TalosNodeBackend`` supplies the state; ``MemoryNodes`` is a complete one over
 a fleet and its secrets, in ``edgefleet.sim.talosnodes``; the simulator wiring adapts the
@@ -29,7 +30,19 @@ simulator's nodes):
 * ``Bootstrap`` on a control plane with etcd data is ALREADY_EXISTS "etcd data directory is not
   empty" (upstream's exact code and words); on a worker FAILED_PRECONDITION; otherwise the node
   creates the store's etcd cluster and becomes its first member;
-* ``EtcdMemberList`` lists the store's control planes that are etcd members and up;
+* ``EtcdMemberList`` lists every registered member of the store's etcd, also those down (as etcd
+  does: a dead machine's member stays until it is removed);
+* ``EtcdRemoveMemberByID`` (on a control plane; upstream keeps only the by-id form) removes a
+  registered member, also one that is down: an unknown id is NOT_FOUND "etcdserver: member not
+  found"; a removal that would leave the remaining members without a started quorum (the last
+  member, a healthy one while another is down) fails "etcdserver: unhealthy cluster", as etcd's
+  strict reconfiguration check answers (``etcd_may_remove``). Upstream does not refuse a node
+  removing its own member; neither does the simulator (``EtcdLeaveCluster`` is the way for that);
+* ``EtcdLeaveCluster`` (on a control plane) removes the node's own member under the same quorum
+  rule and voids its etcd data; a node that is no member any more succeeds (upstream: "already
+  removed, nothing to do"). Upstream retries an unhealthy cluster for five minutes before it
+  fails; the simulator fails at once with the same words;
+* every call counts against each node it targets (``note_call``: the oracle's per-node counts);
 * ``Reset`` with STATE (and EPHEMERAL) wiped drops the node's etcd membership and machine config:
   after its reboot it boots from its NoCloud seed again.
 """
@@ -50,7 +63,7 @@ from google.protobuf import empty_pb2
 from google.rpc import status_pb2
 
 from edgefleet.inventory.model import url_host
-from edgefleet.sim.talosnodes import MemoryNodes, NodeFault, TalosNodeBackend
+from edgefleet.sim.talosnodes import MemoryNodes, NodeFault, TalosNodeBackend, etcd_may_remove
 from edgefleet.talos.certs import cert_roles, issued_by, mint_ca, mint_server_cert
 from edgefleet.talos.proto.common import common_pb2
 from edgefleet.talos.proto.machine import machine_pb2 as pb
@@ -64,6 +77,7 @@ __all__ = [
     "TalosApiServicer",
     "TalosApiTls",
     "TalosNodeBackend",
+    "member_id",
     "start_talos_api",
 ]
 
@@ -74,7 +88,9 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
     "Version": _READ, "ServiceList": _READ, "EtcdMemberList": _READ,
     "Reboot": frozenset({"os:operator", "os:admin"}),
     "Bootstrap": frozenset({"os:admin"}), "Reset": frozenset({"os:admin"}),
+    "EtcdRemoveMemberByID": frozenset({"os:admin"}), "EtcdLeaveCluster": frozenset({"os:admin"}),
 }
+_UNHEALTHY = "etcdserver: unhealthy cluster"
 
 
 # --- TLS ---------------------------------------------------------------------------------------------
@@ -217,6 +233,7 @@ class TalosApiServicer(pb_grpc.MachineServiceServicer):
             await context.abort(a.code, a.message)
         messages = []
         for shown, name in targets:
+            self.backend.note_call(name, method)
             try:
                 msg = one(name)
                 msg.metadata.CopyFrom(common_pb2.Metadata(hostname=shown))
@@ -267,12 +284,50 @@ class TalosApiServicer(pb_grpc.MachineServiceServicer):
                                 "etcd is not running on this node: the cluster is not bootstrapped (or it has not "
                                 "joined yet)")
             store = self.backend.store_of(node)
-            members = [pb.EtcdMember(id=_member_id(m), hostname=m,
+            members = [pb.EtcdMember(id=member_id(m), hostname=m,
                                      peer_urls=[f"https://{url_host(self.backend.address(m))}:2380"],
                                      client_urls=[f"https://{url_host(self.backend.address(m))}:2379"])
-                       for m in self.backend.etcd_members(store)]
+                       for m in self.backend.etcd_roster(store)]
             return pb.EtcdMembers(members=members)
         return await self._serve("EtcdMemberList", context, pb.EtcdMemberListResponse, pb.EtcdMembers, one)
+
+    def _etcd_control_plane(self, node: str, api: str) -> str:
+        self.backend.check_up(node)
+        if not self.backend.is_control_plane(node):
+            raise NodeFault(grpc.StatusCode.UNIMPLEMENTED, f"{api} is only available on control plane nodes")
+        store = self.backend.store_of(node)
+        if not self.backend.etcd_members(store):
+            raise NodeFault(grpc.StatusCode.UNAVAILABLE, "failed to create etcd client: no etcd member is up")
+        return store
+
+    async def EtcdRemoveMemberByID(self, request: pb.EtcdRemoveMemberByIDRequest,
+                                   context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        def one(node: str) -> pb.EtcdRemoveMemberByID:
+            store = self._etcd_control_plane(node, "etcd remove member")
+            roster = self.backend.etcd_roster(store)
+            member = next((m for m in roster if member_id(m) == request.member_id), None)
+            if member is None:
+                raise NodeFault(grpc.StatusCode.NOT_FOUND, "etcdserver: member not found")
+            if not etcd_may_remove(roster, member):
+                raise NodeFault(grpc.StatusCode.UNKNOWN, f"failed to remove member: failed to remove member "
+                                                         f"{request.member_id}: {_UNHEALTHY}")
+            self.backend.etcd_remove(store, member)
+            return pb.EtcdRemoveMemberByID()
+        return await self._serve("EtcdRemoveMemberByID", context, pb.EtcdRemoveMemberByIDResponse,
+                                 pb.EtcdRemoveMemberByID, one)
+
+    async def EtcdLeaveCluster(self, request: pb.EtcdLeaveClusterRequest,
+                               context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        def one(node: str) -> pb.EtcdLeaveCluster:
+            store = self._etcd_control_plane(node, "etcd leave")
+            roster = self.backend.etcd_roster(store)
+            if node in roster:
+                if not etcd_may_remove(roster, node):
+                    raise NodeFault(grpc.StatusCode.UNKNOWN, f"failed to leave cluster: failed to remove member "
+                                                             f"{member_id(node)}: {_UNHEALTHY}")
+                self.backend.etcd_remove(store, node)
+            return pb.EtcdLeaveCluster()
+        return await self._serve("EtcdLeaveCluster", context, pb.EtcdLeaveClusterResponse, pb.EtcdLeaveCluster, one)
 
     async def Bootstrap(self, request: pb.BootstrapRequest, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         def one(node: str) -> pb.Bootstrap:
@@ -303,7 +358,8 @@ class TalosApiServicer(pb_grpc.MachineServiceServicer):
 
 
 
-def _member_id(name: str) -> int:
+def member_id(name: str) -> int:
+    """The etcd member id the simulator gives the member named ``name`` (stable, as ids are)."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
 
 

@@ -18,7 +18,16 @@ import grpc
 from edgefleet.errors import EdgefleetError
 from edgefleet.inventory.model import Fleet, Role
 
-__all__ = ["MemoryNodes", "NodeFault", "TalosNodeBackend"]
+__all__ = ["MemoryNodes", "NodeFault", "TalosNodeBackend", "etcd_may_remove"]
+
+
+def etcd_may_remove(roster: Mapping[str, bool], member: str) -> bool:
+    """Whether etcd lets ``member`` be removed from a cluster whose members are ``roster`` (name ->
+    up): etcd's strict reconfiguration check (``IsReadyToRemoveVotingMember``) wants the members
+    left behind to still have a started quorum. So the last member cannot go, nor a healthy one of
+    three while another is down; a member that is down can always go while the others are up."""
+    rest = [up for name, up in roster.items() if name != member]
+    return sum(rest) >= len(rest) // 2 + 1
 
 
 class NodeFault(EdgefleetError):
@@ -58,6 +67,15 @@ class TalosNodeBackend(Protocol):
     def etcd_members(self, store_id: str) -> Sequence[str]:
         """The store's control planes that are etcd members and up, in a stable order."""
 
+    def etcd_roster(self, store_id: str) -> Mapping[str, bool]:
+        """Every registered etcd member of the store (also those down): name -> up."""
+
+    def etcd_remove(self, store_id: str, member: str) -> None:
+        """Drop ``member`` from the store's etcd cluster (its data, if the node is up, is void)."""
+
+    def note_call(self, node: str, method: str) -> None:
+        """Count a Talos API call that targeted ``node`` (the oracle's per-node request counts)."""
+
     def address(self, node: str) -> str: ...
 
     def reset(self, node: str, *, graceful: bool, reboot: bool, wipe: frozenset[str]) -> None: ...
@@ -95,6 +113,7 @@ class MemoryNodes:
     seeded: bool = True
     talos_version: str = "v1.12.0"
     nodes: dict[str, _NodeFacts] = field(default_factory=dict)
+    calls: dict[tuple[str, str], int] = field(default_factory=dict)
     _gen: int = 0
 
     def __post_init__(self) -> None:
@@ -163,6 +182,16 @@ class MemoryNodes:
     def etcd_members(self, store_id: str) -> Sequence[str]:
         return [f.name for f in self.nodes.values()
                 if f.store == store_id and f.control_plane and f.etcd and f.up and f.configured]
+
+    def etcd_roster(self, store_id: str) -> Mapping[str, bool]:
+        return {f.name: f.up and f.configured for f in self.nodes.values()
+                if f.store == store_id and f.control_plane and f.etcd}
+
+    def etcd_remove(self, store_id: str, member: str) -> None:
+        self.nodes[member].etcd = False
+
+    def note_call(self, node: str, method: str) -> None:
+        self.calls[node, method] = self.calls.get((node, method), 0) + 1
 
     def address(self, node: str) -> str:
         return self.nodes[node].address

@@ -247,6 +247,18 @@ class TalosClient:
         await self._call("Reset", node, lambda md, t: self._stub.Reset(req, metadata=md, timeout=t),
                          idempotent=False)
 
+    async def etcd_remove_member(self, member_id: int, *, node: str | None = None) -> None:
+        """Remove the etcd member ``member_id`` through control plane ``node`` (a member whose
+        machine is gone; a running node leaves with ``etcd_leave``). An unknown member is
+        NOT_FOUND; a removal that would break quorum fails "etcdserver: unhealthy cluster"."""
+        await self._call("EtcdRemoveMemberByID", node, lambda md, t: self._stub.EtcdRemoveMemberByID(
+            pb.EtcdRemoveMemberByIDRequest(member_id=member_id), metadata=md, timeout=t), idempotent=False)
+
+    async def etcd_leave(self, *, node: str | None = None) -> None:
+        """Make control plane ``node`` leave the etcd cluster (its etcd data is void afterwards)."""
+        await self._call("EtcdLeaveCluster", node, lambda md, t: self._stub.EtcdLeaveCluster(
+            pb.EtcdLeaveClusterRequest(), metadata=md, timeout=t), idempotent=False)
+
     async def reboot(self, *, node: str | None = None) -> None:
         await self._call("Reboot", node, lambda md, t: self._stub.Reboot(
             pb.RebootRequest(), metadata=md, timeout=t), idempotent=False)

@@ -179,13 +179,51 @@ def test_bootstrap_once_then_refused_and_members_follow_control_planes(world: Wo
             assert sorted(m.hostname for m in await c.etcd_members()) == ["aa-cp1", "aa-cp2", "aa-cp3"]
             with pytest.raises(TalosRefused, match="ALREADY_EXISTS"):
                 await c.bootstrap(node="aa-cp3")
-            # a control plane going down leaves the list; its call is UNAVAILABLE
+            # a control plane going down stays a registered member (as in etcd); its call is UNAVAILABLE
             nodes.nodes["aa-cp3"].up = False
-            assert sorted(m.hostname for m in await c.etcd_members()) == ["aa-cp1", "aa-cp2"]
+            assert sorted(m.hostname for m in await c.etcd_members()) == ["aa-cp1", "aa-cp2", "aa-cp3"]
             with pytest.raises(TalosUnavailable, match="aa-cp3 is down"):
                 await c.version(node="aa-cp3")
 
     run(body, world)
+
+
+def test_etcd_member_removal_and_leave_keep_quorum(world: World) -> None:
+    """EtcdRemoveMemberByID and EtcdLeaveCluster as upstream: os:admin only, control planes only,
+    NOT_FOUND for an unknown member, and etcd's quorum check: never the last member, never a
+    healthy member while another is down; a member that is down may be removed."""
+    from edgefleet.sim.talosapi import member_id
+
+    async def body(server: TalosApiServer, nodes: MemoryNodes) -> None:
+        async with client(world, server, "aa", "aa-cp1", TalosRole.operator) as c:
+            with pytest.raises(TalosAccessDenied, match="os:admin"):
+                await c.etcd_leave()
+            with pytest.raises(TalosAccessDenied, match="os:admin"):
+                await c.etcd_remove_member(member_id("aa-cp2"))
+        async with client(world, server, "aa", "aa-cp1", TalosRole.admin) as c:
+            with pytest.raises(TalosCallFailed, match="UNIMPLEMENTED: etcd leave is only available on control plane"):
+                await c.etcd_leave(node="aa-w1")
+            with pytest.raises(TalosCallFailed, match="NOT_FOUND: etcdserver: member not found") as nf:
+                await c.etcd_remove_member(12345)
+            assert nf.value.code == "NOT_FOUND"
+            nodes.nodes["aa-cp3"].up = False  # a dead machine: its member stays registered
+            with pytest.raises(TalosCallFailed, match="unhealthy cluster"):
+                await c.etcd_leave(node="aa-cp2")  # would leave cp1 alone with dead cp3: no quorum
+            with pytest.raises(TalosCallFailed, match="unhealthy cluster"):
+                await c.etcd_remove_member(member_id("aa-cp2"))
+            assert nodes.nodes["aa-cp2"].etcd
+            await c.etcd_remove_member(member_id("aa-cp3"))  # the dead one may go
+            assert [m.hostname for m in await c.etcd_members()] == ["aa-cp1", "aa-cp2"]
+            await c.etcd_leave(node="aa-cp2")
+            assert [m.hostname for m in await c.etcd_members()] == ["aa-cp1"]
+            await c.etcd_leave(node="aa-cp2")  # no member any more: nothing to do, as upstream
+            with pytest.raises(TalosCallFailed, match=r"failed to leave cluster: .*unhealthy cluster"):
+                await c.etcd_leave()  # the last member
+            assert nodes.nodes["aa-cp1"].etcd
+        assert nodes.calls[("aa-cp2", "EtcdLeaveCluster")] == 3  # the refused one was not retried
+        assert ("aa-w1", "EtcdLeaveCluster") in nodes.calls and ("aa-cp3", "EtcdLeaveCluster") not in nodes.calls
+
+    run(body, world, formed=frozenset({"aa"}))
 
 
 def test_reset_wipe_clears_the_node(world: World) -> None:
@@ -323,8 +361,9 @@ def test_wire_names_match_upstream() -> None:
 
     svc = pb.DESCRIPTOR.services_by_name["MachineService"]
     assert svc.full_name == "machine.MachineService"
-    assert {m.name for m in svc.methods} == {"Bootstrap", "EtcdMemberList", "Reboot", "Reset", "ServiceList",
-                                             "Version"}
+    assert {m.name for m in svc.methods} == {"Bootstrap", "EtcdMemberList", "EtcdRemoveMemberByID",
+                                             "EtcdLeaveCluster", "Reboot", "Reset", "ServiceList", "Version"}
+    assert pb.EtcdRemoveMemberByIDRequest.DESCRIPTOR.fields_by_name["member_id"].number == 1
     f = pb.ResetRequest.DESCRIPTOR.fields_by_name
     assert (f["graceful"].number, f["reboot"].number, f["system_partitions_to_wipe"].number, f["mode"].number) == (
         1, 2, 3, 5)

@@ -45,6 +45,16 @@ class MachineServiceStub:
                 request_serializer=machine_dot_machine__pb2.EtcdMemberListRequest.SerializeToString,
                 response_deserializer=machine_dot_machine__pb2.EtcdMemberListResponse.FromString,
                 _registered_method=True)
+        self.EtcdRemoveMemberByID = channel.unary_unary(
+                '/machine.MachineService/EtcdRemoveMemberByID',
+                request_serializer=machine_dot_machine__pb2.EtcdRemoveMemberByIDRequest.SerializeToString,
+                response_deserializer=machine_dot_machine__pb2.EtcdRemoveMemberByIDResponse.FromString,
+                _registered_method=True)
+        self.EtcdLeaveCluster = channel.unary_unary(
+                '/machine.MachineService/EtcdLeaveCluster',
+                request_serializer=machine_dot_machine__pb2.EtcdLeaveClusterRequest.SerializeToString,
+                response_deserializer=machine_dot_machine__pb2.EtcdLeaveClusterResponse.FromString,
+                _registered_method=True)
         self.Reboot = channel.unary_unary(
                 '/machine.MachineService/Reboot',
                 request_serializer=machine_dot_machine__pb2.RebootRequest.SerializeToString,
@@ -78,6 +88,20 @@ class MachineServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def EtcdMemberList(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EtcdRemoveMemberByID(self, request, context):
+        """EtcdRemoveMemberByID removes a member from the etcd cluster identified by member ID: for
+        members without a Talos node any more. A running node leaves with EtcdLeaveCluster.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EtcdLeaveCluster(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -119,6 +143,16 @@ def add_MachineServiceServicer_to_server(servicer, server):
                     servicer.EtcdMemberList,
                     request_deserializer=machine_dot_machine__pb2.EtcdMemberListRequest.FromString,
                     response_serializer=machine_dot_machine__pb2.EtcdMemberListResponse.SerializeToString,
+            ),
+            'EtcdRemoveMemberByID': grpc.unary_unary_rpc_method_handler(
+                    servicer.EtcdRemoveMemberByID,
+                    request_deserializer=machine_dot_machine__pb2.EtcdRemoveMemberByIDRequest.FromString,
+                    response_serializer=machine_dot_machine__pb2.EtcdRemoveMemberByIDResponse.SerializeToString,
+            ),
+            'EtcdLeaveCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.EtcdLeaveCluster,
+                    request_deserializer=machine_dot_machine__pb2.EtcdLeaveClusterRequest.FromString,
+                    response_serializer=machine_dot_machine__pb2.EtcdLeaveClusterResponse.SerializeToString,
             ),
             'Reboot': grpc.unary_unary_rpc_method_handler(
                     servicer.Reboot,
@@ -195,6 +229,60 @@ class MachineService:
             '/machine.MachineService/EtcdMemberList',
             machine_dot_machine__pb2.EtcdMemberListRequest.SerializeToString,
             machine_dot_machine__pb2.EtcdMemberListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EtcdRemoveMemberByID(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/machine.MachineService/EtcdRemoveMemberByID',
+            machine_dot_machine__pb2.EtcdRemoveMemberByIDRequest.SerializeToString,
+            machine_dot_machine__pb2.EtcdRemoveMemberByIDResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EtcdLeaveCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/machine.MachineService/EtcdLeaveCluster',
+            machine_dot_machine__pb2.EtcdLeaveClusterRequest.SerializeToString,
+            machine_dot_machine__pb2.EtcdLeaveClusterResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,12 @@ class Operation(StrEnum):
     """Move stores back to a previous release (not rolled back again when it fails)."""
     provision = "provision"
     """Install stores that run nothing yet."""
+    node_add = "node_add"
+    """Install a new worker in a running store (``edgefleet node add``); no other node is touched."""
+    node_replace = "node_replace"
+    """Install replacement hardware under a node's name (``edgefleet node replace``)."""
+    node_remove = "node_remove"
+    """Drain, leave etcd and wipe one node of a running store (``edgefleet node remove``)."""
 
 
 class RolloutState(StrEnum):

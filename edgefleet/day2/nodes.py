@@ -1,0 +1,188 @@
+"""Run a day-2 node operation on a running store (``edgefleet node add|replace|remove``).
+
+Each is recorded in the ledger as an operation of its own kind (``node_add``, ``node_replace``,
+``node_remove``: one store run, its events, its end) and holds the store's lock for its whole
+run, so it never overlaps a rollout, a train or another node operation of the same store. Every
+step the store notices runs only inside the store's maintenance window and outside freezes, on
+the clock of the endpoints (the simulator's in simulation): the window is checked before each
+one, with room for ``STEP_ROOM``; a window that closes stops the operation before its next step
+(``WindowClosed``, recorded; running it again continues from what the store then is).
+
+Remove (``run_remove``): for a control plane, the etcd members through another control plane
+that is Ready, judged with etcd's quorum rule (``plan.quorum_problem``: ``QuorumAtRisk`` when the
+members left would not have a started quorum); the drain (``drain.drain_node``); for a control
+plane, Talos ``EtcdLeaveCluster`` on the node itself; Talos ``Reset`` wiping every partition,
+without reboot (the machine stays off). Only that node is written to: the other nodes are read
+(the node list, the member list), never changed. Afterwards delete the node from the inventory:
+until then ``edgefleet diff`` and rollouts still count it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from edgefleet.day2.drain import DrainPolicy, drain_node
+from edgefleet.day2.plan import NodeOp, NodeOpKind, quorum_problem
+from edgefleet.errors import EdgefleetError, ProbeError, QuorumAtRisk, TalosCallFailed, WindowClosed
+from edgefleet.health.cluster import ClusterSnapshot
+from edgefleet.inventory.model import Fleet, Node, Role, Store
+from edgefleet.rollout.endpoints import Endpoints
+from edgefleet.rollout.ledger import Kind, Ledger, RolloutRecord, RunCursor, new_rollout_id
+from edgefleet.rollout.states import RolloutEvent, RunEvent
+from edgefleet.schedule.windows import freeze_at, window_at
+from edgefleet.talos.api import TalosClient, client_for
+from edgefleet.talos.certs import TalosRole
+
+__all__ = ["STEP_ROOM", "NodeOpRun", "check_window", "run_remove", "talos_client"]
+
+STEP_ROOM = timedelta(minutes=10)  # a step starts only with this much of the window left
+_KINDS = {NodeOpKind.add: Kind.node_add, NodeOpKind.replace: Kind.node_replace, NodeOpKind.remove: Kind.node_remove}
+
+
+def check_window(fleet: Fleet, store: Store, now: datetime, step: str) -> None:
+    """``WindowClosed`` unless ``store``'s window is open at ``now`` with ``STEP_ROOM`` left and no
+    freeze covers it."""
+    freeze = freeze_at(fleet.freezes, store, now)
+    if freeze is not None:
+        raise WindowClosed(f"store {store.id}: {step} not started: freeze {freeze.name} covers the store at "
+                           f"{now.isoformat()}; run it again after the freeze, inside a maintenance window")
+    win = window_at(store, now)
+    if win is None or win[1] - now < STEP_ROOM:
+        why = "outside its maintenance windows" if win is None else f"its window closes at {win[1].isoformat()}"
+        raise WindowClosed(f"store {store.id}: {step} not started at {now.isoformat()}: {why}; run it again "
+                           "inside the store's next maintenance window")
+
+
+def talos_client(endpoints: Endpoints, home: Path, store: Store, node: Node, role: TalosRole) -> TalosClient:
+    """A Talos API client for ``node`` (through the simulator's endpoint in simulation)."""
+    t = endpoints.talos
+    return client_for(home, store, node, role, now=datetime.now(UTC), endpoint=t.endpoint if t else None,
+                      ca_pem=t.ca_pem if t else None, server_name=t.server_name if t else None, timeout_s=10.0)
+
+
+@dataclass
+class NodeOpRun:
+    """One node operation's record in the ledger while it runs (``record``, ``cursor``)."""
+
+    fleet: Fleet
+    home: Path
+    engine: Engine
+    endpoints: Endpoints
+    op: NodeOp
+    operator: str = ""
+    record: RolloutRecord | None = None
+    cursor: RunCursor | None = None
+
+    @property
+    def ledger(self) -> Ledger:
+        return Ledger(self.engine)
+
+    def now(self) -> datetime:
+        return self.endpoints.clock()
+
+    def step(self, what: str) -> None:
+        """Check the window before ``what``, a step the store notices."""
+        check_window(self.fleet, self.op.store, self.now(), what)
+
+    def event(self, kind: str, reason: str = "", **detail: Any) -> None:
+        assert self.record is not None
+        self.ledger.event(self.now(), kind, rollout=self.record.id, store=self.op.store.id, node=self.op.node.name,
+                          reason=reason, detail=detail or None)
+
+    @contextlib.asynccontextmanager
+    async def recorded(self) -> AsyncIterator[NodeOpRun]:
+        """Record the operation, hold the store's lock, and record its end however it ends."""
+        op, ledger, now = self.op, self.ledger, self.now()
+        release = ledger.store_releases([op.store.id]).get(op.store.id, (None, None))[0] or ""
+        rid = new_rollout_id(f"node-{op.kind.value}", now)
+        rec = ledger.create_rollout(rollout_id=rid, kind=_KINDS[op.kind], release=release, now=now,
+                                    policy={"node": op.node.name, "steps": list(op.steps)}, plan={},
+                                    operator=self.operator, waves=[(0, op.kind.value, 0)],
+                                    runs=[(op.store.id, 0, release or None, release)])
+        self.record = rec
+        async with ledger.reserve(op.store.id, rid, now=now) as cursor:
+            self.cursor = cursor
+            ledger.advance_rollout(rec, RolloutEvent.start, now)
+            ledger.advance(cursor, RunEvent.start, started_at=now)
+            try:
+                yield self
+            except EdgefleetError as e:
+                end = self.now()
+                ledger.advance(cursor, RunEvent.fail, reason=str(e), ended_at=end)
+                self.record = ledger.rollout(rid)
+                ledger.advance_rollout(self.record, RolloutEvent.fail, end, reason=str(e))
+                self.event(f"node_{op.kind.value}_failed", str(e))
+                raise
+            end = self.now()
+            ledger.advance(cursor, RunEvent.succeed, ended_at=end)
+            self.record = ledger.rollout(rid)
+            ledger.advance_rollout(self.record, RolloutEvent.succeed, end)
+            self.event(f"node_{op.kind.value}_done", f"node {op.node.name} of store {op.store.id}")
+        self.record = ledger.rollout(rid)
+
+
+async def _members(run: NodeOpRun) -> dict[str, bool]:
+    """The store's etcd members (name -> up: Ready in Kubernetes), read through a control plane
+    other than the operation's node that is Ready."""
+    from edgefleet.health.storeapi import StoreApi
+
+    store, node = run.op.store, run.op.node
+    async with StoreApi(run.endpoints, run.home) as api:
+        snap = await api.snapshot(store, readyz=False)
+    if not isinstance(snap, ClusterSnapshot):
+        raise QuorumAtRisk(f"store {store.id}: its Kubernetes API cannot be read ({snap}); the control planes' "
+                           "health is unknown, so no control plane is taken out")
+    ready = {n.name for n in snap.nodes if n.ready}
+    others = [n for n in store.nodes if n.role is Role.controlplane and n.name != node.name and n.name in ready]
+    if not others:
+        raise QuorumAtRisk(f"store {store.id}: no control plane other than {node.name} is Ready; the etcd "
+                           "members cannot be read through a healthy one")
+    problems = []
+    for via in others:
+        try:
+            async with talos_client(run.endpoints, run.home, store, via, TalosRole.reader) as c:
+                return {m.hostname: m.hostname in ready for m in await c.etcd_members()}
+        except TalosCallFailed as e:
+            problems.append(f"{via.name}: {e}")
+    raise QuorumAtRisk(f"store {store.id}: the etcd members cannot be read: {'; '.join(problems)}")
+
+
+async def run_remove(run: NodeOpRun, *, drain_policy: DrainPolicy = DrainPolicy()) -> RolloutRecord:
+    """Remove ``run.op.node`` from its running store (module docstring)."""
+    from edgefleet.day2.kubeapi import open_drain_api
+
+    op = run.op
+    store, node = op.store, op.node
+    run.step(f"removal of {node.name}")
+    async with run.recorded():
+        if op.control_plane:
+            roster = await _members(run)
+            why = quorum_problem(store, roster, node.name)
+            if why is not None:
+                raise QuorumAtRisk(why)
+            run.event("etcd_quorum_checked", "", members=roster)
+        run.step(f"drain of {node.name}")
+        try:
+            url = run.endpoints.k8s(store)
+        except ProbeError as e:
+            raise QuorumAtRisk(f"store {store.id}: {e}") from None
+        async with open_drain_api(url, run.home, store.id) as api:
+            report = await drain_node(api, store.id, node.name, policy=drain_policy)
+        run.event("node_drained", "", evicted=report.evicted, left=report.left, refusals=report.refusals)
+        async with talos_client(run.endpoints, run.home, store, node, TalosRole.admin) as c:
+            if op.control_plane:
+                run.step(f"etcd leave of {node.name}")
+                await c.etcd_leave()
+                run.event("etcd_left")
+            run.step(f"Talos Reset of {node.name}")
+            await c.reset(graceful=False, reboot=False, wipe_labels=None)
+            run.event("node_reset", "wiped, powered off: delete it from the inventory")
+    assert run.record is not None
+    return run.record

@@ -8,6 +8,16 @@ the clock of the endpoints (the simulator's in simulation): the window is checke
 one, with room for ``STEP_ROOM``; a window that closes stops the operation before its next step
 (``WindowClosed``, recorded; running it again continues from what the store then is).
 
+Add and replace (``run_join``): the operation is recorded with its node in its store run's detail
+(``only_nodes``), and the rollout engine (``edgefleet.rollout.executor.execute``) runs it on the
+store's current release: the node's seed built, the node booted through its BMC with the release
+and its seed (or reimaged through the Talos API for a store without BMCs), Bootstrap only if it
+were its store's last member, Ready, the store gate; every other node is observed, never touched,
+and a failure is not rolled back (there is nothing to go back to). For the replacement of a control
+plane, the dead machine's etcd member is removed first (Talos ``EtcdRemoveMemberByID`` through a
+control plane that is Ready, under etcd's quorum rule) while the operation holds the store's
+lock; the engine then takes the lock again for the join.
+
 Remove (``run_remove``): for a control plane, the etcd members through another control plane
 that is Ready, judged with etcd's quorum rule (``plan.quorum_problem``: ``QuorumAtRisk`` when the
 members left would not have a started quorum); the drain (``drain.drain_node``); for a control
@@ -30,17 +40,27 @@ from sqlalchemy import Engine
 
 from edgefleet.day2.drain import DrainPolicy, drain_node
 from edgefleet.day2.plan import NodeOp, NodeOpKind, quorum_problem
-from edgefleet.errors import EdgefleetError, ProbeError, QuorumAtRisk, TalosCallFailed, WindowClosed
+from edgefleet.errors import (
+    EdgefleetError,
+    NodeOperationRefused,
+    ProbeError,
+    QuorumAtRisk,
+    TalosCallFailed,
+    WindowClosed,
+)
 from edgefleet.health.cluster import ClusterSnapshot
 from edgefleet.inventory.model import Fleet, Node, Role, Store
 from edgefleet.rollout.endpoints import Endpoints
+from edgefleet.rollout.journal import stmt_run
 from edgefleet.rollout.ledger import Kind, Ledger, RolloutRecord, RunCursor, new_rollout_id
+from edgefleet.rollout.request import RolloutRequest
+from edgefleet.rollout.settings import EngineSettings
 from edgefleet.rollout.states import RolloutEvent, RunEvent
 from edgefleet.schedule.windows import freeze_at, window_at
 from edgefleet.talos.api import TalosClient, client_for
 from edgefleet.talos.certs import TalosRole
 
-__all__ = ["STEP_ROOM", "NodeOpRun", "check_window", "run_remove", "talos_client"]
+__all__ = ["STEP_ROOM", "NodeOpRun", "check_window", "run_join", "run_remove", "talos_client"]
 
 STEP_ROOM = timedelta(minutes=10)  # a step starts only with this much of the window left
 _KINDS = {NodeOpKind.add: Kind.node_add, NodeOpKind.replace: Kind.node_replace, NodeOpKind.remove: Kind.node_remove}
@@ -96,17 +116,31 @@ class NodeOpRun:
         self.ledger.event(self.now(), kind, rollout=self.record.id, store=self.op.store.id, node=self.op.node.name,
                           reason=reason, detail=detail or None)
 
+    def create(self, settings: EngineSettings | None = None) -> RolloutRecord:
+        """Record the operation (planned): one run of its store on the store's current release, the
+        node and the steps in the run's detail (``only_nodes``: the engine touches no other node)."""
+        op, ledger, now = self.op, self.ledger, self.now()
+        release = ledger.store_releases([op.store.id]).get(op.store.id, (None, None))[0]
+        if not release:
+            raise NodeOperationRefused(f"store {op.store.id} has no release in the ledger: it was never provisioned "
+                                       f"by edgefleet; provision it (`edgefleet provision {op.store.id}`)")
+        rid = new_rollout_id(f"node-{op.kind.value}", now)
+        request = RolloutRequest.build(kind="provision", release=release, stores=(op.store.id,),
+                                       settings=settings or EngineSettings())
+        rec = ledger.create_rollout(rollout_id=rid, kind=_KINDS[op.kind], release=release, now=now,
+                                    policy=request.to_json(), plan={}, operator=self.operator,
+                                    waves=[(0, op.kind.value, 0)], runs=[(op.store.id, 0, release, release)])
+        ledger.write(stmt_run(rid, op.store.id, detail={"cluster_exists": True, "only_nodes": [op.node.name],
+                                                        "steps": list(op.steps)}))
+        self.record = rec
+        return rec
+
     @contextlib.asynccontextmanager
     async def recorded(self) -> AsyncIterator[NodeOpRun]:
         """Record the operation, hold the store's lock, and record its end however it ends."""
         op, ledger, now = self.op, self.ledger, self.now()
-        release = ledger.store_releases([op.store.id]).get(op.store.id, (None, None))[0] or ""
-        rid = new_rollout_id(f"node-{op.kind.value}", now)
-        rec = ledger.create_rollout(rollout_id=rid, kind=_KINDS[op.kind], release=release, now=now,
-                                    policy={"node": op.node.name, "steps": list(op.steps)}, plan={},
-                                    operator=self.operator, waves=[(0, op.kind.value, 0)],
-                                    runs=[(op.store.id, 0, release or None, release)])
-        self.record = rec
+        rec = self.create()
+        rid = rec.id
         async with ledger.reserve(op.store.id, rid, now=now) as cursor:
             self.cursor = cursor
             ledger.advance_rollout(rec, RolloutEvent.start, now)
@@ -128,9 +162,16 @@ class NodeOpRun:
         self.record = ledger.rollout(rid)
 
 
-async def _members(run: NodeOpRun) -> dict[str, bool]:
-    """The store's etcd members (name -> up: Ready in Kubernetes), read through a control plane
-    other than the operation's node that is Ready."""
+@dataclass(frozen=True, slots=True)
+class _Members:
+    via: Node  # the healthy control plane they were read through
+    ids: dict[str, int]  # member name -> id
+    up: dict[str, bool]  # member name -> Ready in Kubernetes
+
+
+async def _members(run: NodeOpRun) -> _Members:
+    """The store's etcd members, read through a control plane other than the operation's node that
+    is Ready (a member is up when its node is Ready)."""
     from edgefleet.health.storeapi import StoreApi
 
     store, node = run.op.store, run.op.node
@@ -138,7 +179,7 @@ async def _members(run: NodeOpRun) -> dict[str, bool]:
         snap = await api.snapshot(store, readyz=False)
     if not isinstance(snap, ClusterSnapshot):
         raise QuorumAtRisk(f"store {store.id}: its Kubernetes API cannot be read ({snap}); the control planes' "
-                           "health is unknown, so no control plane is taken out")
+                           "health is unknown, so no etcd member is touched")
     ready = {n.name for n in snap.nodes if n.ready}
     others = [n for n in store.nodes if n.role is Role.controlplane and n.name != node.name and n.name in ready]
     if not others:
@@ -148,7 +189,9 @@ async def _members(run: NodeOpRun) -> dict[str, bool]:
     for via in others:
         try:
             async with talos_client(run.endpoints, run.home, store, via, TalosRole.reader) as c:
-                return {m.hostname: m.hostname in ready for m in await c.etcd_members()}
+                members = await c.etcd_members()
+            return _Members(via, {m.hostname: m.id for m in members}, {m.hostname: m.hostname in ready
+                                                                        for m in members})
         except TalosCallFailed as e:
             problems.append(f"{via.name}: {e}")
     raise QuorumAtRisk(f"store {store.id}: the etcd members cannot be read: {'; '.join(problems)}")
@@ -163,11 +206,11 @@ async def run_remove(run: NodeOpRun, *, drain_policy: DrainPolicy = DrainPolicy(
     run.step(f"removal of {node.name}")
     async with run.recorded():
         if op.control_plane:
-            roster = await _members(run)
-            why = quorum_problem(store, roster, node.name)
+            members = await _members(run)
+            why = quorum_problem(store, members.up, node.name)
             if why is not None:
                 raise QuorumAtRisk(why)
-            run.event("etcd_quorum_checked", "", members=roster)
+            run.event("etcd_quorum_checked", "", members=members.up, via=members.via.name)
         run.step(f"drain of {node.name}")
         try:
             url = run.endpoints.k8s(store)
@@ -186,3 +229,51 @@ async def run_remove(run: NodeOpRun, *, drain_policy: DrainPolicy = DrainPolicy(
             run.event("node_reset", "wiped, powered off: delete it from the inventory")
     assert run.record is not None
     return run.record
+
+
+async def _remove_old_member(run: NodeOpRun) -> None:
+    """Replace of a control plane: the dead machine's etcd member goes first, removed through a
+    healthy other control plane, so the new machine joins a cluster that never counts it."""
+    store, name = run.op.store, run.op.node.name
+    members = await _members(run)
+    if name not in members.ids:
+        run.event("etcd_member_absent", f"no etcd member {name}: nothing to remove", via=members.via.name)
+        return
+    if members.up[name]:
+        raise QuorumAtRisk(f"store {store.id}: node {name} is Ready and its etcd member is up: the machine being "
+                           f"replaced still runs; take it out first (`edgefleet node remove {store.id} {name}`)")
+    why = quorum_problem(store, members.up, name)
+    if why is not None:
+        raise QuorumAtRisk(why)
+    run.step(f"removal of {name}'s old etcd member")
+    async with talos_client(run.endpoints, run.home, store, members.via, TalosRole.admin) as c:
+        await c.etcd_remove_member(members.ids[name])
+    run.event("etcd_member_removed", f"the old member of {name}, through {members.via.name}",
+              member_id=str(members.ids[name]), via=members.via.name)
+
+
+async def run_join(run: NodeOpRun, *, settings: EngineSettings | None = None) -> RolloutRecord:
+    """Add a worker, or replace a node: (replace of a control plane: its old etcd member removed
+    first) then the node reimaged by the rollout engine on the store's current release, alone
+    (its seed built, booted through its BMC or the Talos API, Ready, the store gate)."""
+    from edgefleet.rollout.executor import execute
+
+    op = run.op
+    run.step(f"{op.kind.value} of {op.node.name}")
+    rec = run.create(settings)
+    ledger, store = run.ledger, op.store
+    if op.kind is NodeOpKind.replace and op.control_plane:
+        async with ledger.reserve(store.id, rec.id, now=run.now()) as cursor:
+            try:
+                await _remove_old_member(run)
+            except EdgefleetError as e:
+                end = run.now()
+                ledger.advance_rollout(rec, RolloutEvent.start, end)
+                ledger.advance(cursor, RunEvent.fail, reason=str(e), ended_at=end)
+                ledger.advance_rollout(ledger.rollout(rec.id), RolloutEvent.fail, end, reason=str(e))
+                run.event(f"node_{op.kind.value}_failed", str(e))
+                raise
+    done = await execute(fleet=run.fleet, home=run.home, engine=run.engine, endpoints=run.endpoints,
+                         rollout_id=rec.id, settings=settings)
+    run.record = done
+    return done

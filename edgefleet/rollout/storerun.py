@@ -291,7 +291,9 @@ class StoreRunner:
         reimager, guard = reimager_for(ctx, store), WindowGuard(ctx, store)
         seeds_ready = False
         snap: Observed = await ctx.store_api.snapshot(store, readyz=False)
-        for i, node in enumerate(_resumed_first(repair_order(store, snap, release), st.resume, phase)):
+        only = st.run.detail.get("only_nodes")  # a day-2 node operation: its node, no other
+        order = [n for n in repair_order(store, snap, release) if only is None or n.name in only]
+        for i, node in enumerate(_resumed_first(order, st.resume, phase)):
             if ctx.abort and phase is Phase.forward:
                 raise Aborted()
             if i:

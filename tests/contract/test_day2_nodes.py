@@ -21,6 +21,7 @@ from edgefleet.day2.plan import NodeOpKind, plan_node_op
 from edgefleet.errors import NodeOperationRefused, QuorumAtRisk, WindowClosed
 from edgefleet.inventory.model import Fleet, Store
 from edgefleet.rollout.endpoints import Endpoints, from_simulator
+from edgefleet.rollout.journal import stmt_store_release
 from edgefleet.rollout.ledger import Ledger
 from edgefleet.secrets import generate_secrets, store_secrets
 from edgefleet.sim.build import build_sim
@@ -87,6 +88,8 @@ async def rig(tmp: Path, *, clock: datetime = INSIDE, scenario: Scenario | None 
         store_secrets(home, sid, generate_secrets(datetime.now(UTC)))
     sim = build_sim(f, scenario=scenario or Scenario(boot_seconds=60), time_scale=600.0, clock=clock, home=home)
     engine = create_state_engine(f"sqlite:///{tmp / 'state.db'}")
+    for sid in f.stores:  # running stores: provisioned on the release the simulator starts them on
+        Ledger(engine).write(*stmt_store_release(sid, "initial", "initial", clock))
     try:
         async with running_talos_api(sim) as api:
             talos = {"endpoint": api.endpoint, "ca_pem": api.ca_pem.decode()}

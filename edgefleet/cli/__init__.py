@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from edgefleet.cli import db as _db
 from edgefleet.cli import inventory as _inventory
+from edgefleet.cli import node as _node
 from edgefleet.cli import release as _release
 from edgefleet.cli import report as _report
 from edgefleet.cli import rollout as _rollout
@@ -54,6 +55,7 @@ app.add_typer(_schedule.app, name="schedule")
 app.add_typer(_rollout.app, name="rollout")
 app.add_typer(_train.app, name="train")
 app.add_typer(_db.app, name="db")
+app.add_typer(_node.app, name="node")
 app.command("rollback")(_rollout.rollback_cmd)
 app.command("provision")(_rollout.provision_cmd)
 app.command("report")(_report.report_cmd)

@@ -1,7 +1,7 @@
 """Drain a Kubernetes node: cordon it, then evict its pods through the Eviction API, as ``kubectl
 drain --ignore-daemonsets`` does, respecting PodDisruptionBudgets as the API answers them.
 
-The Kubernetes calls go through ``DrainApi`` (``edgefleet.day2.kubeapi.HttpDrainApi`` speaks HTTP);
+The Kubernetes calls go through ``DrainApi`` (``edgefleet.health.drainapi.HttpDrainApi`` speaks HTTP);
 this module decides. An eviction the API refuses with 429 (a disruption budget allows no
 disruption now) is asked again after a bounded backoff (``DrainPolicy``): the budget recovers when
 the evicted pods' replacements become Ready elsewhere. When the attempts are spent, ``DrainBlocked``
@@ -18,29 +18,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from edgefleet.errors import DrainBlocked
+from edgefleet.health.cluster import Eviction, PodRef
 
-__all__ = ["DrainApi", "DrainPolicy", "DrainReport", "Eviction", "PodRef", "drain_node"]
-
-
-@dataclass(frozen=True, slots=True)
-class PodRef:
-    namespace: str
-    name: str
-    daemonset: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Eviction:
-    """The Eviction API's answer: ``status`` 201/200 (evicted), 404 (gone), 429 (a budget forbids
-    it now: ``budget`` and ``message`` say which and why)."""
-
-    status: int
-    message: str = ""
-    budget: str = ""
-
-    @property
-    def done(self) -> bool:
-        return self.status in (200, 201, 404)
+__all__ = ["DrainApi", "DrainPolicy", "DrainReport", "drain_node"]
 
 
 class DrainApi(Protocol):

@@ -199,7 +199,7 @@ async def _members(run: NodeOpRun) -> _Members:
 
 async def run_remove(run: NodeOpRun, *, drain_policy: DrainPolicy = DrainPolicy()) -> RolloutRecord:
     """Remove ``run.op.node`` from its running store (module docstring)."""
-    from edgefleet.day2.kubeapi import open_drain_api
+    from edgefleet.health.drainapi import open_drain_api
 
     op = run.op
     store, node = op.store, op.node

@@ -1,9 +1,11 @@
 """What a healthy store looks like and whether a snapshot of its Kubernetes API shows one. Pure: no
 I/O, no clock; results are small frozen dataclasses.
 
-``parse_nodes`` reads a ``/api/v1/nodes`` list, ``expectation_for_store`` says what a healthy store
-looks like after a rollout, ``evaluate_cluster`` and ``evaluate_probe`` give verdicts. The
-Kubernetes client that produces snapshots is ``edgefleet.health.kube``.
+``PodRef`` and ``Eviction`` are a drain's view of a node's pods and of the Eviction API's answers
+(``edgefleet.day2.drain`` decides, ``edgefleet.health.drainapi`` asks). ``parse_nodes`` reads a
+``/api/v1/nodes`` list, ``expectation_for_store`` says what a healthy store looks like after a
+rollout, ``evaluate_cluster`` and ``evaluate_probe`` give verdicts. The Kubernetes client that
+produces snapshots is ``edgefleet.health.kube``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ __all__ = [
     "CONTROL_PLANE_LABEL",
     "ClusterSnapshot",
     "ClusterVerdict",
+    "Eviction",
     "Expectation",
     "NodeStatus",
+    "PodRef",
     "ProbeResult",
     "StoreHealth",
     "evaluate_cluster",
@@ -176,3 +180,23 @@ def evaluate_probe(probe: Probe, status: int | None, error: str | None, elapsed_
     detail = f"HTTP {status}" + ("" if ok else f", expected {probe.expect_status}")
     return ProbeResult(probe.name, probe.url, ok, status, detail, elapsed_s)
 
+
+@dataclass(frozen=True, slots=True)
+class PodRef:
+    namespace: str
+    name: str
+    daemonset: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Eviction:
+    """The Eviction API's answer: ``status`` 201/200 (evicted), 404 (gone), 429 (a budget forbids
+    it now: ``budget`` and ``message`` say which and why)."""
+
+    status: int
+    message: str = ""
+    budget: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.status in (200, 201, 404)

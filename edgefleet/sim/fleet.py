@@ -108,9 +108,8 @@ class SimFleet:
         # BMC requests per (operation, store), by the X-Edgefleet-Operation header: proves which
         # operations reached a store's BMCs at all (a refused operation must reach none).
         self.operation_requests: Counter[tuple[str, str]] = Counter()
-        # Requests per (node, kind) that targeted one node: its BMC ("bmc POST"), the Talos API
-        # ("talos Reset") and the Kubernetes API's node writes ("k8s cordon", "k8s evict"): proves
-        # which nodes an operation touched at all (``node_request_counts``).
+        # Requests per (node, kind) that targeted one node ("bmc POST", "talos Reset", "k8s evict"):
+        # which nodes an operation touched at all (``edgefleet.sim.views.node_request_counts``).
         self.node_requests: Counter[tuple[str, str]] = Counter()
         self.faults: Counter[str] = Counter()
         self.boots = Counter[str]()
@@ -493,28 +492,3 @@ class SimFleet:
         for h in list(self._timers):
             h.cancel()
         self._timers.clear()
-
-    # -- views ----------------------------------------------------------------------------------
-
-    def node_view(self, ns: NodeState) -> dict[str, Any]:
-        ready, why = self.readiness(ns)
-        return {"store": ns.store.id, "role": ns.node.role.value, "power": ns.power, "booting": ns.booting,
-                "release": ns.release, "talos_version": ns.talos_version, "kubelet_version": ns.kubelet_version,
-                "ready": ready, "reason": why, "joined": ns.joined,
-                "boot": {"target": ns.boot_target, "enabled": ns.boot_enabled},
-                "media": {k: {"image": m.url, "sha256": m.sha256, "kind": m.kind} for k, m in ns.media.items()},
-                "seed_instance_id": ns.seed_instance_id, "operation": ns.operation}
-
-    def node_request_counts(self) -> dict[str, dict[str, int]]:
-        """node -> request kind -> how many requests targeted that node."""
-        out: dict[str, dict[str, int]] = {}
-        for (node, kind), n in sorted(self.node_requests.items()):
-            out.setdefault(node, {})[kind] = n
-        return out
-
-    def operation_request_counts(self) -> dict[str, dict[str, int]]:
-        """operation id -> store -> BMC requests that carried it (any method, faults included)."""
-        out: dict[str, dict[str, int]] = {}
-        for (op, store), n in self.operation_requests.items():
-            out.setdefault(op, {})[store] = n
-        return out

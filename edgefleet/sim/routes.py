@@ -19,6 +19,7 @@ from edgefleet.sim.fleet import SimFleet
 from edgefleet.sim.k8s import node_list, node_object, pod_list, readyz
 from edgefleet.sim.oracle_trains import parse_train
 from edgefleet.sim.scenario import update_scenario
+from edgefleet.sim.views import node_request_counts, node_view, operation_request_counts
 
 __all__ = ["SimApi", "StoreApis", "json_bytes", "sim_report"]
 
@@ -38,8 +39,8 @@ def sim_report(sim: SimFleet) -> dict[str, Any]:
         "not_ready": len(sim.nodes) - ready, "rebooting": len(sim.rebooting),
         "releases": dict(releases.most_common()), "boots": dict(sim.boots),
         "requests": dict(sim.requests), "faults_injected": dict(sim.faults),
-        "operation_requests": sim.operation_request_counts(),
-        "node_requests": sim.node_request_counts(),
+        "operation_requests": operation_request_counts(sim),
+        "node_requests": node_request_counts(sim),
         "media": {"downloads": sim.fetcher.downloads, "bytes": sim.fetcher.bytes,
                   "images_parsed": sim.fetcher.parses, "release_images_cached": len(sim.fetcher.releases)},
         "events": dict(sim.event_counts),
@@ -226,7 +227,7 @@ class SimApi:
         else:
             picked = list(self.sim.nodes.values())
         return Response(json_bytes({"clock": self.sim.clock.now().isoformat(),
-                                    "nodes": {ns.name: self.sim.node_view(ns) for ns in picked}}),
+                                    "nodes": {ns.name: node_view(self.sim, ns) for ns in picked}}),
                         media_type="application/json")
 
     async def events(self, request: Request) -> Response:
@@ -253,7 +254,7 @@ class SimApi:
                         media_type="application/json")
 
     async def operations(self, request: Request) -> Response:
-        return Response(json_bytes(self.sim.operation_request_counts()), media_type="application/json")
+        return Response(json_bytes(operation_request_counts(self.sim)), media_type="application/json")
 
     async def report(self, request: Request) -> Response:
         return Response(json_bytes(sim_report(self.sim)), media_type="application/json")

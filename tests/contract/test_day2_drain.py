@@ -1,6 +1,6 @@
 """Draining a node through the simulator's Kubernetes API: cordon, the Eviction API and its
 PodDisruptionBudgets over real HTTP on 127.0.0.1 (``edgefleet.day2.drain`` with
-``edgefleet.day2.kubeapi``), and the per-node request counts that prove no other node was touched."""
+``edgefleet.health.drainapi``), and the per-node request counts that prove no other node was touched."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from edgefleet.day2.drain import DrainPolicy, drain_node
-from edgefleet.day2.kubeapi import open_drain_api
 from edgefleet.errors import DrainBlocked
+from edgefleet.health.drainapi import open_drain_api
 from edgefleet.inventory.model import Fleet, Store
 from edgefleet.sim.build import build_sim
 from edgefleet.sim.scenario import Scenario

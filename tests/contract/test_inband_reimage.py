@@ -31,6 +31,7 @@ from edgefleet.sim.scenario import Scenario
 from edgefleet.sim.server import running_server
 from edgefleet.sim.talos_serve import running_talos_api
 from edgefleet.sim.talosapi import TalosApiServer
+from edgefleet.sim.views import node_view
 from edgefleet.talos.api import TalosClient, client_for
 from edgefleet.talos.certs import TalosRole
 from edgefleet.talos.config import ReleaseRef
@@ -245,7 +246,7 @@ def test_worker_is_reset_gracefully_and_joins_on_the_target_release(world: World
                 break
             await asyncio.sleep(0.02)
         else:
-            raise AssertionError(f"two-n2 did not join: {r.sim.node_view(r.sim.nodes['two-n2'])}")
+            raise AssertionError(f"two-n2 did not join: {node_view(r.sim, r.sim.nodes['two-n2'])}")
         assert r.sim.nodes["two-n3"].release == "initial"  # untouched
         assert r.sim.violations == []
 

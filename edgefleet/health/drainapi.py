@@ -1,6 +1,7 @@
-"""A drain's Kubernetes calls over HTTP (``DrainApi`` of ``edgefleet.day2.drain``): cordon with a
-merge patch of ``spec.unschedulable``, the node's pods by field selector, and the Eviction API
-(policy/v1 ``Eviction`` posted to the pod's ``eviction`` subresource).
+"""The Kubernetes adapter's side of a drain: its calls over HTTP (``DrainApi`` of
+``edgefleet.day2.drain``): cordon with a merge patch of ``spec.unschedulable``, the node's pods by
+field selector, and the Eviction API (policy/v1 ``Eviction`` posted to the pod's ``eviction``
+subresource).
 
 ``open_drain_api`` connects to a store's API as the rollout's reads do: plain http for the fleet
 simulator, TLS with a short-lived ``system:masters`` client certificate minted from the store's
@@ -18,8 +19,8 @@ from typing import Any
 
 import httpx
 
-from edgefleet.day2.drain import Eviction, PodRef
 from edgefleet.errors import KubeApiError
+from edgefleet.health.cluster import Eviction, PodRef
 from edgefleet.health.kube import ClientCert, ClusterAccess, KeyLoader, check_status, classify_failure, tls_context
 
 __all__ = ["HttpDrainApi", "open_drain_api"]

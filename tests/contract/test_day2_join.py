@@ -30,7 +30,8 @@ from edgefleet.sim.build import build_sim
 from edgefleet.sim.scenario import parse_scenario
 from edgefleet.sim.server import running_server
 from edgefleet.sim.talos_serve import running_talos_api
-from tests.contract.rollout_world import PASSWORD, PASSWORD_ENV, _store, release_home
+from edgefleet.sim.views import node_view
+from tests.contract.rollout_world import PASSWORD, PASSWORD_ENV, _store, assert_ledger_matches, release_home
 from tests.helpers import require_tool
 
 pytestmark = pytest.mark.clock
@@ -79,6 +80,11 @@ def run(tmp: Path, monkeypatch: pytest.MonkeyPatch, body: Callable[[NodeOpRun, A
         engine.dispose()
 
 
+def _ledger_matches(op: NodeOpRun, sim: Any) -> None:
+    assert_ledger_matches({n: node_view(sim, ns) for n, ns in sim.nodes.items()}, op.ledger, op.fleet,
+                          initial_release="v1")
+
+
 def _writes(sim: Any) -> set[str]:
     return {node for (node, kind), _n in sim.node_requests.items() if kind not in READS}
 
@@ -95,6 +101,7 @@ def test_add_a_worker_boots_it_alone(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert sim.violations == []
         assert op.ledger.lock_holder("dk-0001") is None
         assert op.ledger.store_releases(["dk-0001"])["dk-0001"][0] == "v1"
+        _ledger_matches(op, sim)
 
     run(tmp_path, monkeypatch, body, NodeOpKind.add, "dk-0001", "dk-0001-n5", {"new_nodes": ["dk-0001-n5"]})
 
@@ -112,6 +119,7 @@ def test_replace_a_control_plane_removes_its_old_member_first(tmp_path: Path,
         assert {k for (n, k) in sim.node_requests if n == "dk-0002-n1"} - READS == {"talos EtcdRemoveMemberByID"}
         kinds = [e["kind"] for e in op.ledger.events(rec.id)]
         assert "etcd_member_removed" in kinds and "store_succeeded" in kinds
+        _ledger_matches(op, sim)
 
     run(tmp_path, monkeypatch, body, NodeOpKind.replace, "dk-0002", "dk-0002-n2",
         {"replaced_nodes": ["dk-0002-n2"]})

@@ -29,7 +29,9 @@ from edgefleet.sim.fleet import SimFleet
 from edgefleet.sim.scenario import Scenario
 from edgefleet.sim.server import running_server
 from edgefleet.sim.talos_serve import running_talos_api
+from edgefleet.sim.views import node_view
 from edgefleet.state.db import create_state_engine
+from tests.contract.rollout_world import assert_ledger_matches
 
 pytestmark = pytest.mark.clock  # client certificates meet the real clock in every TLS handshake
 
@@ -119,6 +121,8 @@ def test_remove_a_worker_drains_and_wipes_it_alone(tmp_path: Path) -> None:
         assert {"node_drained", "node_reset", "node_remove_done"} <= set(kinds)
         assert r.ledger.lock_holder("aa") is None
         assert [run.status.value for run in r.ledger.runs(rec.id)] == ["succeeded"]
+        assert_ledger_matches({n: node_view(r.sim, ns) for n, ns in r.sim.nodes.items()}, r.ledger, r.fleet,
+                              initial_release="initial")
 
     run(tmp_path, body)
 

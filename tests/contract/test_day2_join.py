@@ -17,7 +17,7 @@ import pytest
 
 from edgefleet.day2.nodes import NodeOpRun, run_join
 from edgefleet.day2.plan import NodeOpKind, plan_node_op
-from edgefleet.errors import InventoryError, NodeOperationRefused
+from edgefleet.errors import EdgefleetError, InventoryError, NodeOperationRefused
 from edgefleet.inventory.generate import write_inventory
 from edgefleet.inventory.load import load_fleet
 from edgefleet.inventory.model import Fleet
@@ -31,7 +31,14 @@ from edgefleet.sim.scenario import parse_scenario
 from edgefleet.sim.server import running_server
 from edgefleet.sim.talos_serve import running_talos_api
 from edgefleet.sim.views import node_view
-from tests.contract.rollout_world import PASSWORD, PASSWORD_ENV, _store, assert_ledger_matches, release_home
+from tests.contract.rollout_world import (
+    PASSWORD,
+    PASSWORD_ENV,
+    _store,
+    assert_ledger_matches,
+    ledger_url,
+    release_home,
+)
 from tests.helpers import require_tool
 
 pytestmark = pytest.mark.clock
@@ -40,6 +47,7 @@ START = datetime(2026, 11, 3, 21, 30, tzinfo=UTC)  # Tuesday 22:30 in Copenhagen
 SETTINGS = EngineSettings(node_ready_timeout_s=6.0, quorum_timeout_s=10.0, store_gate_timeout_s=6.0,
                           window_wait_max_s=5.0, poll_s=0.05, heartbeat_s=0.5, power_deadline_s=5.0)
 READS = {"talos Version", "talos ServiceList", "talos EtcdMemberList"}
+CLI_ARGS: list[str] = []  # the inventory and --sim of the running world, for tests of the CLI
 
 
 def inventory(root: Path) -> Fleet:
@@ -71,6 +79,7 @@ def run(tmp: Path, monkeypatch: pytest.MonkeyPatch, body: Callable[[NodeOpRun, A
             async with running_server(sim, talos=talos) as url:
                 op = NodeOpRun(fleet, home, engine, await from_simulator(url), plan_node_op(fleet, kind, store, node),
                                operator="test")
+                CLI_ARGS[:] = ["-i", str(tmp / "inventory"), "--sim", url]
                 await asyncio.wait_for(body(op, sim), 50)
 
     try:
@@ -141,3 +150,28 @@ def test_replacement_mac_already_used_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InventoryError, match="already used by store dk-0001") as inv:
         load_fleet(tmp_path / "inv")
     assert inv.value.exit_code == 2 and hosts.name in str(inv.value)
+
+
+def test_cli_removes_a_worker_through_the_simulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``edgefleet node remove`` as a user runs it: a dry run first (nothing touched), then --yes."""
+    from typer.testing import CliRunner
+
+    from edgefleet.cli import app
+
+    def cli(*args: str) -> tuple[int, str]:
+        r = CliRunner().invoke(app, list(args), env={"EDGEFLEET_HOME": str(tmp_path / "home"),
+                                                     "EDGEFLEET_STATE_URL": ledger_url(tmp_path / "home")})
+        code = r.exception.exit_code if isinstance(r.exception, EdgefleetError) else r.exit_code
+        return code, r.output + (str(r.exception) if r.exception else "")
+
+    async def body(op: NodeOpRun, sim: Any) -> None:
+        code, out = await asyncio.to_thread(cli, "node", "remove", "dk-0001", "dk-0001-n4", "--dry-run", *CLI_ARGS)
+        assert code == 0 and "drain dk-0001-n4" in out and _writes(sim) == set(), out
+        code, out = await asyncio.to_thread(cli, "node", "remove", "dk-0001", "dk-0001-n4", "--yes", "--json",
+                                            *CLI_ARGS)
+        assert code == 0, out
+        assert _writes(sim) == {"dk-0001-n4"} and sim.violations == []
+        (rec,) = [r for r in op.ledger.rollouts(limit=5) if r.kind.value == "node_remove"]
+        assert rec.status is RolloutStatus.succeeded and rec.operator
+
+    run(tmp_path, monkeypatch, body, NodeOpKind.remove, "dk-0001", "dk-0001-n4", {})

@@ -27,7 +27,8 @@ class QuorumPolicy:
         self.ctx = ctx
 
     async def etcd_members(self, store: Store, snap: Observed, node: Node) -> tuple[list[str] | None, str]:
-        """The store's etcd members that are up, as a control plane that is up sees them (None
+        """The store's etcd members, as a control plane that is up lists them (also members that are
+        down: the gate counts a member healthy only when its node is Ready too) (None
         without Talos API access), and why they could not be read ("" when they could). A list
         that cannot be read is no evidence that a control plane is down: the gate then waits."""
         if not self.ctx.endpoints.talos_enabled:

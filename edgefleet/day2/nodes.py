@@ -51,11 +51,11 @@ from edgefleet.errors import (
 from edgefleet.health.cluster import ClusterSnapshot
 from edgefleet.inventory.model import Fleet, Node, Role, Store
 from edgefleet.rollout.endpoints import Endpoints
-from edgefleet.rollout.journal import stmt_run
-from edgefleet.rollout.ledger import Kind, Ledger, RolloutRecord, RunCursor, new_rollout_id
+from edgefleet.rollout.journal import stmt_run, stmt_wave_advance
+from edgefleet.rollout.ledger import Kind, Ledger, RolloutRecord, RolloutStatus, RunCursor, new_rollout_id
 from edgefleet.rollout.request import RolloutRequest
 from edgefleet.rollout.settings import EngineSettings
-from edgefleet.rollout.states import RolloutEvent, RunEvent
+from edgefleet.rollout.states import RolloutEvent, RunEvent, WaveEvent, WaveState
 from edgefleet.schedule.windows import freeze_at, window_at
 from edgefleet.talos.api import TalosClient, client_for
 from edgefleet.talos.certs import TalosRole
@@ -135,6 +135,21 @@ class NodeOpRun:
         self.record = rec
         return rec
 
+    def failed(self, cursor: RunCursor, e: EdgefleetError) -> None:
+        """Record the operation's failure (its run, its wave, the operation) with ``e``'s words."""
+        assert self.record is not None
+        ledger, rid, end = self.ledger, self.record.id, self.now()
+        rec = ledger.rollout(rid)
+        if rec.status is RolloutStatus.planned:
+            ledger.advance_rollout(rec, RolloutEvent.start, end)
+            ledger.write(stmt_wave_advance(rid, 0, WaveState.pending, WaveEvent.start))
+        ledger.advance(cursor, RunEvent.fail, reason=str(e), ended_at=end)
+        ledger.write(stmt_wave_advance(rid, 0, WaveState.running, WaveEvent.halt, failures=1, reason=str(e)[:500]))
+        self.record = ledger.rollout(rid)
+        ledger.advance_rollout(self.record, RolloutEvent.fail, end, reason=str(e))
+        self.event(f"node_{self.op.kind.value}_failed", str(e))
+        self.record = ledger.rollout(rid)
+
     @contextlib.asynccontextmanager
     async def recorded(self) -> AsyncIterator[NodeOpRun]:
         """Record the operation, hold the store's lock, and record its end however it ends."""
@@ -144,18 +159,16 @@ class NodeOpRun:
         async with ledger.reserve(op.store.id, rid, now=now) as cursor:
             self.cursor = cursor
             ledger.advance_rollout(rec, RolloutEvent.start, now)
+            ledger.write(stmt_wave_advance(rid, 0, WaveState.pending, WaveEvent.start))
             ledger.advance(cursor, RunEvent.start, started_at=now)
             try:
                 yield self
             except EdgefleetError as e:
-                end = self.now()
-                ledger.advance(cursor, RunEvent.fail, reason=str(e), ended_at=end)
-                self.record = ledger.rollout(rid)
-                ledger.advance_rollout(self.record, RolloutEvent.fail, end, reason=str(e))
-                self.event(f"node_{op.kind.value}_failed", str(e))
+                self.failed(cursor, e)
                 raise
             end = self.now()
             ledger.advance(cursor, RunEvent.succeed, ended_at=end)
+            ledger.write(stmt_wave_advance(rid, 0, WaveState.running, WaveEvent.pass_))
             self.record = ledger.rollout(rid)
             ledger.advance_rollout(self.record, RolloutEvent.succeed, end)
             self.event(f"node_{op.kind.value}_done", f"node {op.node.name} of store {op.store.id}")
@@ -267,11 +280,7 @@ async def run_join(run: NodeOpRun, *, settings: EngineSettings | None = None) ->
             try:
                 await _remove_old_member(run)
             except EdgefleetError as e:
-                end = run.now()
-                ledger.advance_rollout(rec, RolloutEvent.start, end)
-                ledger.advance(cursor, RunEvent.fail, reason=str(e), ended_at=end)
-                ledger.advance_rollout(ledger.rollout(rec.id), RolloutEvent.fail, end, reason=str(e))
-                run.event(f"node_{op.kind.value}_failed", str(e))
+                run.failed(cursor, e)
                 raise
     done = await execute(fleet=run.fleet, home=run.home, engine=run.engine, endpoints=run.endpoints,
                          rollout_id=rec.id, settings=settings)

@@ -121,6 +121,7 @@ def test_remove_a_worker_drains_and_wipes_it_alone(tmp_path: Path) -> None:
         assert {"node_drained", "node_reset", "node_remove_done"} <= set(kinds)
         assert r.ledger.lock_holder("aa") is None
         assert [run.status.value for run in r.ledger.runs(rec.id)] == ["succeeded"]
+        assert [w.status for w in r.ledger.waves(rec.id)] == ["passed"]
         assert_ledger_matches({n: node_view(r.sim, ns) for n, ns in r.sim.nodes.items()}, r.ledger, r.fleet,
                               initial_release="initial")
 
@@ -150,6 +151,8 @@ def test_removal_that_would_break_quorum_is_refused_before_anything(tmp_path: Pa
         assert r.writes() == {}
         (rec,) = r.ledger.rollouts(limit=5)
         assert (rec.kind.value, rec.status.value) == ("node_remove", "failed") and "quorum" in rec.reason
+        assert [(w.status, w.failures) for w in r.ledger.waves(rec.id)] == [("halted", 1)]
+        assert [run.status.value for run in r.ledger.runs(rec.id)] == ["failed"]
         assert r.ledger.lock_holder("aa") is None
 
     run(tmp_path, body)
